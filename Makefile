@@ -1,0 +1,25 @@
+# The README's two quick-start commands are `make run` and `make test`.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+
+.PHONY: install install-dev run test lint bench
+
+install:
+	$(PIP) install -q -e .
+
+install-dev:
+	$(PIP) install -q -e '.[dev]'
+
+# q1-mlp on the embedded default: smoke profile, CPU, file://./artifacts, no Prefect server.
+run: install
+	visionflows run q1-mlp
+
+test: install-dev
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m pytest
+
+lint:
+	$(PYTHON) -m ruff check .
+
+bench:
+	$(PYTHON) -m bench.q1_epoch

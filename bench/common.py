@@ -1,0 +1,28 @@
+"""Helpers for benchmarks: alternate the contenders, report medians and ratios."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+
+def race(contenders: dict[str, Callable[[], object]], repeats: int = 3,
+         warmup: int = 1) -> dict[str, float]:
+    """Run each contender ``warmup`` + ``repeats`` times, interleaved; return median seconds."""
+    for _ in range(warmup):
+        for fn in contenders.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def print_ratios(title: str, medians: dict[str, float], baseline: str) -> None:
+    print(f"\n{title}")
+    for name, sec in medians.items():
+        print(f"  {name:<34} {sec:8.3f} s   ratio vs {baseline}: {sec / medians[baseline]:.3f}")

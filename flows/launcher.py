@@ -1,0 +1,56 @@
+"""Run a task by name, in-process or in a child process, and return its manifest.
+
+``local`` (the embedded default) calls the task function in this process. ``subprocess``
+runs ``python -m tasks <name>`` in a child process (the same entrypoint containers use)
+and relays its log lines when it ends. Flows pick the launcher by a parameter, never by
+code changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+from tasks.config import validate
+from tasks.errors import ConfigError, VisionflowsError
+from tasks.log import get_logger, redact
+from tasks.runtime import Manifest, resolve, run_task
+
+LAUNCHERS = ("local", "subprocess")
+
+
+def launch(task: str, cfg: dict[str, Any], store: str, launcher: str = "local",
+           timeout_s: float | None = None) -> Manifest:
+    """Run ``task`` with ``cfg`` against the store URI ``store`` using ``launcher``."""
+    if launcher == "local":
+        return run_task(task, cfg, store)
+    if launcher == "subprocess":
+        return _launch_subprocess(task, cfg, store, timeout_s)
+    raise ConfigError(f"unknown launcher {launcher!r}; use one of: {', '.join(LAUNCHERS)}")
+
+
+def _launch_subprocess(task: str, cfg: dict, store: str, timeout_s: float | None) -> Manifest:
+    _func, cfg_cls = resolve(task)
+    validate(cfg_cls, cfg, what=f"task {task!r}")  # fail before starting anything
+    log = get_logger("launcher")
+    cmd = [sys.executable, "-m", "tasks", task, "--config", "-", "--store", store]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        out, err = proc.communicate(json.dumps(cfg), timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise VisionflowsError(f"task {task} timed out after {timeout_s:.0f}s and was killed") \
+            from None
+    for line in err.splitlines():
+        log.info("[%s] %s", task, redact(line))
+    if proc.returncode != 0:
+        last = next((ln for ln in reversed(err.splitlines()) if ln.startswith("error:")),
+                    f"exit code {proc.returncode}")
+        raise VisionflowsError(f"task {task} failed in subprocess: {redact(last)}")
+    return Manifest.model_validate(json.loads(out))

@@ -1,0 +1,61 @@
+"""``python -m tasks <task-name> --config cfg.json [--store URI]``: run one task.
+
+The same entrypoint serves the in-process launcher's subprocess mode, containers and cluster
+nodes. Prints the manifest as JSON on stdout; exits 2 on a user error, 1 on a crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tasks.errors import VisionflowsError
+from tasks.log import get_logger, redact, setup_cli_logging
+from tasks.runtime import TASKS, run_task
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tasks", description=__doc__.splitlines()[0])
+    parser.add_argument("task", help=f"one of: {', '.join(sorted(TASKS))}")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", help="path to the task's JSON config ('-' for stdin)")
+    src.add_argument("--config-json", help="the task's config as a JSON string")
+    parser.add_argument("--store", default=None,
+                        help="store URI (file://DIR or s3://bucket/prefix); default $VF_STORE "
+                             "or file://./artifacts")
+    args = parser.parse_args(argv)
+    setup_cli_logging()
+    try:
+        if args.config_json is not None:
+            text = args.config_json
+        elif args.config == "-":
+            text = sys.stdin.read()
+        else:
+            try:
+                text = Path(args.config).read_text()
+            except OSError as exc:
+                raise VisionflowsError(f"cannot read config file {args.config}: "
+                                       f"{exc.strerror}") from None
+        try:
+            cfg = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise VisionflowsError(f"config is not valid JSON: {exc}") from None
+        manifest = run_task(args.task, cfg, args.store)
+    except VisionflowsError as exc:
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a crash: report it, redacted, and fail
+        get_logger().exception("task %s crashed", args.task)
+        print(f"error: task {args.task} crashed: {redact(repr(exc))}", file=sys.stderr)
+        return 1
+    print(json.dumps(manifest.model_dump(mode="json"), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""``classifier.report``: the per-question report of a Q1 sweep (MLP or CNN).
+
+Reads the train and evaluate manifests of every run, draws the plots, compares with the
+reference numbers and writes ``report.md`` + self-contained ``report.html`` to the store.
+Runs that are missing or failed are listed as such, never silently dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from tasks import plots
+from tasks.classify import TrainConfig, build_model
+from tasks.config import Config
+from tasks.data.fashion_mnist import CLASSES
+from tasks.models import format_summary, summarize
+from tasks.reference import REFERENCE
+from tasks.report import Image, Report, Section, Table, slug, write_report
+from tasks.runtime import Manifest, TaskRun, find_manifest
+from tasks.store import Store
+
+
+class RunRef(Config):
+    name: str = Field(description="display name, e.g. 'batch 32'")
+    value: Any = Field(description="the swept value, e.g. 32, 'tanh', 0.4")
+    train: str = Field(description="store prefix of the classifier.train run")
+    eval: str = Field(description="store prefix of the classifier.evaluate run")
+
+
+class Group(Config):
+    key: str = Field(description="swept parameter: batch_size, activation, loss, model, dropout")
+    title: str
+    runs: list[RunRef]
+    select_by: str = "test/accuracy"
+    numeric: bool = False
+
+
+class ReportConfig(Config):
+    out: str
+    question: Literal["q1-mlp", "q1-cnn"]
+    title: str
+    profile: str
+    run_id: str
+    groups: list[Group] = Field(min_length=1)
+    intro: list[str] = Field(default_factory=list)
+
+
+def _load(store: Store, ref: RunRef) -> tuple[Manifest | None, Manifest | None]:
+    return find_manifest(store, ref.train), find_manifest(store, ref.eval)
+
+
+def _metric(train: Manifest | None, ev: Manifest | None, key: str) -> float | None:
+    for m in (ev, train):
+        if m is not None and key in m.metrics:
+            return m.metrics[key]
+    return None
+
+
+def _group_section(question: str, group: Group, store: Store, images_seen: set[str],
+                   summary_rows: list[dict]) -> tuple[Section, dict]:
+    loaded = {ref.name: (ref, *_load(store, ref)) for ref in group.runs}
+    ok = {n: v for n, v in loaded.items() if v[1] is not None and v[2] is not None}
+    has_dev = any("dev/accuracy" in v[1].metrics for v in ok.values())
+    cols = ["variant", "status", "test acc", "precision", "recall", "F1", "test loss"]
+    cols += ["dev acc (final)", "best dev acc"] if has_dev else []
+    cols += ["train time (s)", "epochs"]
+    rows = []
+    for name, (_ref, tr, ev) in loaded.items():
+        status = "ok" if (tr and ev) else ("trained, not evaluated" if tr else "missing/failed")
+        row = [name, status, _metric(tr, ev, "test/accuracy"),
+               _metric(tr, ev, "test/precision_macro"), _metric(tr, ev, "test/recall_macro"),
+               _metric(tr, ev, "test/f1_macro"), _metric(tr, ev, "test/loss")]
+        if has_dev:
+            row += [_metric(tr, ev, "dev/accuracy"), _metric(tr, ev, "best/dev/accuracy")]
+        row += [_metric(tr, ev, "train/time_s"), _metric(tr, ev, "epochs")]
+        rows.append(row)
+        summary_rows.append({"question": question, "variant": f"{group.key}={name}",
+                             "status": status, "metric": "test/accuracy",
+                             "value": _metric(tr, ev, "test/accuracy"),
+                             "time_s": _metric(tr, ev, "train/time_s")})
+    section = Section(group.title, tables=[Table(cols, rows, f"{group.title}: final metrics")])
+    result: dict[str, Any] = {"key": group.key, "select_by": group.select_by, "best": None}
+    if ok:
+        best_name = max(ok, key=lambda n: _metric(ok[n][1], ok[n][2], group.select_by) or -1)
+        best_ref = ok[best_name][0]
+        best_val = _metric(ok[best_name][1], ok[best_name][2], group.select_by)
+        result.update(best=best_ref.value, best_name=best_name, best_score=best_val)
+        text = (f"Ours: best {group.key} = {best_ref.value!r} by {group.select_by} "
+                f"({best_val:.4f}).")
+        ref = REFERENCE.get(question, {}).get(group.key)
+        if ref:
+            text += f" Reference (original report): {ref['note']}."
+            if ref.get("best") is not None:
+                agree = ref["best"] == best_ref.value
+                text += " Our choice agrees." if agree else " Our choice differs."
+                result["reference_best"] = ref["best"]
+                result["agrees"] = agree
+        section.paragraphs.append(text)
+        tag = slug(group.key)
+        histories = {n: v[1].model_extra.get("history", []) for n, v in ok.items()}
+        imgs = [
+            Image(f"curves-{tag}.png", plots.curves(histories, title=group.title),
+                  "Loss and accuracy per epoch (train solid, dev dashed, test dotted)"),
+            Image(f"aprf-{tag}.png", plots.grouped_bars(
+                {n: {"accuracy": _metric(*v[1:], "test/accuracy"),
+                     "precision": _metric(*v[1:], "test/precision_macro"),
+                     "recall": _metric(*v[1:], "test/recall_macro"),
+                     "F1": _metric(*v[1:], "test/f1_macro")} for n, v in ok.items()},
+                "score", "Accuracy, precision, recall, F1 (macro, test)"),
+                "APRF per variant"),
+            Image(f"time-{tag}.png", plots.bars(
+                {n: _metric(*v[1:], "train/time_s") for n, v in ok.items()}, "seconds",
+                "Training compute time"), "Wall-clock training time per run"),
+        ]
+        if group.numeric:
+            xs = [v[0].value for v in ok.values()]
+            series = {s: [_metric(*v[1:], f"{s}/accuracy") for v in ok.values()]
+                      for s in ("dev", "test") if all(
+                          _metric(*v[1:], f"{s}/accuracy") is not None for v in ok.values())}
+            markers = {}
+            if ref and "dev/accuracy" in ref:
+                markers["reference dev"] = (ref["best"], ref["dev/accuracy"])
+                markers["reference test"] = (ref["best"], ref["test/accuracy"])
+            imgs.append(Image(f"{tag}-vs-accuracy.png", plots.line(
+                xs, series, group.key, "accuracy", f"Accuracy vs {group.key}", markers),
+                f"Final accuracy vs {group.key}; stars: reference (original report)"))
+        section.images.extend(imgs)
+        for name, (run_ref, tr, ev) in ok.items():
+            key = f"{tag}-{slug(str(run_ref.value))}"
+            if key in images_seen:  # the same cell shared by two sweeps: plots shown once
+                section.subsections.append(Section(
+                    name, [f"Same run as in an earlier section ({tr.prefix})."]))
+                continue
+            images_seen.add(key)
+            pc = ev.metrics["test/per_class"]
+            section.subsections.append(Section(name, images=[
+                Image(f"perclass-{key}.png", plots.per_class(
+                    {"precision": pc["precision"], "recall": pc["recall"]}, CLASSES,
+                    f"{name}: per-class precision and recall"), "Per-class P/R (test)"),
+                Image(f"confusion-{key}.png", plots.confusion(
+                    ev.metrics["test/confusion_matrix"], CLASSES, f"{name}: confusion matrix"),
+                    "Confusion matrix (test)"),
+            ]))
+    else:
+        section.paragraphs.append("No run of this sweep finished: nothing to compare.")
+    return section, result
+
+
+def render(cfg: ReportConfig, store: Store) -> Manifest:
+    """Build the question's report from the manifests of its runs."""
+    with TaskRun("classifier.report", cfg, store, cfg.out) as run:
+        report = Report(cfg.title, list(cfg.intro), meta={
+            "question": cfg.question, "profile": cfg.profile, "run id": cfg.run_id,
+            "store": store.uri})
+        if cfg.profile != "full":
+            report.title += f" ({cfg.profile} profile: generated data, not comparable to the "\
+                            "reference)"
+        seen: set[str] = set()
+        results, summary_rows, archs = [], [], {}
+        for group in cfg.groups:
+            section, result = _group_section(cfg.question, group, store, seen, summary_rows)
+            report.sections.append(section)
+            results.append(result)
+            for ref in group.runs:
+                tr = find_manifest(store, ref.train)
+                if tr is not None:
+                    tcfg = TrainConfig.model_validate(tr.config)
+                    archs.setdefault((tcfg.model, tcfg.hidden, tcfg.activation), tcfg)
+        arch = Section("Architectures")
+        for (kind, hidden, act), tcfg in archs.items():
+            s = summarize(build_model(tcfg), [32, 1, 28, 28])
+            label = f"{kind} ({act}" + (f", hidden {list(hidden)}" if kind == "mlp" else "") + ")"
+            arch.subsections.append(Section(label, code=format_summary(s)))
+        if archs:
+            report.sections.append(arch)
+        keys = write_report(report, store, cfg.out)
+        for name, key in keys.items():
+            run.outputs[name] = key
+        return run.finish({"groups": results, "summary": summary_rows})

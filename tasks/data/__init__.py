@@ -1,0 +1,1 @@
+"""Dataset tasks: real fetches (torchvision, mirrors) and offline generators in the same layout."""

@@ -1,0 +1,101 @@
+"""Flow-level configs, profiles and sweep planning for each question (pure data, no Prefect).
+
+A profile picks sizes, not code paths: ``smoke`` (generated data, tiny epochs, CPU) and
+``full`` (the SPEC's hyperparameters on the real data). Users override any key with
+``--set key=value`` (dotted for nested keys); unknown keys are rejected by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from tasks.config import Config, deep_merge, validate
+from tasks.data.fashion_mnist import FetchConfig
+from tasks.errors import ConfigError
+
+Activation = Literal["relu", "tanh", "sigmoid"]
+Loss = Literal["cross_entropy", "mse"]
+
+
+class Q1MlpConfig(Config):
+    """Q1-MLP: batch-size, activation and loss sweeps of one fully connected net.
+
+    Each sweep varies one key and holds the others at ``batch_size`` / ``activation`` /
+    ``loss``; a cell shared by two sweeps is trained once.
+    """
+
+    data: FetchConfig = FetchConfig()
+    batch_sizes: list[int] = Field([32, 64, 256], min_length=1)
+    activations: list[Activation] = Field(["relu", "tanh", "sigmoid"], min_length=1)
+    losses: list[Loss] = Field(["cross_entropy", "mse"], min_length=1)
+    batch_size: int = Field(64, gt=0, description="batch size of the activation and loss sweeps")
+    activation: Activation = "relu"
+    loss: Loss = "cross_entropy"
+    hidden: list[int] = Field([256, 128], min_length=1,
+                              description="hidden widths: 784 -> 256 -> 128 -> 10")
+    epochs: int = Field(10, gt=0)
+    learning_rate: float = Field(1e-3, gt=0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    seed: int = 0
+    device: str = "auto"
+    train_limit: int | None = Field(None, gt=0)
+
+    @field_validator("batch_sizes", "hidden")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(x <= 0 for x in v):
+            raise ValueError(f"every value must be > 0 (got {v})")
+        return v
+
+
+PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    "q1-mlp": {
+        "smoke": {"data": {"source": "generate", "n_train": 3000, "n_test": 1000},
+                  "epochs": 3, "device": "cpu"},
+        "full": {"data": {"source": "download"}, "epochs": 10},
+    },
+}
+
+FLOW_CONFIGS: dict[str, type[Config]] = {"q1-mlp": Q1MlpConfig}
+
+
+def resolve_config(flow: str, profile: str, overrides: dict[str, Any] | None = None) -> Config:
+    """Class defaults, then the profile, then the user's overrides; validated."""
+    if flow not in FLOW_CONFIGS:
+        raise ConfigError(f"unknown flow {flow!r}; known: {', '.join(sorted(FLOW_CONFIGS))}")
+    profiles = PROFILES[flow]
+    if profile not in profiles:
+        raise ConfigError(f"unknown profile {profile!r} for {flow}; use one of: "
+                          f"{', '.join(profiles)}")
+    merged = deep_merge(profiles[profile], overrides or {})
+    return validate(FLOW_CONFIGS[flow], merged, what=f"{flow} ({profile} profile)")
+
+
+def q1_mlp_cells(cfg: Q1MlpConfig) -> tuple[dict[str, dict], list[dict]]:
+    """Plan the Q1-MLP sweeps: unique training cells and the groups that show them.
+
+    Returns ``(cells, groups)``: ``cells`` maps a cell id (``b64-relu-cross_entropy``) to the
+    train-config fields that define it; each group is ``{"key", "title", "runs": [(name,
+    value, cell_id)]}``.
+    """
+    common = {"model": "mlp", "hidden": list(cfg.hidden), "epochs": cfg.epochs,
+              "learning_rate": cfg.learning_rate, "optimizer": cfg.optimizer, "seed": cfg.seed,
+              "device": cfg.device, "train_limit": cfg.train_limit}
+    cells: dict[str, dict] = {}
+
+    def cell(bs: int, act: str, loss: str) -> str:
+        cid = f"b{bs}-{act}-{loss}"
+        cells.setdefault(cid, {**common, "batch_size": bs, "activation": act, "loss": loss})
+        return cid
+
+    groups = [
+        {"key": "batch_size", "title": "(a) Mini-batch size sweep",
+         "runs": [(f"batch {b}", b, cell(b, cfg.activation, cfg.loss)) for b in cfg.batch_sizes]},
+        {"key": "activation", "title": "(b) Activation sweep",
+         "runs": [(a, a, cell(cfg.batch_size, a, cfg.loss)) for a in cfg.activations]},
+        {"key": "loss", "title": "(b) Loss sweep",
+         "runs": [(lo, lo, cell(cfg.batch_size, cfg.activation, lo)) for lo in cfg.losses]},
+    ]
+    return cells, groups

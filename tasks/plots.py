@@ -1,0 +1,129 @@
+"""Plots as PNG bytes (matplotlib, Agg backend, no display): curves, bars, confusion matrices."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+
+def _figure(*args, **kwargs):
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt, *plt.subplots(*args, **kwargs)
+
+
+def _png(plt, fig) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def curves(histories: Mapping[str, Sequence[Mapping]],
+           metrics: Sequence[str] = ("loss", "accuracy"),
+           splits: Sequence[str] = ("train", "dev", "test"), title: str = "",
+           reference: Mapping[str, Sequence[float]] | None = None) -> bytes:
+    """One panel per metric; a colour per run, a line style per split (train solid)."""
+    plt, fig, axes = _figure(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
+    styles = {"train": "-", "dev": "--", "test": ":"}
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for i, (name, hist) in enumerate(histories.items()):
+            for split in splits:
+                key = f"{split}/{metric}"
+                ys = [h[key] for h in hist if key in h]
+                if ys:
+                    xs = [h["epoch"] for h in hist if key in h]
+                    ax.plot(xs, ys, styles.get(split, "-"), color=colours[i % len(colours)],
+                            marker="o", markersize=3, label=f"{name} {split}")
+        for name, ys in (reference or {}).items():
+            if metric in name:
+                ax.plot(range(1, len(ys) + 1), ys, "k-.", marker="x", label=f"{name} (reference)")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return _png(plt, fig)
+
+
+def bars(values: Mapping[str, float], ylabel: str, title: str = "", fmt: str = "{:.3g}") -> bytes:
+    """A bar per entry, labelled with its value."""
+    plt, fig, ax = _figure(figsize=(max(4, 1.1 * len(values) + 2), 3.6))
+    names = list(values)
+    vals = [values[n] for n in names]
+    rects = ax.bar(names, vals, color="#4c72b0")
+    for r, v in zip(rects, vals, strict=True):
+        ax.annotate(fmt.format(v), (r.get_x() + r.get_width() / 2, r.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.tick_params(axis="x", rotation=20)
+    return _png(plt, fig)
+
+
+def grouped_bars(table: Mapping[str, Mapping[str, float]], ylabel: str = "",
+                 title: str = "") -> bytes:
+    """Bars grouped by row (e.g. run) with one bar per column (e.g. accuracy, precision...)."""
+    plt, fig, ax = _figure(figsize=(max(5, 1.6 * len(table) + 2), 3.8))
+    rows = list(table)
+    cols = list(next(iter(table.values()))) if table else []
+    width = 0.8 / max(len(cols), 1)
+    x = np.arange(len(rows))
+    for j, col in enumerate(cols):
+        ax.bar(x + j * width - 0.4 + width / 2, [table[r][col] for r in rows], width, label=col)
+    ax.set_xticks(x, rows, rotation=15)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=min(len(cols), 4))
+    ax.grid(axis="y", alpha=0.3)
+    return _png(plt, fig)
+
+
+def per_class(metrics: Mapping[str, Sequence[float]], classes: Sequence[str],
+              title: str = "") -> bytes:
+    """Per-class bars for several metrics (e.g. precision and recall)."""
+    return grouped_bars({c: {m: float(v[i]) for m, v in metrics.items()}
+                         for i, c in enumerate(classes)}, "score", title)
+
+
+def confusion(cm: Sequence[Sequence[int]], classes: Sequence[str], title: str = "") -> bytes:
+    """A confusion matrix heat map with counts."""
+    arr = np.asarray(cm)
+    plt, fig, ax = _figure(figsize=(6, 5.2))
+    im = ax.imshow(arr, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(classes)), classes, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    thresh = arr.max() / 2 if arr.size else 0
+    for i in range(arr.shape[0]):
+        for j in range(arr.shape[1]):
+            ax.text(j, i, str(arr[i, j]), ha="center", va="center", fontsize=6,
+                    color="white" if arr[i, j] > thresh else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title(title)
+    return _png(plt, fig)
+
+
+def line(xs: Sequence[float], series: Mapping[str, Sequence[float]], xlabel: str, ylabel: str,
+         title: str = "", markers: Mapping[str, tuple[float, float]] | None = None) -> bytes:
+    """Lines over a numeric x (e.g. accuracy vs dropout); ``markers`` adds labelled points."""
+    plt, fig, ax = _figure(figsize=(6, 4))
+    for name, ys in series.items():
+        ax.plot(xs, ys, marker="o", label=name)
+    for name, (x, y) in (markers or {}).items():
+        ax.plot([x], [y], "k*", markersize=12, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(plt, fig)

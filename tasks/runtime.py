@@ -1,0 +1,211 @@
+"""Task runtime: the manifest, the output writer, the task registry, and ``run_task``.
+
+A task writes its outputs first and ``manifest.json`` last. A prefix without a manifest
+is a task that did not finish, whatever files it holds.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.config import Config, config_hash, validate
+from tasks.errors import ConfigError, MissingKeyError, TaskNotRunError
+from tasks.log import get_logger
+from tasks.store import Store, join, open_store
+
+MANIFEST = "manifest.json"
+
+# name -> "module:function"; the function's first parameter is annotated with its Config class.
+TASKS: dict[str, str] = {
+    "fashion-mnist.fetch": "tasks.data.fashion_mnist:fetch",
+    "classifier.train": "tasks.classify:train",
+    "classifier.evaluate": "tasks.classify:evaluate",
+    "classifier.report": "tasks.classify_report:render",
+}
+
+
+class Manifest(BaseModel):
+    """What a finished task produced: resolved config, inputs, outputs, metrics, provenance."""
+
+    model_config = ConfigDict(extra="allow")
+
+    task: str
+    prefix: str
+    store: str
+    config: dict[str, Any]
+    config_hash: str
+    inputs: dict[str, str] = Field(default_factory=dict)
+    outputs: dict[str, str] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    started_at: str
+    finished_at: str
+    duration_s: float
+    provenance: dict[str, Any] = Field(default_factory=dict)
+
+    def output_key(self, name: str) -> str:
+        try:
+            return self.outputs[name]
+        except KeyError:
+            raise MissingKeyError(
+                f"task {self.task} at {self.prefix} has no output {name!r}; "
+                f"it has: {', '.join(sorted(self.outputs)) or 'none'}") from None
+
+
+def manifest_key(prefix: str) -> str:
+    return join(prefix, MANIFEST)
+
+
+def read_manifest(store: Store, prefix: str) -> Manifest:
+    """The manifest at ``prefix``; TaskNotRunError when the task did not finish there."""
+    try:
+        data = store.get_json(manifest_key(prefix))
+    except MissingKeyError:
+        raise TaskNotRunError(
+            f"no manifest at {store.url(manifest_key(prefix))}: that task has not run "
+            "(or crashed before finishing); run it first") from None
+    return Manifest.model_validate(data)
+
+
+def find_manifest(store: Store, prefix: str) -> Manifest | None:
+    """The manifest at ``prefix`` or None."""
+    try:
+        return read_manifest(store, prefix)
+    except TaskNotRunError:
+        return None
+
+
+_COMMIT: str | None = None
+
+
+def git_commit() -> str:
+    """The source commit: ``VF_GIT_COMMIT`` (set in images) or this checkout's ``HEAD``."""
+    global _COMMIT
+    if env := os.environ.get("VF_GIT_COMMIT"):
+        return env
+    if _COMMIT is None:
+        try:
+            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                                 capture_output=True, text=True, timeout=5, check=True)
+            _COMMIT = out.stdout.strip()
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                   cwd=Path(__file__).parent, capture_output=True, text=True,
+                                   timeout=5)
+            if dirty.stdout.strip():
+                _COMMIT += "-dirty"
+        except (OSError, subprocess.SubprocessError):
+            _COMMIT = "unknown"
+    return _COMMIT
+
+
+def provenance() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "git_commit": git_commit(),
+        "image_tag": os.environ.get("VF_IMAGE_TAG", "none (in-process)"),
+        "hostname": platform.node(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:  # torch-free tasks still get a manifest
+        info["torch"] = None
+    return info
+
+
+class TaskRun:
+    """Collects one task's outputs under ``prefix`` and writes the manifest last.
+
+    Use as a context manager; a temporary work folder is available as ``workdir`` and is
+    removed afterwards. ``finish()`` must be called for the run to count.
+    """
+
+    def __init__(self, task: str, cfg: Config, store: Store, prefix: str,
+                 inputs: dict[str, str] | None = None):
+        self.task, self.cfg, self.store, self.prefix = task, cfg, store, prefix.strip("/")
+        self.inputs = dict(inputs or {})
+        self.outputs: dict[str, str] = {}
+        self.started = time.time()
+        self.started_at = datetime.now(UTC).isoformat()
+        self.workdir = Path(tempfile.mkdtemp(prefix="vf-task-"))
+        self.log = get_logger(task)
+        self._done: Manifest | None = None
+
+    def __enter__(self) -> TaskRun:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def key(self, rel: str) -> str:
+        return join(self.prefix, rel)
+
+    def put_file(self, name: str, path: str | os.PathLike, rel: str | None = None) -> str:
+        key = self.key(rel or Path(path).name)
+        self.store.put_file(key, path)
+        self.outputs[name] = key
+        return key
+
+    def put_bytes(self, name: str, data: bytes, rel: str) -> str:
+        key = self.key(rel)
+        self.store.put_bytes(key, data)
+        self.outputs[name] = key
+        return key
+
+    def put_json(self, name: str, obj: Any, rel: str) -> str:
+        key = self.key(rel)
+        self.store.put_json(key, obj)
+        self.outputs[name] = key
+        return key
+
+    def finish(self, metrics: dict[str, Any] | None = None, **extra: Any) -> Manifest:
+        """Write ``manifest.json`` (last) and return it."""
+        now = time.time()
+        manifest = Manifest(
+            task=self.task, prefix=self.prefix, store=self.store.uri,
+            config=self.cfg.model_dump(mode="json"), config_hash=config_hash(self.cfg),
+            inputs=self.inputs, outputs=self.outputs, metrics=metrics or {},
+            started_at=self.started_at, finished_at=datetime.now(UTC).isoformat(),
+            duration_s=round(now - self.started, 3), provenance=provenance(), **extra)
+        self.store.put_json(manifest_key(self.prefix), manifest.model_dump(mode="json"))
+        self._done = manifest
+        return manifest
+
+
+def resolve(name: str):
+    """The task function and its config class for a registered task name."""
+    try:
+        target = TASKS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}") from None
+    module_name, func_name = target.split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    cfg_cls = func.__annotations__.get("cfg")
+    if isinstance(cfg_cls, str):  # postponed annotations
+        cfg_cls = getattr(importlib.import_module(module_name), cfg_cls)
+    return func, cfg_cls
+
+
+def run_task(name: str, cfg: dict | Config, store: Store | str | None = None) -> Manifest:
+    """Validate ``cfg`` for task ``name`` and run it against ``store``; return its manifest.
+
+    The config is validated before anything is read or written.
+    """
+    func, cfg_cls = resolve(name)
+    cfg_obj = validate(cfg_cls, cfg, what=f"task {name!r}")
+    st = store if isinstance(store, Store) else open_store(store)
+    return func(cfg_obj, st)

@@ -1,0 +1,109 @@
+"""Shared fixtures: S3 (moto on 127.0.0.1, or a real MinIO via VF_TEST_S3_ENDPOINT), stores,
+a Prefect test harness, an isolated cache, and a guard that refuses non-loopback network."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+import pytest
+
+# Offline Prefect, set before any test imports prefect.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "visionflows")
+
+_real_connect = socket.socket.connect
+
+
+def _guarded_connect(self, address):
+    host = address[0] if isinstance(address, tuple) else address
+    if (isinstance(host, str) and self.family in (socket.AF_INET, socket.AF_INET6)
+            and not (host.startswith("127.") or host in ("localhost", "::1"))):
+        raise OSError(f"test network guard: connection to {host} refused (tests are offline)")
+    return _real_connect(self, address)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _offline_network():
+    """No test may reach beyond this machine: downloads must fail fast and visibly."""
+    socket.socket.connect = _guarded_connect
+    yield
+    socket.socket.connect = _real_connect
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vf-cache")
+    old = os.environ.get("VF_CACHE_DIR")
+    os.environ["VF_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("VF_CACHE_DIR", None)
+    else:
+        os.environ["VF_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """An S3 endpoint: ``VF_TEST_S3_ENDPOINT`` (a real MinIO) or moto's server on 127.0.0.1."""
+    external = os.environ.get("VF_TEST_S3_ENDPOINT")
+    saved = {k: os.environ.get(k) for k in
+             ("VF_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+              "AWS_DEFAULT_REGION")}
+    server = None
+    if external:
+        endpoint = external
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", "minioadmin")
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "minioadmin")
+    else:
+        from moto.server import ThreadedMotoServer
+
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        os.environ["AWS_ACCESS_KEY_ID"] = "testing-key-id"
+        os.environ["AWS_SECRET_ACCESS_KEY"] = "testing-secret-value"
+    os.environ["VF_S3_ENDPOINT_URL"] = endpoint
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    yield endpoint
+    if server is not None:
+        server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def make_bucket(endpoint: str) -> str:
+    import boto3
+
+    name = f"vf-test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def s3_uri(s3_endpoint) -> str:
+    """A fresh bucket with a prefix, as a store URI."""
+    return f"s3://{make_bucket(s3_endpoint)}/vf"
+
+
+@pytest.fixture(params=["file", "s3"])
+def store_uri(request, tmp_path) -> str:
+    """Each store contract test runs against both backends."""
+    if request.param == "file":
+        return f"file://{tmp_path / 'store'}"
+    return request.getfixturevalue("s3_uri")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A temporary Prefect API (SQLite) for flow tests."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,73 @@
+"""q1-mlp end to end under a Prefect harness, against the S3 store (moto or MinIO)."""
+
+from __future__ import annotations
+
+import base64
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tasks.store import open_store
+
+SMALL = {"data": {"n_train": 600, "n_test": 200}, "epochs": 2}
+
+
+@pytest.fixture(scope="module")
+def q1_run(prefect_harness, s3_endpoint):
+    from flows.q1_mlp import q1_mlp
+    from tests.conftest import make_bucket
+
+    uri = f"s3://{make_bucket(s3_endpoint)}/vf"
+    return uri, q1_mlp(profile="smoke", store=uri, overrides=SMALL)
+
+
+def test_every_manifest_exists(q1_run):
+    uri, result = q1_run
+    st = open_store(uri)
+    assert st.exists(result["data"] + "/manifest.json")
+    assert len(result["train"]) == 6 and len(result["eval"]) == 6
+    for prefix in [*result["train"].values(), *result["eval"].values()]:
+        assert st.exists(prefix + "/manifest.json"), prefix
+    assert st.exists(result["manifest"])
+    assert st.get_json("runs/q1-mlp/latest.json")["run_id"] == result["run_id"]
+
+
+def test_metrics_in_range_and_above_chance(q1_run):
+    uri, result = q1_run
+    st = open_store(uri)
+    for prefix in result["eval"].values():
+        m = st.get_json(prefix + "/manifest.json")["metrics"]
+        for key in ("test/accuracy", "test/precision_macro", "test/recall_macro", "test/f1_macro"):
+            assert 0.0 <= m[key] <= 1.0
+        assert len(m["test/per_class"]["precision"]) == 10
+    best = max(st.get_json(p + "/manifest.json")["metrics"]["test/accuracy"]
+               for p in result["eval"].values())
+    assert best > 0.3  # chance is 0.1 on the generated classes
+    assert {g["key"] for g in result["groups"]} == {"batch_size", "activation", "loss"}
+
+
+def test_html_report_embeds_its_images(q1_run):
+    uri, result = q1_run
+    st = open_store(uri)
+    html = st.get_text(result["report"]["report.html"])
+    imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(imgs) >= 9
+    assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in imgs[:3])
+    assert "smoke profile" in html and "Reference" in html
+    md = st.get_text(result["report"]["report.md"])
+    for name in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", md):
+        assert st.exists(result["report"]["report.md"].rsplit("/", 1)[0] + "/" + name)
+
+
+def test_cli_bad_config_exits_before_anything_is_written(tmp_path):
+    for bad, field in ((["--set", "batch_sizes=[0]"], "batch_sizes"),
+                       (["--set", "activations=[\"swish\"]"], "activations"),
+                       (["--set", "nope=1"], "unknown key 'nope'")):
+        res = subprocess.run([sys.executable, "-m", "flows.cli", "run", "q1-mlp", "--store",
+                              f"file://{tmp_path}/s", *bad], capture_output=True, text=True,
+                             timeout=120)
+        assert res.returncode == 2, res.stderr
+        assert field in res.stderr
+    assert not (tmp_path / "s").exists()
