@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import os
 import sys
 
@@ -19,6 +20,7 @@ from tasks.errors import VisionflowsError
 
 FLOWS: dict[str, str] = {
     "q1-mlp": "flows.q1_mlp:q1_mlp",
+    "q1-cnn": "flows.q1_cnn:q1_cnn",
 }
 
 
@@ -48,15 +50,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     if hasattr(store, "check"):
         store.check()
     prefect_env()
+    logging.getLogger("visionflows").setLevel(logging.INFO)  # Prefect's handlers show it
     flow = load_flow(args.flow)
+    kwargs = {"refresh": True} if args.refresh else {}
     result = flow(profile=args.profile, store=store.uri, overrides=overrides,
-                  launcher=args.launcher, run_id=args.run_id)
+                  launcher=args.launcher, run_id=args.run_id, **kwargs)
     html_key = result["report"]["report.html"]
     local = store.local_path(html_key)
     print(f"\n{args.flow} run {result['run_id']} finished ({args.profile} profile)")
     for g in result.get("groups", []):
         print(f"  {g['key']}: best {g.get('best')!r} by {g['select_by']} "
               f"({g.get('best_score', float('nan')):.4f})")
+    if champ := result.get("champion"):
+        print(f"  champion: {champ.get('decision')} ({champ['metric']}={champ['value']:.4f}, "
+              f"best cell {champ['best_cell']})")
     print(f"manifest: {store.url(result['manifest'])}")
     print(f"report:   {local if local is not None else store.url(html_key)}")
     if args.json:
@@ -78,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--launcher", default="local", choices=["local", "subprocess"],
                      help="where tasks run (default: in this process)")
     run.add_argument("--run-id", default=None, help="reuse a run id (resumes unfinished steps)")
+    run.add_argument("--refresh", action="store_true",
+                     help="recompute cached steps (training, evaluation) instead of reusing them")
     run.add_argument("--json", action="store_true", help="also print the flow result as JSON")
     run.set_defaults(func=cmd_run)
     return parser

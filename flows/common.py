@@ -1,7 +1,9 @@
-"""Prefect building blocks shared by every flow: run a task via the launcher, artifacts, ids."""
+"""Prefect building blocks shared by every flow: run a task via the launcher, with explainable
+caching and live progress; artifacts; run ids; the flow manifest."""
 
 from __future__ import annotations
 
+import os
 import secrets
 from datetime import UTC, datetime
 from typing import Any
@@ -16,8 +18,13 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from flows.launcher import launch
-from tasks.runtime import Manifest
+from tasks import cache
+from tasks.runtime import PROGRESS
 from tasks.store import Store, join, open_store
+
+# Steps cached across runs by tasks.cache (config + imported source + inputs + versions).
+# Fetches are cached by dataset version instead (their output prefix is the version).
+CACHED_TASKS = {"classifier.train", "classifier.evaluate"}
 
 
 def new_run_id() -> str:
@@ -25,13 +32,53 @@ def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
+def refresh_default() -> bool:
+    return os.environ.get("VF_REFRESH", "").lower() in ("1", "true", "yes")
+
+
 @task(name="run-task", task_run_name="{name}", cache_policy=NO_CACHE, retries=0)
 def run_step(name: str, task_name: str, cfg: dict[str, Any], store: str,
-             launcher: str = "local") -> dict[str, Any]:
-    """One task run in Prefect: launch ``task_name`` and return its manifest as a dict."""
-    manifest = launch(task_name, cfg, store, launcher)
-    get_run_logger().info("%s done in %.1fs -> %s", name, manifest.duration_s,
-                          f"{manifest.store}/{manifest.prefix}")
+             launcher: str = "local", slot: str | None = None, refresh: bool | None = None,
+             progress: dict | None = None) -> dict[str, Any]:
+    """One task run in Prefect: launch ``task_name`` and return its manifest as a dict.
+
+    With ``slot`` (a stable step name like ``q1-mlp/train-b64-relu-cross_entropy``) and a
+    task in ``CACHED_TASKS``, a previous result with the same cache key is reused; a miss is
+    logged with the parts that changed. ``refresh`` (or ``VF_REFRESH=1``) recomputes.
+    ``progress`` (from ``Progress.slice``) maps the task's own progress onto the flow's
+    progress artifact.
+    """
+    log = get_run_logger()
+    st = open_store(store)
+    refresh = refresh_default() if refresh is None else refresh
+    parts = None
+    if slot and task_name in CACHED_TASKS:
+        parts = cache.components(task_name, cfg, st)
+        if refresh:
+            log.info("cache skipped for %s (--refresh)", slot)
+        else:
+            hit, reasons = cache.lookup(st, task_name, slot, parts)
+            if hit is not None:
+                log.info("cache hit for %s: reusing %s (key %s)", slot, st.url(hit.prefix),
+                         cache.cache_key(parts))
+                return hit.model_dump(mode="json")
+            log.info("cache miss for %s: %s", slot, "; ".join(reasons))
+    token = None
+    if progress:
+        def report(done: int, total: int) -> None:
+            pct = progress["start"] + progress["width"] * done / max(total, 1)
+            update_progress_artifact(progress["id"], min(100.0, pct))
+
+        token = PROGRESS.set(report)
+    try:
+        manifest = launch(task_name, cfg, store, launcher)
+    finally:
+        if token is not None:
+            PROGRESS.reset(token)
+    if parts is not None:
+        cache.record(st, task_name, slot, parts, manifest.prefix)
+    log.info("%s done in %.1fs -> %s", name, manifest.duration_s,
+             f"{manifest.store}/{manifest.prefix}")
     return manifest.model_dump(mode="json")
 
 
@@ -41,14 +88,19 @@ def io_step(name: str):
 
 
 class Progress:
-    """A Prefect progress artifact updated as steps finish."""
+    """A Prefect progress artifact: the flow's work in weighted units (e.g. epochs)."""
 
-    def __init__(self, total: int, description: str):
-        self.total, self.done = max(total, 1), 0
+    def __init__(self, total: float, description: str):
+        self.total, self.done = max(float(total), 1.0), 0.0
         self.id = create_progress_artifact(0.0, description=description)
 
-    def step(self) -> None:
-        self.done += 1
+    def slice(self, weight: float) -> dict:
+        """The share of the bar a step of ``weight`` units fills, for ``run_step``."""
+        return {"id": str(self.id), "start": 100.0 * self.done / self.total,
+                "width": 100.0 * weight / self.total}
+
+    def advance(self, weight: float = 1.0) -> None:
+        self.done = min(self.total, self.done + weight)
         update_progress_artifact(self.id, 100.0 * self.done / self.total)
 
 
@@ -76,11 +128,6 @@ def write_flow_manifest(store: Store, flow: str, run_id: str, payload: dict[str,
     return key
 
 
-def manifests_table(manifests: dict[str, Manifest]) -> list[dict]:
-    return [{"step": name, "duration_s": m.duration_s, **{
-        k: v for k, v in m.metrics.items() if isinstance(v, int | float)}}
-            for name, m in manifests.items()]
-
-
-__all__ = ["io_step", "new_run_id", "open_store", "publish", "run_step", "write_flow_manifest",
-           "Progress"]
+def champion_question(flow: str, profile: str) -> str:
+    """Champions are kept per profile: ``q1-mlp`` for full runs, ``q1-mlp-smoke`` for smoke."""
+    return flow if profile == "full" else f"{flow}-{profile}"

@@ -51,6 +51,12 @@ class TrainConfig(Config):
     split_seed: int = 42
     train_limit: int | None = Field(None, gt=0, description="use only the first N train samples")
     checkpoint_every: int = Field(1, gt=0)
+    channels_last: bool = Field(False, description="NHWC memory format for CNNs")
+    amp: Literal["off", "bf16"] = Field("off", description="bf16 autocast (GPU or CPU)")
+
+    @property
+    def autocast(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.amp == "bf16" else None
 
 
 class EvalConfig(Config):
@@ -103,14 +109,19 @@ def make_preprocess(cfg: TrainConfig):
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
         if cfg.normalize:
             x = x.sub_(0.5).div_(0.5)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return x
 
     return preprocess
 
 
 def build_model(cfg: TrainConfig) -> torch.nn.Module:
-    return build_classifier(cfg.model, activation=cfg.activation, hidden=cfg.hidden,
-                            dropout=cfg.dropout, num_classes=NUM_CLASSES)
+    model = build_classifier(cfg.model, activation=cfg.activation, hidden=cfg.hidden,
+                             dropout=cfg.dropout, num_classes=NUM_CLASSES)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -171,13 +182,13 @@ def train(cfg: TrainConfig, store: Store) -> Manifest:
             gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
             tr = train_one_epoch(model, splits["train"], batch_size=cfg.batch_size,
                                  optimizer=optimizer, loss_fn=loss_fn, preprocess=preprocess,
-                                 generator=gen)
+                                 generator=gen, autocast=cfg.autocast)
             row = {"epoch": epoch, "train/loss": tr["loss"], "train/accuracy": tr["accuracy"],
                    "train/time_s": tr["time_s"]}
             for name in ("dev", "test"):
                 if name in splits:
                     ev = eval_loop(model, splits[name], batch_size=1000, loss_fn=loss_fn,
-                                   preprocess=preprocess)
+                                   preprocess=preprocess, autocast=cfg.autocast)
                     row[f"{name}/loss"] = ev["loss"]
                     row[f"{name}/accuracy"] = ev["accuracy"]
             history.append(row)
@@ -185,6 +196,7 @@ def train(cfg: TrainConfig, store: Store) -> Manifest:
                              if k != "epoch" and not k.endswith("time_s"))
             run.log.info("[%s] epoch %d/%d %s (%.1fs)", cfg.out.rsplit("/", 1)[-1], epoch,
                          cfg.epochs, shown, tr["time_s"])
+            run.progress(epoch, cfg.epochs)
             if "dev" in splits and row["dev/accuracy"] > best_dev:
                 best_dev = row["dev/accuracy"]
                 _save_checkpoint(run, "best.pt", model, optimizer, epoch, history, cfg)
@@ -228,7 +240,8 @@ def evaluate(cfg: EvalConfig, store: Store) -> Manifest:
         start = time.perf_counter()
         ev = eval_loop(model, splits[cfg.split], batch_size=cfg.batch_size,
                        loss_fn=make_loss(tcfg.loss, NUM_CLASSES),
-                       preprocess=make_preprocess(tcfg), return_predictions=True)
+                       preprocess=make_preprocess(tcfg), return_predictions=True,
+                       autocast=tcfg.autocast)
         metrics = classification_metrics(splits[cfg.split].y.cpu(), ev["predictions"],
                                          NUM_CLASSES)
         metrics = {f"{cfg.split}/{k}": v for k, v in metrics.items()}

@@ -98,6 +98,14 @@ def _group_section(question: str, group: Group, store: Store, images_seen: set[s
                 result["reference_best"] = ref["best"]
                 result["agrees"] = agree
         section.paragraphs.append(text)
+        if ref and any("/" in k for k in ref):
+            metric_keys = [k for k in ref if "/" in k]
+            best_tr, best_ev = ok[best_name][1], ok[best_name][2]
+            section.tables.append(Table(
+                ["source", group.key, *metric_keys],
+                [["ours", best_ref.value, *[_metric(best_tr, best_ev, k) for k in metric_keys]],
+                 ["reference (original report)", ref["best"], *[ref[k] for k in metric_keys]]],
+                "Best setting: ours beside the original report's (reference)"))
         tag = slug(group.key)
         histories = {n: v[1].model_extra.get("history", []) for n, v in ok.items()}
         imgs = [
@@ -127,8 +135,8 @@ def _group_section(question: str, group: Group, store: Store, images_seen: set[s
                 xs, series, group.key, "accuracy", f"Accuracy vs {group.key}", markers),
                 f"Final accuracy vs {group.key}; stars: reference (original report)"))
         section.images.extend(imgs)
-        for name, (run_ref, tr, ev) in ok.items():
-            key = f"{tag}-{slug(str(run_ref.value))}"
+        for name, (_ref, tr, ev) in ok.items():
+            key = slug(tr.prefix.rsplit("/", 1)[-1])
             if key in images_seen:  # the same cell shared by two sweeps: plots shown once
                 section.subsections.append(Section(
                     name, [f"Same run as in an earlier section ({tr.prefix})."]))

@@ -50,15 +50,53 @@ class Q1MlpConfig(Config):
         return v
 
 
+class Q1CnnConfig(Config):
+    """Q1-CNN: (c) no pooling vs (d) max-pooling + BatchNorm, and (e) a dropout sweep on (d).
+
+    The architecture comparison uses ``dropout`` (default 0); the sweep varies it over
+    ``dropouts``. A cell shared by both (same dropout) is trained once.
+    """
+
+    data: FetchConfig = FetchConfig()
+    dropouts: list[float] = Field([0.0, 0.1, 0.2, 0.3, 0.4, 0.5], min_length=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout of (c) and (d)")
+    batch_size: int = Field(32, gt=0)
+    epochs: int = Field(10, gt=0)
+    learning_rate: float = Field(1e-3, gt=0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    seed: int = 0
+    device: str = "auto"
+    dev_fraction: float = Field(0.6, gt=0.0, lt=1.0,
+                                description="share of the 10k test set used as dev (6,000)")
+    split_seed: int = 42
+    hflip: bool = True
+    normalize: bool = True
+    channels_last: bool = False
+    amp: Literal["off", "bf16"] = "off"
+    train_limit: int | None = Field(None, gt=0)
+
+    @field_validator("dropouts")
+    @classmethod
+    def _rates(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 <= x < 1.0 for x in v):
+            raise ValueError(f"every dropout rate must be in [0, 1) (got {v})")
+        return v
+
+
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "q1-mlp": {
         "smoke": {"data": {"source": "generate", "n_train": 3000, "n_test": 1000},
                   "epochs": 3, "device": "cpu"},
         "full": {"data": {"source": "download"}, "epochs": 10},
     },
+    "q1-cnn": {
+        "smoke": {"data": {"source": "generate", "n_train": 2000, "n_test": 1000},
+                  "epochs": 2, "batch_size": 64, "device": "cpu"},
+        "full": {"data": {"source": "download"}, "epochs": 10},
+    },
 }
 
-FLOW_CONFIGS: dict[str, type[Config]] = {"q1-mlp": Q1MlpConfig}
+FLOW_CONFIGS: dict[str, type[Config]] = {"q1-mlp": Q1MlpConfig, "q1-cnn": Q1CnnConfig}
 
 
 def resolve_config(flow: str, profile: str, overrides: dict[str, Any] | None = None) -> Config:
@@ -91,11 +129,41 @@ def q1_mlp_cells(cfg: Q1MlpConfig) -> tuple[dict[str, dict], list[dict]]:
         return cid
 
     groups = [
-        {"key": "batch_size", "title": "(a) Mini-batch size sweep",
+        {"key": "batch_size", "title": "(a) Mini-batch size sweep", "select_by": "test/accuracy",
          "runs": [(f"batch {b}", b, cell(b, cfg.activation, cfg.loss)) for b in cfg.batch_sizes]},
-        {"key": "activation", "title": "(b) Activation sweep",
+        {"key": "activation", "title": "(b) Activation sweep", "select_by": "test/accuracy",
          "runs": [(a, a, cell(cfg.batch_size, a, cfg.loss)) for a in cfg.activations]},
-        {"key": "loss", "title": "(b) Loss sweep",
+        {"key": "loss", "title": "(b) Loss sweep", "select_by": "test/accuracy",
          "runs": [(lo, lo, cell(cfg.batch_size, cfg.activation, lo)) for lo in cfg.losses]},
+    ]
+    return cells, groups
+
+
+def q1_cnn_cells(cfg: Q1CnnConfig) -> tuple[dict[str, dict], list[dict]]:
+    """Plan Q1-CNN: (c) and (d) at ``dropout``, then (d) at every rate in ``dropouts``.
+
+    Same return shape as ``q1_mlp_cells``. Both groups select by dev accuracy.
+    """
+    common = {"epochs": cfg.epochs, "learning_rate": cfg.learning_rate,
+              "optimizer": cfg.optimizer, "seed": cfg.seed, "device": cfg.device,
+              "batch_size": cfg.batch_size, "dev_fraction": cfg.dev_fraction,
+              "split_seed": cfg.split_seed, "hflip": cfg.hflip, "normalize": cfg.normalize,
+              "channels_last": cfg.channels_last, "amp": cfg.amp,
+              "train_limit": cfg.train_limit}
+    cells: dict[str, dict] = {}
+
+    def cell(model: str, dropout: float) -> str:
+        cid = f"{model}-d{dropout:g}"
+        cells.setdefault(cid, {**common, "model": model, "dropout": dropout})
+        return cid
+
+    groups = [
+        {"key": "model", "title": "(c) No pooling vs (d) max-pooling + BatchNorm",
+         "select_by": "dev/accuracy",
+         "runs": [("(c) no pooling", "cnn", cell("cnn", cfg.dropout)),
+                  ("(d) max-pool + BN", "cnn_pool_bn", cell("cnn_pool_bn", cfg.dropout))]},
+        {"key": "dropout", "title": "(e) Dropout sweep on the fully connected layers of (d)",
+         "select_by": "dev/accuracy", "numeric": True,
+         "runs": [(f"dropout {d:g}", d, cell("cnn_pool_bn", d)) for d in cfg.dropouts]},
     ]
     return cells, groups

@@ -30,6 +30,8 @@ def curves(histories: Mapping[str, Sequence[Mapping]],
            splits: Sequence[str] = ("train", "dev", "test"), title: str = "",
            reference: Mapping[str, Sequence[float]] | None = None) -> bytes:
     """One panel per metric; a colour per run, a line style per split (train solid)."""
+    from matplotlib.ticker import MaxNLocator
+
     plt, fig, axes = _figure(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
     styles = {"train": "-", "dev": "--", "test": ":"}
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -46,6 +48,7 @@ def curves(histories: Mapping[str, Sequence[Mapping]],
             if metric in name:
                 ax.plot(range(1, len(ys) + 1), ys, "k-.", marker="x", label=f"{name} (reference)")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

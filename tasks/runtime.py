@@ -6,6 +6,7 @@ is a task that did not finish, whatever files it holds.
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import os
 import platform
@@ -32,7 +33,12 @@ TASKS: dict[str, str] = {
     "classifier.train": "tasks.classify:train",
     "classifier.evaluate": "tasks.classify:evaluate",
     "classifier.report": "tasks.classify_report:render",
+    "model.promote": "tasks.promote:promote",
 }
+
+
+# Set by whoever runs a task (the Prefect layer) to hear about progress: fn(done, total).
+PROGRESS: contextvars.ContextVar = contextvars.ContextVar("vf_progress", default=None)
 
 
 class Manifest(BaseModel):
@@ -152,6 +158,12 @@ class TaskRun:
 
     def key(self, rel: str) -> str:
         return join(self.prefix, rel)
+
+    def progress(self, done: int, total: int) -> None:
+        """Report progress (e.g. epochs done) to the runner, if it listens."""
+        callback = PROGRESS.get()
+        if callback is not None:
+            callback(done, total)
 
     def put_file(self, name: str, path: str | os.PathLike, rel: str | None = None) -> str:
         key = self.key(rel or Path(path).name)

@@ -79,6 +79,19 @@ class Store(ABC):
         """A filesystem path for ``key`` when the store is local, else None."""
         return None
 
+    @abstractmethod
+    def get_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """The object at ``key`` and a version token for ``put_if``; None when absent."""
+
+    @abstractmethod
+    def put_if(self, key: str, data: bytes, token: str | None) -> bool:
+        """Write only if ``key`` is unchanged since ``token`` was read (None: only if absent).
+
+        Returns False, writing nothing, when another writer got there first. This is the
+        compare-and-swap that champion promotion relies on (S3 ``If-Match`` /
+        ``If-None-Match``; locally an exclusive ``flock`` around check and rename).
+        """
+
     def put_json(self, key: str, obj: Any) -> str:
         return self.put_bytes(key, json.dumps(obj, indent=2, sort_keys=True).encode())
 
@@ -160,13 +173,41 @@ class LocalStore(Store):
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    @staticmethod
+    def _token(data: bytes) -> str:
+        import hashlib
+
+        return hashlib.sha256(data).hexdigest()
+
+    def get_versioned(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            data = self.get_bytes(key)
+        except MissingKeyError:
+            return None
+        return data, self._token(data)
+
+    def put_if(self, key: str, data: bytes, token: str | None) -> bool:
+        import fcntl
+
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(dest.parent / f".{dest.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            current = self.get_versioned(key)
+            if (current is None) != (token is None) or (
+                    current is not None and current[1] != token):
+                return False
+            self.put_bytes(key, data)
+            return True
+
     def list(self, prefix: str = "") -> list[str]:
         base = self.root / prefix.strip("/") if prefix.strip("/") else self.root
         if not base.is_dir():
             return []
         out = []
         for p in base.rglob("*"):
-            if p.is_file() and not (p.name.startswith(".") and p.name.endswith(".tmp")):
+            if p.is_file() and not (p.name.startswith(".") and p.name.endswith((".tmp",
+                                                                                  ".lock"))):
                 out.append(p.relative_to(self.root).as_posix())
         return sorted(out)
 
@@ -270,6 +311,27 @@ class S3Store(Store):
         finally:
             Path(tmp).unlink(missing_ok=True)
         return dest
+
+    def get_versioned(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            resp = self._call("read", key, self._client.get_object, Bucket=self.bucket,
+                              Key=self._key(key))
+        except MissingKeyError:
+            return None
+        return resp["Body"].read(), resp["ETag"]
+
+    def put_if(self, key: str, data: bytes, token: str | None) -> bool:
+        from botocore.exceptions import ClientError
+
+        cond = {"IfNoneMatch": "*"} if token is None else {"IfMatch": token}
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **cond)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "NoSuchKey"):
+                return False
+            raise self._wrap(exc, "write", key) from None
+        return True
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError

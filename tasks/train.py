@@ -53,8 +53,11 @@ class Split:
 
 def train_one_epoch(model: nn.Module, data: Split, *, batch_size: int,
                     optimizer: torch.optim.Optimizer, loss_fn, preprocess: Preprocess,
-                    generator: torch.Generator, drop_last: bool = False) -> dict[str, float]:
+                    generator: torch.Generator, drop_last: bool = False,
+                    autocast: torch.dtype | None = None) -> dict[str, float]:
     """One pass over ``data`` in a random order drawn from ``generator``.
+
+    ``autocast`` (e.g. ``torch.bfloat16``) runs the forward pass in mixed precision.
 
     Returns ``{"loss", "accuracy", "time_s"}`` (sample-weighted means over the epoch).
     """
@@ -71,8 +74,9 @@ def train_one_epoch(model: nn.Module, data: Split, *, batch_size: int,
         idx = order[i:i + batch_size]
         xb = preprocess(data.x.index_select(0, idx), True)
         yb = data.y.index_select(0, idx)
-        logits = model(xb)
-        loss = loss_fn(logits, yb)
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            logits = model(xb)
+            loss = loss_fn(logits.float(), yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -88,7 +92,8 @@ def train_one_epoch(model: nn.Module, data: Split, *, batch_size: int,
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Split, *, batch_size: int, loss_fn,
-             preprocess: Preprocess, return_predictions: bool = False) -> dict:
+             preprocess: Preprocess, return_predictions: bool = False,
+             autocast: torch.dtype | None = None) -> dict:
     """Loss and accuracy over ``data`` in eval mode; optionally the predictions (CPU tensor)."""
     model.eval()
     device = data.x.device
@@ -97,7 +102,8 @@ def evaluate(model: nn.Module, data: Split, *, batch_size: int, loss_fn,
     for i in range(0, len(data), batch_size):
         xb = preprocess(data.x[i:i + batch_size], False)
         yb = data.y[i:i + batch_size]
-        logits = model(xb)
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            logits = model(xb).float()
         total_loss += loss_fn(logits, yb) * yb.shape[0]
         preds.append(logits.argmax(1))
     pred = torch.cat(preds) if preds else torch.empty(0, dtype=torch.long, device=device)

@@ -71,3 +71,22 @@ def test_cli_bad_config_exits_before_anything_is_written(tmp_path):
         assert res.returncode == 2, res.stderr
         assert field in res.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_second_run_reuses_fetch_and_cached_training(q1_run):
+    from flows.q1_mlp import q1_mlp
+
+    uri, first = q1_run
+    second = q1_mlp(profile="smoke", store=uri, overrides=SMALL)
+    st = open_store(uri)
+    assert second["data"] == first["data"]
+    data_manifest = st.get_json(first["data"] + "/manifest.json")
+    assert data_manifest["finished_at"]  # written once: the fetch was reused
+    assert second["train"] == first["train"]  # cache hits point at the first run's outputs
+    champ = st.get_json("models/q1-mlp-smoke/champion.json")
+    assert champ["metric"] == "test/accuracy"
+    assert second["champion"]["decision"] == "promoted"  # same value: a tie promotes
+    changed = q1_mlp(profile="smoke", store=uri,
+                     overrides={**SMALL, "data": {**SMALL["data"], "seed": 1}})
+    assert changed["data"] != first["data"]  # a new dataset version is fetched
+    assert set(changed["train"].values()).isdisjoint(first["train"].values())

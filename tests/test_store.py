@@ -114,3 +114,16 @@ def test_missing_bucket_message(s3_endpoint):
     st = open_store("s3://vf-no-such-bucket-here/x")
     with pytest.raises(StoreError, match="bucket 'vf-no-such-bucket-here' does not exist"):
         st.check()
+
+
+def test_put_if_is_compare_and_swap(store_uri):
+    st = open_store(store_uri)
+    assert st.get_versioned("c/champion.json") is None
+    assert st.put_if("c/champion.json", b"v1", None)
+    assert not st.put_if("c/champion.json", b"other", None)  # exists already
+    data, token = st.get_versioned("c/champion.json")
+    assert data == b"v1"
+    assert st.put_if("c/champion.json", b"v2", token)
+    assert not st.put_if("c/champion.json", b"stale", token)  # token is out of date
+    assert st.get_bytes("c/champion.json") == b"v2"
+    assert st.list("c") == ["c/champion.json"]  # no lock files listed

@@ -1,0 +1,99 @@
+"""The shared body of the Q1 flows: fetch -> train each cell -> evaluate -> report -> publish."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger
+
+from flows.common import (
+    Progress,
+    champion_question,
+    io_step,
+    new_run_id,
+    publish,
+    run_step,
+    write_flow_manifest,
+)
+from tasks.config import Config
+from tasks.store import join, open_store
+
+
+def run_classifier_sweep(flow: str, cfg: Config, cells: dict[str, dict], groups: list[dict],
+                         *, profile: str, store: str | None, launcher: str,
+                         run_id: str | None, title: str, intro: list[str],
+                         eval_device: str, primary: str, refresh: bool | None = None
+                         ) -> dict[str, Any]:
+    """Run every training cell once, evaluate it on test, and render the question's report.
+
+    ``cells`` and ``groups`` come from the question's planner in ``tasks.experiments``.
+    Returns the flow result (also written as the flow's manifest).
+    """
+    log = get_run_logger()
+    st = open_store(store)
+    run_id = run_id or new_run_id()
+    base = join("runs", flow, run_id)
+    log.info("%s run %s (profile %s, %d training runs) -> %s", flow, run_id, profile,
+             len(cells), st.url(base))
+    data = io_step("fetch-fashion-mnist")("fetch-fashion-mnist", "fashion-mnist.fetch",
+                                          cfg.data.model_dump(), st.uri, launcher)
+    # progress in epochs: each training counts its epochs, each evaluation one unit
+    progress = Progress(sum(c["epochs"] + 1 for c in cells.values()) + 1,
+                        f"{flow} {run_id}: {len(cells)} training runs (epochs done / total)")
+    trained, evaluated = {}, {}
+    for cid, fields in cells.items():
+        trained[cid] = run_step(f"train-{cid}", "classifier.train",
+                                {**fields, "out": join(base, f"train-{cid}"),
+                                 "data": data["prefix"]}, st.uri, launcher,
+                                slot=f"{flow}/train-{cid}", refresh=refresh,
+                                progress=progress.slice(fields["epochs"]))
+        progress.advance(fields["epochs"])
+        evaluated[cid] = run_step(f"evaluate-{cid}", "classifier.evaluate",
+                                  {"out": join(base, f"eval-{cid}"),
+                                   "train": trained[cid]["prefix"], "device": eval_device},
+                                  st.uri, launcher, slot=f"{flow}/evaluate-{cid}",
+                                  refresh=refresh)
+        progress.advance(1)
+    report_groups = [{
+        "key": g["key"], "title": g["title"], "select_by": g["select_by"],
+        "numeric": g.get("numeric", False),
+        "runs": [{"name": name, "value": value, "train": trained[cid]["prefix"],
+                  "eval": evaluated[cid]["prefix"]} for name, value, cid in g["runs"]],
+    } for g in groups]
+    intro = [*intro, f"Dataset: {data['prefix']} ({data['inputs'].get('source', '?')})."]
+    report = run_step("report", "classifier.report", {
+        "out": join("reports", flow, run_id), "question": flow, "profile": profile,
+        "run_id": run_id, "title": title, "groups": report_groups, "intro": intro,
+    }, st.uri, launcher)
+    progress.advance(1)
+
+    def score(cid: str) -> float:
+        return {**trained[cid]["metrics"], **evaluated[cid]["metrics"]}[primary]
+
+    best_cell = max(cells, key=score)
+    promotion = run_step("promote", "model.promote", {
+        "question": champion_question(flow, profile), "run_id": run_id, "metric": primary,
+        "value": score(best_cell), "model": trained[best_cell]["prefix"], "profile": profile,
+        "out": join(base, "promote")}, st.uri, launcher)
+    rows = [{"experiment": cid,
+             **{k: round(v, 4) for k, v in evaluated[cid]["metrics"].items()
+                if isinstance(v, float)},
+             **{k: round(v, 4) for k, v in trained[cid]["metrics"].items()
+                if k.startswith("dev/") or k == "best/dev/accuracy"},
+             "train_time_s": round(trained[cid]["metrics"]["train/time_s"], 2)}
+            for cid in cells]
+    best = "\n".join(f"- {g['key']}: best {g.get('best')!r} by {g['select_by']}"
+                     for g in report["metrics"]["groups"])
+    publish(flow, run_id, rows, report["outputs"], st, best)
+    runs = [{"group": g["key"], "name": r["name"], "value": r["value"], "train": r["train"],
+             "eval": r["eval"]} for g in report_groups for r in g["runs"]]
+    result = {"run_id": run_id, "profile": profile, "store": st.uri,
+              "config": cfg.model_dump(mode="json"), "data": data["prefix"],
+              "train": {c: m["prefix"] for c, m in trained.items()},
+              "eval": {c: m["prefix"] for c, m in evaluated.items()},
+              "runs": runs, "report": report["outputs"],
+              "champion": {"best_cell": best_cell, "metric": primary,
+                           "value": score(best_cell), **promotion["metrics"]},
+              "groups": report["metrics"]["groups"], "metrics": rows}
+    result["manifest"] = write_flow_manifest(st, flow, run_id, result)
+    return result

@@ -1,0 +1,91 @@
+"""Q1-CNN: exact architectures and shapes from SPEC.md, and the smoke flow end to end."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.experiments import q1_cnn_cells, resolve_config
+from tasks.models import build_classifier, format_summary, summarize
+from tasks.store import open_store
+
+
+def shapes(kind: str) -> list[list[int]]:
+    s = summarize(build_classifier(kind), [32, 1, 28, 28])
+    return [r["output_shape"] for r in s["rows"]]
+
+
+def test_no_pool_shapes_and_params():
+    s = summarize(build_classifier("cnn"), [32, 1, 28, 28])
+    out = [r["output_shape"] for r in s["rows"]]
+    assert [32, 16, 28, 28] in out and [32, 32, 26, 26] in out and [32, 21632] in out
+    assert s["output_shape"] == [32, 10]
+    conv = (1 * 16 * 9 + 16) + (16 * 32 * 9 + 32)
+    fc = (21632 * 64 + 64) + (64 * 32 + 32) + (32 * 10 + 10)
+    assert s["total_params"] == conv + fc == 1_391_722
+    assert "Conv2d-1" in format_summary(s)
+
+
+def test_pool_bn_shapes_and_params():
+    s = summarize(build_classifier("cnn_pool_bn"), [32, 1, 28, 28])
+    out = [r["output_shape"] for r in s["rows"]]
+    assert [32, 16, 14, 14] in out and [32, 32, 6, 6] in out and [32, 1152] in out
+    conv = (1 * 16 * 9 + 16) + 2 * 16 + (16 * 32 * 9 + 32) + 2 * 32
+    fc = (1152 * 64 + 64) + (64 * 32 + 32) + (32 * 10 + 10)
+    assert s["total_params"] == conv + fc == 81_098
+
+
+def test_dropout_only_on_fc_layers():
+    import torch
+
+    model = build_classifier("cnn_pool_bn", dropout=0.4)
+    drops = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops and all(n.startswith("classifier.") for n in drops)
+    assert all(m.p == 0.4 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+
+
+def test_cells_cover_c_d_and_six_rates():
+    cells, groups = q1_cnn_cells(resolve_config("q1-cnn", "full"))
+    runs = [r for g in groups for r in g["runs"]]
+    assert len(runs) == 8
+    assert len(cells) == 7  # (d) at dropout 0 is the sweep's 0 cell
+    assert [r[1] for r in groups[1]["runs"]] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
+
+
+@pytest.fixture(scope="module")
+def cnn_run(prefect_harness, s3_endpoint):
+    from flows.q1_cnn import q1_cnn
+    from tests.conftest import make_bucket
+
+    uri = f"s3://{make_bucket(s3_endpoint)}/vf"
+    small = {"data": {"n_train": 400, "n_test": 200}, "epochs": 1}
+    return uri, small, q1_cnn(profile="smoke", store=uri, overrides=small)
+
+
+def test_smoke_flow_records_eight_runs_and_best_rate(cnn_run):
+    uri, _small, result = cnn_run
+    st = open_store(uri)
+    assert len(result["runs"]) == 8
+    for run in result["runs"]:
+        assert st.exists(run["train"] + "/manifest.json")
+        assert st.exists(run["eval"] + "/manifest.json")
+    dev = {r["value"]: st.get_json(r["train"] + "/manifest.json")["metrics"]["dev/accuracy"]
+           for r in result["runs"] if r["group"] == "dropout"}
+    chosen = next(g for g in result["groups"] if g["key"] == "dropout")
+    assert chosen["select_by"] == "dev/accuracy"
+    assert dev[chosen["best"]] == max(dev.values())
+    html = st.get_text(result["report"]["report.html"])
+    assert "reference (original report)" in html and "0.9138" in html
+
+
+def test_smoke_flow_is_deterministic(cnn_run, s3_endpoint):
+    from flows.q1_cnn import q1_cnn
+    from tests.conftest import make_bucket
+
+    uri, small, first = cnn_run
+    uri2 = f"s3://{make_bucket(s3_endpoint)}/vf"
+    second = q1_cnn(profile="smoke", store=uri2, overrides=small)
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if "time" not in k} for r in rows]
+
+    assert strip(first["metrics"]) == strip(second["metrics"])
