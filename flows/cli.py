@@ -71,6 +71,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.deployments import DEPLOYMENT, NIGHTLY, build_deployments
+
+    prefect_env()
+    if not os.environ.get("PREFECT_API_URL"):
+        raise VisionflowsError(
+            "visionflows serve needs a Prefect server to register its schedules with: start one "
+            "with `prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api")
+    names = args.flows or [f for f in FLOWS if f in NIGHTLY]
+    unknown = [f for f in names if f not in NIGHTLY]
+    if unknown:
+        raise VisionflowsError(f"no deployment for {', '.join(unknown)}; known: "
+                               f"{', '.join(NIGHTLY)}")
+    params: dict = {"profile": args.profile}
+    if args.store:
+        params["store"] = args.store
+    logging.getLogger("visionflows").setLevel(logging.INFO)
+    from prefect import serve
+
+    deployments = build_deployments(names, params, paused=args.paused)
+    print("serving " + ", ".join(f"{n}/{DEPLOYMENT} ({NIGHTLY[n].cron} UTC)" for n in names))
+    print(f"trigger one now with: prefect deployment run {names[0]}/{DEPLOYMENT}")
+    serve(*deployments, limit=args.limit)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visionflows", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="recompute cached steps (training, evaluation) instead of reusing them")
     run.add_argument("--json", action="store_true", help="also print the flow result as JSON")
     run.set_defaults(func=cmd_run)
+    srv = sub.add_parser("serve", help="serve every flow's nightly deployment (needs a server)")
+    srv.add_argument("--flows", nargs="*", help="which flows (default: all)")
+    srv.add_argument("--profile", default="full", help="default profile of scheduled runs")
+    srv.add_argument("--store", default=None, help="default store of scheduled runs")
+    srv.add_argument("--limit", type=int, default=1, help="flow runs at once (default 1)")
+    srv.add_argument("--paused", action="store_true", help="register schedules paused")
+    srv.set_defaults(func=cmd_serve)
     return parser
 
 

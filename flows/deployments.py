@@ -1,0 +1,43 @@
+"""Deployments: one per flow, named ``nightly``, with staggered cron schedules in UTC.
+
+``prefect.yaml`` declares the same deployments for workers (``prefect deploy --all``);
+``visionflows serve`` serves them from one process with no worker setup. A test keeps the
+two in step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEPLOYMENT = "nightly"
+TIMEZONE = "UTC"
+
+
+@dataclass(frozen=True)
+class Nightly:
+    flow: str
+    cron: str
+    description: str
+
+
+# Staggered so that runs on one GPU box do not overlap; the report comes last.
+NIGHTLY: dict[str, Nightly] = {n.flow: n for n in (
+    Nightly("q1-mlp", "0 1 * * *", "Q1-MLP sweeps on Fashion-MNIST"),
+    Nightly("q1-cnn", "30 1 * * *", "Q1-CNN pooling/BN and dropout sweep on Fashion-MNIST"),
+)}
+
+
+def build_deployments(flows: list[str], parameters: dict, paused: bool = False):
+    """``RunnerDeployment`` objects for ``prefect.serve``."""
+    from prefect.client.schemas.schedules import CronSchedule
+
+    from flows.cli import load_flow
+
+    out = []
+    for name in flows:
+        spec = NIGHTLY[name]
+        out.append(load_flow(name).to_deployment(
+            name=DEPLOYMENT, description=spec.description, parameters=parameters,
+            schedules=[CronSchedule(cron=spec.cron, timezone=TIMEZONE)], paused=paused,
+            tags=["visionflows", name]))
+    return out
