@@ -10,9 +10,10 @@ install:
 install-dev:
 	$(PIP) install -q -e '.[dev]'
 
-# q1-mlp on the embedded default: smoke profile, CPU, file://./artifacts, no Prefect server.
+# Every question on the embedded default (smoke profile, CPU, file://./artifacts, no Prefect
+# server), then the final comparison report.
 run: install
-	visionflows run q1-mlp
+	visionflows run all
 
 test: install-dev
 	$(PYTHON) -m ruff check .

@@ -22,6 +22,7 @@ FLOWS: dict[str, str] = {
     "q1-mlp": "flows.q1_mlp:q1_mlp",
     "q1-cnn": "flows.q1_cnn:q1_cnn",
 }
+REPORT_FLOW = "flows.report:report"
 
 
 def prefect_env() -> None:
@@ -33,31 +34,28 @@ def prefect_env() -> None:
 
 
 def load_flow(name: str):
+    if name == "report":
+        module, attr = REPORT_FLOW.split(":")
+        return getattr(importlib.import_module(module), attr)
     if name not in FLOWS:
         raise VisionflowsError(f"unknown flow {name!r}; known flows: {', '.join(FLOWS)}")
     module, attr = FLOWS[name].split(":")
     return getattr(importlib.import_module(module), attr)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from tasks.config import parse_sets
-    from tasks.experiments import resolve_config
+def _open_checked_store(uri: str | None):
     from tasks.store import open_store
 
-    overrides = parse_sets(args.set)
-    resolve_config(args.flow, args.profile, overrides)  # fail fast, before Prefect starts
-    store = open_store(args.store)
+    store = open_store(uri)
     if hasattr(store, "check"):
         store.check()
-    prefect_env()
-    logging.getLogger("visionflows").setLevel(logging.INFO)  # Prefect's handlers show it
-    flow = load_flow(args.flow)
-    kwargs = {"refresh": True} if args.refresh else {}
-    result = flow(profile=args.profile, store=store.uri, overrides=overrides,
-                  launcher=args.launcher, run_id=args.run_id, **kwargs)
+    return store
+
+
+def _print_result(name: str, profile: str, result: dict, store) -> None:
     html_key = result["report"]["report.html"]
     local = store.local_path(html_key)
-    print(f"\n{args.flow} run {result['run_id']} finished ({args.profile} profile)")
+    print(f"\n{name} run {result['run_id']} finished ({profile} profile)")
     for g in result.get("groups", []):
         print(f"  {g['key']}: best {g.get('best')!r} by {g['select_by']} "
               f"({g.get('best_score', float('nan')):.4f})")
@@ -66,8 +64,60 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"best cell {champ['best_cell']})")
     print(f"manifest: {store.url(result['manifest'])}")
     print(f"report:   {local if local is not None else store.url(html_key)}")
-    if args.json:
-        print(json.dumps(result, indent=2, default=str))
+
+
+def _run_report(store, failures: dict[str, str] | None = None) -> dict:
+    return load_flow("report")(store=store.uri, failures=failures)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tasks.config import parse_sets
+    from tasks.experiments import resolve_config
+
+    overrides = parse_sets(args.set)
+    if args.flow == "all" and overrides:
+        raise VisionflowsError("--set applies to one flow's config; run that flow alone "
+                               "(e.g. visionflows run q1-mlp --set epochs=2)")
+    names = list(FLOWS) if args.flow == "all" else [args.flow]
+    for name in names:  # fail fast, before Prefect starts
+        resolve_config(name, args.profile, overrides if args.flow != "all" else {})
+    store = _open_checked_store(args.store)
+    prefect_env()
+    logging.getLogger("visionflows").setLevel(logging.INFO)  # Prefect's handlers show it
+    kwargs = {"refresh": True} if args.refresh else {}
+    if args.flow != "all":
+        result = load_flow(args.flow)(profile=args.profile, store=store.uri,
+                                      overrides=overrides, launcher=args.launcher,
+                                      run_id=args.run_id, **kwargs)
+        _print_result(args.flow, args.profile, result, store)
+        if args.json:
+            print(json.dumps(result, indent=2, default=str))
+        return 0
+    failures: dict[str, str] = {}
+    for name in names:
+        try:
+            result = load_flow(name)(profile=args.profile, store=store.uri,
+                                     launcher=args.launcher, **kwargs)
+            _print_result(name, args.profile, result, store)
+        except Exception as exc:  # one question failing must not hide the others
+            failures[name] = f"{type(exc).__name__}: {exc}"
+            print(f"\n{name} FAILED: {failures[name]}", file=sys.stderr)
+    final = _run_report(store, failures)
+    print(f"\nfinal report: {final['local'] or store.url(final['report']['report.html'])}")
+    if failures:
+        print(f"{len(failures)} question(s) failed: {', '.join(failures)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    store = _open_checked_store(args.store)
+    prefect_env()
+    logging.getLogger("visionflows").setLevel(logging.INFO)
+    final = _run_report(store)
+    for q, status in final["questions"].items():
+        print(f"  {q}: {status}")
+    print(f"final report: {final['local'] or store.url(final['report']['report.html'])}")
     return 0
 
 
@@ -79,7 +129,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise VisionflowsError(
             "visionflows serve needs a Prefect server to register its schedules with: start one "
             "with `prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api")
-    names = args.flows or [f for f in FLOWS if f in NIGHTLY]
+    names = args.flows or [f for f in [*FLOWS, "report"] if f in NIGHTLY]
     unknown = [f for f in names if f not in NIGHTLY]
     if unknown:
         raise VisionflowsError(f"no deployment for {', '.join(unknown)}; known: "
@@ -101,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visionflows", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one question's flow now")
-    run.add_argument("flow", choices=sorted(FLOWS), help="which question")
+    run.add_argument("flow", choices=[*sorted(FLOWS), "all"],
+                     help="which question ('all': every question, then the final report)")
     run.add_argument("--profile", default="smoke", help="smoke (default) or full")
     run.add_argument("--store", default=None,
                      help="file://DIR or s3://bucket/prefix (default $VF_STORE or "
@@ -115,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="recompute cached steps (training, evaluation) instead of reusing them")
     run.add_argument("--json", action="store_true", help="also print the flow result as JSON")
     run.set_defaults(func=cmd_run)
+    rep = sub.add_parser("report", help="build the final comparison report from the store")
+    rep.add_argument("--store", default=None, help="store URI (default $VF_STORE or ./artifacts)")
+    rep.set_defaults(func=cmd_report)
     srv = sub.add_parser("serve", help="serve every flow's nightly deployment (needs a server)")
     srv.add_argument("--flows", nargs="*", help="which flows (default: all)")
     srv.add_argument("--profile", default="full", help="default profile of scheduled runs")

@@ -123,7 +123,14 @@ def publish(flow: str, run_id: str, rows: list[dict], report_keys: dict[str, str
 def write_flow_manifest(store: Store, flow: str, run_id: str, payload: dict[str, Any]) -> str:
     """The flow's own manifest (written last) and the ``latest.json`` pointer."""
     key = join("runs", flow, run_id, "manifest.json")
-    store.put_json(key, {"flow": flow, "run_id": run_id, **payload})
+    finished = datetime.now(UTC)
+    try:
+        started = datetime.strptime(run_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        duration = (finished - started).total_seconds()
+    except ValueError:  # a run id given by the user
+        duration = None
+    store.put_json(key, {"flow": flow, "run_id": run_id, "finished_at": finished.isoformat(),
+                         "duration_s": duration, **payload})
     store.put_json(join("runs", flow, "latest.json"), {"run_id": run_id, "manifest": key})
     return key
 

@@ -24,6 +24,7 @@ class Nightly:
 NIGHTLY: dict[str, Nightly] = {n.flow: n for n in (
     Nightly("q1-mlp", "0 1 * * *", "Q1-MLP sweeps on Fashion-MNIST"),
     Nightly("q1-cnn", "30 1 * * *", "Q1-CNN pooling/BN and dropout sweep on Fashion-MNIST"),
+    Nightly("report", "0 6 * * *", "Final comparison report across every question"),
 )}
 
 
@@ -36,8 +37,10 @@ def build_deployments(flows: list[str], parameters: dict, paused: bool = False):
     out = []
     for name in flows:
         spec = NIGHTLY[name]
+        params = parameters if name != "report" else {
+            k: v for k, v in parameters.items() if k == "store"}
         out.append(load_flow(name).to_deployment(
-            name=DEPLOYMENT, description=spec.description, parameters=parameters,
+            name=DEPLOYMENT, description=spec.description, parameters=params,
             schedules=[CronSchedule(cron=spec.cron, timezone=TIMEZONE)], paused=paused,
             tags=["visionflows", name]))
     return out

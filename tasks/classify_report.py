@@ -67,7 +67,7 @@ def _group_section(question: str, group: Group, store: Store, images_seen: set[s
     cols += ["dev acc (final)", "best dev acc"] if has_dev else []
     cols += ["train time (s)", "epochs"]
     rows = []
-    for name, (_ref, tr, ev) in loaded.items():
+    for name, (run_ref, tr, ev) in loaded.items():
         status = "ok" if (tr and ev) else ("trained, not evaluated" if tr else "missing/failed")
         row = [name, status, _metric(tr, ev, "test/accuracy"),
                _metric(tr, ev, "test/precision_macro"), _metric(tr, ev, "test/recall_macro"),
@@ -79,9 +79,11 @@ def _group_section(question: str, group: Group, store: Store, images_seen: set[s
         summary_rows.append({"question": question, "variant": f"{group.key}={name}",
                              "status": status, "metric": "test/accuracy",
                              "value": _metric(tr, ev, "test/accuracy"),
-                             "time_s": _metric(tr, ev, "train/time_s")})
+                             "time_s": _metric(tr, ev, "train/time_s"),
+                             "run": tr.prefix if tr else run_ref.train})
     section = Section(group.title, tables=[Table(cols, rows, f"{group.title}: final metrics")])
-    result: dict[str, Any] = {"key": group.key, "select_by": group.select_by, "best": None}
+    result: dict[str, Any] = {"key": group.key, "select_by": group.select_by, "best": None,
+                              "comparison": []}
     if ok:
         best_name = max(ok, key=lambda n: _metric(ok[n][1], ok[n][2], group.select_by) or -1)
         best_ref = ok[best_name][0]
@@ -97,6 +99,13 @@ def _group_section(question: str, group: Group, store: Store, images_seen: set[s
                 text += " Our choice agrees." if agree else " Our choice differs."
                 result["reference_best"] = ref["best"]
                 result["agrees"] = agree
+            result["comparison"].append({
+                "item": f"best {group.key} (by {group.select_by})", "ours": best_ref.value,
+                "reference": ref["best"] if ref.get("best") is not None else ref["note"]})
+            for k in (k for k in ref if "/" in k):
+                result["comparison"].append({
+                    "item": f"{k} at the best {group.key}",
+                    "ours": _metric(ok[best_name][1], ok[best_name][2], k), "reference": ref[k]})
         section.paragraphs.append(text)
         if ref and any("/" in k for k in ref):
             metric_keys = [k for k in ref if "/" in k]
@@ -186,4 +195,7 @@ def render(cfg: ReportConfig, store: Store) -> Manifest:
         keys = write_report(report, store, cfg.out)
         for name, key in keys.items():
             run.outputs[name] = key
-        return run.finish({"groups": results, "summary": summary_rows})
+        comparison = [{"question": cfg.question, **row} for r in results
+                      for row in r.pop("comparison")]
+        return run.finish({"groups": results, "summary": summary_rows,
+                           "comparison": comparison})

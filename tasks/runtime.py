@@ -34,6 +34,7 @@ TASKS: dict[str, str] = {
     "classifier.evaluate": "tasks.classify:evaluate",
     "classifier.report": "tasks.classify_report:render",
     "model.promote": "tasks.promote:promote",
+    "report.final": "tasks.final_report:render",
 }
 
 

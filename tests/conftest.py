@@ -107,3 +107,27 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+# Tiny smoke runs shared by the flow tests and the final-report test (one store).
+Q1_MLP_SMALL = {"data": {"n_train": 600, "n_test": 200}, "epochs": 2}
+Q1_CNN_SMALL = {"data": {"n_train": 400, "n_test": 200}, "epochs": 1}
+
+
+@pytest.fixture(scope="session")
+def smoke_store(prefect_harness, s3_endpoint):
+    return f"s3://{make_bucket(s3_endpoint)}/vf"
+
+
+@pytest.fixture(scope="session")
+def q1_mlp_run(smoke_store):
+    from flows.q1_mlp import q1_mlp
+
+    return smoke_store, q1_mlp(profile="smoke", store=smoke_store, overrides=Q1_MLP_SMALL)
+
+
+@pytest.fixture(scope="session")
+def q1_cnn_run(smoke_store):
+    from flows.q1_cnn import q1_cnn
+
+    return smoke_store, q1_cnn(profile="smoke", store=smoke_store, overrides=Q1_CNN_SMALL)

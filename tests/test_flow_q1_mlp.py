@@ -10,17 +10,12 @@ import sys
 import pytest
 
 from tasks.store import open_store
+from tests.conftest import Q1_MLP_SMALL as SMALL
 
-SMALL = {"data": {"n_train": 600, "n_test": 200}, "epochs": 2}
 
-
-@pytest.fixture(scope="module")
-def q1_run(prefect_harness, s3_endpoint):
-    from flows.q1_mlp import q1_mlp
-    from tests.conftest import make_bucket
-
-    uri = f"s3://{make_bucket(s3_endpoint)}/vf"
-    return uri, q1_mlp(profile="smoke", store=uri, overrides=SMALL)
+@pytest.fixture
+def q1_run(q1_mlp_run):
+    return q1_mlp_run
 
 
 def test_every_manifest_exists(q1_run):
@@ -73,10 +68,20 @@ def test_cli_bad_config_exits_before_anything_is_written(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
-def test_second_run_reuses_fetch_and_cached_training(q1_run):
+def test_second_run_reuses_fetch_and_cached_training(q1_run, s3_endpoint):
+    import boto3
+
     from flows.q1_mlp import q1_mlp
+    from tests.conftest import make_bucket
 
     uri, first = q1_run
+    # a copy of the store, so the shared one keeps its latest run for other tests
+    src_bucket = uri.split("/")[2]
+    uri = f"s3://{make_bucket(s3_endpoint)}/vf"
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    for obj in s3.list_objects_v2(Bucket=src_bucket).get("Contents", []):
+        s3.copy_object(Bucket=uri.split("/")[2], Key=obj["Key"],
+                       CopySource={"Bucket": src_bucket, "Key": obj["Key"]})
     second = q1_mlp(profile="smoke", store=uri, overrides=SMALL)
     st = open_store(uri)
     assert second["data"] == first["data"]

@@ -51,14 +51,12 @@ def test_cells_cover_c_d_and_six_rates():
     assert [r[1] for r in groups[1]["runs"]] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
 
 
-@pytest.fixture(scope="module")
-def cnn_run(prefect_harness, s3_endpoint):
-    from flows.q1_cnn import q1_cnn
-    from tests.conftest import make_bucket
+@pytest.fixture
+def cnn_run(q1_cnn_run):
+    from tests.conftest import Q1_CNN_SMALL
 
-    uri = f"s3://{make_bucket(s3_endpoint)}/vf"
-    small = {"data": {"n_train": 400, "n_test": 200}, "epochs": 1}
-    return uri, small, q1_cnn(profile="smoke", store=uri, overrides=small)
+    uri, result = q1_cnn_run
+    return uri, Q1_CNN_SMALL, result
 
 
 def test_smoke_flow_records_eight_runs_and_best_rate(cnn_run):
