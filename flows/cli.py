@@ -33,6 +33,22 @@ def prefect_env() -> None:
     os.environ.setdefault("PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT", "false")
 
 
+def check_prefect_api() -> None:
+    """With ``PREFECT_API_URL`` set, fail fast and clearly when that server is unreachable."""
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        return
+    import httpx
+
+    try:
+        httpx.get(url.rstrip("/") + "/health", timeout=5).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise VisionflowsError(
+            f"the Prefect API at {url} is unreachable ({type(exc).__name__}): start it with "
+            "`prefect server start`, or unset PREFECT_API_URL to let visionflows start a "
+            "temporary local server") from None
+
+
 def load_flow(name: str):
     if name == "report":
         module, attr = REPORT_FLOW.split(":")
@@ -83,6 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         resolve_config(name, args.profile, overrides if args.flow != "all" else {})
     store = _open_checked_store(args.store)
     prefect_env()
+    check_prefect_api()
     logging.getLogger("visionflows").setLevel(logging.INFO)  # Prefect's handlers show it
     kwargs = {"refresh": True} if args.refresh else {}
     if args.flow != "all":
@@ -113,6 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     store = _open_checked_store(args.store)
     prefect_env()
+    check_prefect_api()
     logging.getLogger("visionflows").setLevel(logging.INFO)
     final = _run_report(store)
     for q, status in final["questions"].items():

@@ -82,9 +82,25 @@ def run_step(name: str, task_name: str, cfg: dict[str, Any], store: str,
     return manifest.model_dump(mode="json")
 
 
+def _worth_retrying(_task, _task_run, state) -> bool:
+    """Retry store/network trouble; a bad input or config fails the same way every time."""
+    from tasks.errors import StoreError, VisionflowsError
+
+    try:
+        state.result()
+    except StoreError:
+        return True
+    except VisionflowsError:
+        return False
+    except Exception:  # noqa: BLE001 - unknown failures (network, crashes) get their retries
+        return True
+    return False
+
+
 def io_step(name: str):
     """``run_step`` with retries, for fetches and other I/O-bound steps."""
-    return run_step.with_options(retries=2, retry_delay_seconds=5, task_run_name=name)
+    return run_step.with_options(retries=2, retry_delay_seconds=5, task_run_name=name,
+                                 retry_condition_fn=_worth_retrying)
 
 
 class Progress:

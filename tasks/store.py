@@ -12,12 +12,14 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import urllib.parse
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
 from tasks.errors import ConfigError, MissingKeyError, StoreError
+from tasks.log import get_logger
 
 DEFAULT_STORE = "file://./artifacts"
 SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
@@ -235,7 +237,8 @@ class S3Store(Store):
         self.endpoint_url = endpoint_url or os.environ.get("VF_S3_ENDPOINT_URL") or None
         region = region or os.environ.get("VF_S3_REGION") or os.environ.get(
             "AWS_DEFAULT_REGION") or "us-east-1"
-        attempts = max_attempts or int(os.environ.get("VF_S3_MAX_ATTEMPTS", "8"))
+        attempts = max_attempts or int(os.environ.get("VF_S3_MAX_ATTEMPTS", "5"))
+        self.retry_seconds = float(os.environ.get("VF_S3_RETRY_SECONDS", "60"))
         cfg = Config(
             retries={"max_attempts": attempts, "mode": "standard"},
             connect_timeout=5, read_timeout=60,
@@ -268,19 +271,62 @@ class S3Store(Store):
             return StoreError(f"could not {action} {where}: S3 error {code or exc}")
         if isinstance(exc, NoCredentialsError):
             return StoreError("no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
-        if isinstance(exc, EndpointConnectionError):
+        if isinstance(exc, EndpointConnectionError) or self._transient(exc):
             return StoreError(
                 f"could not {action} {where}: S3 endpoint {self.endpoint_url or 'AWS'} is "
-                "unreachable (is MinIO running? check VF_S3_ENDPOINT_URL)")
+                f"unreachable (gave up after {self.retry_seconds:.0f}s of retries; is MinIO "
+                "running? check VF_S3_ENDPOINT_URL)")
+        if "NoSuchBucket" in str(exc):
+            return StoreError(
+                f"bucket {self.bucket!r} does not exist at "
+                f"{self.endpoint_url or 'AWS'}: create it (e.g. `mc mb`) or fix the store URI")
+        if any(s in str(exc) for s in ("InvalidAccessKeyId", "SignatureDoesNotMatch",
+                                       "AccessDenied")):
+            return StoreError(
+                f"access denied while trying to {action} {where}: check AWS_ACCESS_KEY_ID / "
+                "AWS_SECRET_ACCESS_KEY and the bucket policy")
         return StoreError(f"could not {action} {where}: {type(exc).__name__}: {exc}")
 
+    @staticmethod
+    def _transient(exc: Exception) -> bool:
+        from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import ReadTimeoutError
+
+        if isinstance(exc, BotoConnectionError | ReadTimeoutError):
+            return True
+        text = str(exc)
+        return isinstance(exc, S3UploadFailedError) and any(
+            s in text for s in ("Could not connect", "Connection was closed", "timed out",
+                                "Connection reset"))
+
     def _call(self, action: str, key: str, fn, *args, **kwargs):
+        """Run one S3 operation; ride out endpoint outages up to ``retry_seconds``.
+
+        botocore retries each request a few times; on top of that a connection failure
+        (endpoint down, restarting MinIO) is retried with backoff until the budget
+        (``VF_S3_RETRY_SECONDS``, default 60 s) is spent. Every operation here is idempotent
+        (whole-object puts and gets), so retrying cannot duplicate or corrupt data.
+        """
+        from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
 
-        try:
-            return fn(*args, **kwargs)
-        except (ClientError, BotoCoreError) as exc:
-            raise self._wrap(exc, action, key) from None
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 0.5
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except ClientError as exc:
+                raise self._wrap(exc, action, key) from None
+            except (BotoCoreError, S3UploadFailedError) as exc:
+                if self._transient(exc) and time.monotonic() + delay < deadline:
+                    get_logger("store").warning(
+                        "S3 %s of %r failed (%s); retrying in %.1fs", action, key,
+                        type(exc).__name__, delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 8.0)
+                    continue
+                raise self._wrap(exc, action, key) from None
 
     def put_bytes(self, key: str, data: bytes) -> str:
         self._call("write", key, self._client.put_object, Bucket=self.bucket,
@@ -334,33 +380,28 @@ class S3Store(Store):
         return True
 
     def exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
-
         try:
-            self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+            self._call("check", key, self._client.head_object, Bucket=self.bucket,
+                       Key=self._key(key))
             return True
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise self._wrap(exc, "check", key) from None
-        except Exception as exc:  # connection errors
-            raise self._wrap(exc, "check", key) from None
+        except MissingKeyError:
+            return False
 
     def list(self, prefix: str = "") -> list[str]:
         full = join(self.prefix, prefix.strip("/"))
         if full:
             full += "/"
-        out: list[str] = []
-        paginator = self._client.get_paginator("list_objects_v2")
-        try:
+
+        def collect() -> list[str]:
+            out: list[str] = []
+            paginator = self._client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
                 for obj in page.get("Contents", []):
                     k = obj["Key"]
                     out.append(k[len(self.prefix) + 1:] if self.prefix else k)
-        except Exception as exc:
-            raise self._wrap(exc, "list", prefix) from None
-        return sorted(out)
+            return out
+
+        return sorted(self._call("list", prefix, collect))
 
     def delete(self, key: str) -> None:
         self._call("delete", key, self._client.delete_object, Bucket=self.bucket,
