@@ -34,6 +34,9 @@ TASKS: dict[str, str] = {
     "classifier.evaluate": "tasks.classify:evaluate",
     "classifier.report": "tasks.classify_report:render",
     "model.promote": "tasks.promote:promote",
+    "images.ingest": "tasks.segment:ingest",
+    "segment.images": "tasks.segment:segment",
+    "segment.report": "tasks.segment_report:render",
 }
 
 
