@@ -226,6 +226,28 @@ def _to_rgb(img, notes: list[str]) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
+def _pil_open():
+    """PIL's own ``Image.open``, even when another library has wrapped it.
+
+    ultralytics replaces ``PIL.Image.open`` at import time with a wrapper that, on a file
+    PIL cannot identify, tries to pip-install ``pi-heif`` and raises ModuleNotFoundError
+    offline. Decoding a user's file must not install packages, so we call the original
+    (kept by such wrappers as ``_image_open`` or ``__wrapped__``).
+    """
+    import sys
+
+    from PIL import Image
+
+    opener = Image.open
+    if getattr(opener, "__module__", "PIL.Image") == "PIL.Image":
+        return opener
+    original = getattr(opener, "__wrapped__", None) or getattr(
+        sys.modules.get(opener.__module__), "_image_open", None)
+    if callable(original) and getattr(original, "__module__", "") == "PIL.Image":
+        return original
+    return opener
+
+
 def decode_image(data: bytes, *, min_size: int = 16, max_pixels: int = 40_000_000,
                  max_aspect: float = 8.0) -> Decoded:
     """Decode image bytes into RGB; raise InputError with a clear reason when unusable.
@@ -241,7 +263,7 @@ def decode_image(data: bytes, *, min_size: int = 16, max_pixels: int = 40_000_00
     if not data:
         raise InputError("empty file (0 bytes): not an image")
     try:
-        img = Image.open(io.BytesIO(data))
+        img = _pil_open()(io.BytesIO(data))
     except UnidentifiedImageError:
         head = data[:16]
         shown = head.decode("ascii", "replace") if head.isascii() else head.hex()

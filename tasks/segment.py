@@ -416,6 +416,13 @@ def segment(cfg: SegmentConfig, store: Store) -> Manifest:
                 run.log.warning("input %d %s rejected: %s", e["index"], e["source"], exc)
                 e.update(status="rejected", stage="decode", error=str(exc))
                 continue
+            except Exception as exc:  # a decoder bug on one file must not lose the others
+                run.log.exception("input %d %s: unexpected decoder error", e["index"],
+                                  e["source"])
+                e.update(status="rejected", stage="decode",
+                         error=f"unexpected decoder error ({type(exc).__name__}: {exc}); "
+                               "convert the image to an 8-bit RGB JPEG or PNG")
+                continue
             decoded[e["index"]] = dec
             e.update(format=dec.format, mode=dec.mode, size=list(dec.size), notes=dec.notes,
                      decode_s=round(time.perf_counter() - t, 4))
