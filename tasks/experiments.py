@@ -96,6 +96,7 @@ class Q3SegmentationConfig(SegmentOptions):
     images: list[str] = Field(default_factory=lambda: list(PACKAGED_IMAGES), min_length=1)
     allow_rejected: bool = Field(False, description="true: rejected inputs do not fail the run")
     timeout_s: float = Field(30.0, gt=0, description="per-URL download time-out")
+    max_download_mb: float = Field(50.0, gt=0, description="size cap of one input")
 
     @field_validator("images", mode="before")
     @classmethod

@@ -85,7 +85,6 @@ class SegmentOptions(Config):
     min_size: int = Field(16, ge=1, description="reject images with a shorter side below this")
     max_pixels: int = Field(40_000_000, gt=0)
     max_aspect: float = Field(8.0, ge=1.0)
-    max_download_mb: float = Field(50.0, gt=0)
     overlay_alpha: float = Field(0.5, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
