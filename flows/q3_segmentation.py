@@ -33,8 +33,12 @@ def _summary_line(e: dict[str, Any]) -> str:
 @flow(name=FLOW, log_prints=True)
 def q3_segmentation(profile: str = "smoke", store: str | None = None,
                     overrides: dict[str, Any] | None = None, launcher: str = "local",
-                    run_id: str | None = None) -> dict[str, Any]:
-    """Q3: DeepLabV3 class map, overlay and legend for each input image, and a report."""
+                    run_id: str | None = None, refresh: bool = False) -> dict[str, Any]:
+    """Q3: DeepLabV3 class map, overlay and legend for each input image, and a report.
+
+    Nothing is cached across runs (each run segments its inputs afresh), so ``refresh``
+    changes nothing; it is accepted like every flow's. ``--run-id`` reuses finished steps.
+    """
     log = get_run_logger()
     cfg: Q3SegmentationConfig = resolve_config(FLOW, profile, overrides)  # type: ignore[assignment]
     st = open_store(store)
@@ -42,23 +46,24 @@ def q3_segmentation(profile: str = "smoke", store: str | None = None,
     base = join("runs", FLOW, run_id)
     log.info("q3-segmentation run %s (profile %s, %d image(s)) -> %s", run_id, profile,
              len(cfg.images), st.url(base))
-    progress = Progress(3, f"q3-segmentation {run_id}: {len(cfg.images)} image(s)")
+    n = len(cfg.images)
+    progress = Progress(n + 2, f"q3-segmentation {run_id}: {n} image(s)")
 
     ingest = io_step("ingest-images")(
         "ingest-images", "images.ingest",
         {"out": join(base, "inputs"), "images": list(cfg.images),
          "max_download_mb": cfg.max_download_mb, "timeout_s": cfg.timeout_s},
         st.uri, launcher)
-    progress.step()
+    progress.advance()
     options = cfg.model_dump(mode="json", include=set(SegmentOptions.model_fields))
     seg = run_step("segment", "segment.images",
                    {**options, "out": join(base, "segment"), "ingest": ingest["prefix"]},
-                   st.uri, launcher)
-    progress.step()
+                   st.uri, launcher, progress=progress.slice(n))
+    progress.advance(n)
     report = run_step("report", "segment.report",
                       {"out": join("reports", FLOW, run_id), "segment": seg["prefix"],
                        "profile": profile, "run_id": run_id}, st.uri, launcher)
-    progress.step()
+    progress.advance()
 
     images = [{k: e.get(k) for k in ("index", "name", "source", "status", "stage", "error",
                                      "size", "mode", "notes", "legend", "outputs", "infer_s")

@@ -303,12 +303,14 @@ def upsample_argmax(logits, size: tuple[int, int], budget: int = UPSAMPLE_BUDGET
 
 
 def predict(model, images: list[np.ndarray], transform, batch_size: int = 4,
-            device: str = "cpu") -> tuple[list[np.ndarray | None], list[float], list[str | None]]:
+            device: str = "cpu", progress=None,
+            ) -> tuple[list[np.ndarray | None], list[float], list[str | None]]:
     """Label maps (uint8, each image's own H x W), per-image seconds and per-image errors.
 
     Images are preprocessed by ``transform``; those with equal preprocessed sizes share a
     batch of up to ``batch_size``. A batch that fails (e.g. out of memory) yields ``None``
-    label maps and an error message for its images only.
+    label maps and an error message for its images only. ``progress(done, total)`` is
+    called after each batch.
     """
     import torch
 
@@ -319,6 +321,7 @@ def predict(model, images: list[np.ndarray], transform, batch_size: int = 4,
     labels: list[np.ndarray | None] = [None] * len(images)
     seconds = [0.0] * len(images)
     errors: list[str | None] = [None] * len(images)
+    done = 0
     with torch.inference_mode():
         for idxs in groups.values():
             for start in range(0, len(idxs), batch_size):
@@ -329,14 +332,16 @@ def predict(model, images: list[np.ndarray], transform, batch_size: int = 4,
                     logits = model(x)["out"]
                     maps = [upsample_argmax(logits[j], tuple(images[i].shape[:2])).cpu().numpy()
                             for j, i in enumerate(chunk)]
+                    per = (time.perf_counter() - t0) / len(chunk)
+                    for i, lab in zip(chunk, maps, strict=True):
+                        labels[i], seconds[i] = lab, per
                 except (RuntimeError, MemoryError) as exc:
                     msg = str(exc).splitlines()[0][:300] if str(exc) else ""
                     for i in chunk:
                         errors[i] = f"inference failed ({type(exc).__name__}: {msg})"
-                    continue
-                per = (time.perf_counter() - t0) / len(chunk)
-                for i, lab in zip(chunk, maps, strict=True):
-                    labels[i], seconds[i] = lab, per
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, len(images))
     return labels, seconds, errors
 
 
@@ -429,7 +434,7 @@ def segment(cfg: SegmentConfig, store: Store) -> Manifest:
         order = [e for e in entries if e["index"] in decoded]
         t0 = time.perf_counter()
         maps, secs, errs = predict(model, [decoded[e["index"]].rgb for e in order], transform,
-                                   cfg.batch_size, str(device))
+                                   cfg.batch_size, str(device), progress=run.progress)
         labels: dict[int, np.ndarray] = {}
         for e, lab, sec, err in zip(order, maps, secs, errs, strict=True):
             if lab is None:

@@ -143,8 +143,11 @@ def test_batching_equals_one_by_one(tiny_model):
     hook = tiny_model.register_forward_pre_hook(lambda _m, args: batches.append(args[0].shape[0]))
     try:
         tf = make_transform(FAST, 48)
-        together, _, _ = predict(tiny_model, imgs, tf, batch_size=4)
+        calls: list[tuple[int, int]] = []
+        together, _, _ = predict(tiny_model, imgs, tf, batch_size=4,
+                                 progress=lambda d, t: calls.append((d, t)))
         assert sorted(batches) == [1, 3]
+        assert len(calls) == 2 and calls[-1] == (4, 4)
         batches.clear()
         alone = [predict(tiny_model, [im], tf, batch_size=1)[0][0] for im in imgs]
         assert batches == [1, 1, 1, 1]
