@@ -21,6 +21,7 @@ from tasks.errors import VisionflowsError
 FLOWS: dict[str, str] = {
     "q1-mlp": "flows.q1_mlp:q1_mlp",
     "q1-cnn": "flows.q1_cnn:q1_cnn",
+    "q3-segmentation": "flows.q3_segmentation:q3_segmentation",
 }
 REPORT_FLOW = "flows.report:report"
 
@@ -78,6 +79,8 @@ def _print_result(name: str, profile: str, result: dict, store) -> None:
     if champ := result.get("champion"):
         print(f"  champion: {champ.get('decision')} ({champ['metric']}={champ['value']:.4f}, "
               f"best cell {champ['best_cell']})")
+    for line in result.get("summary", []):
+        print(f"  {line}")
     print(f"manifest: {store.url(result['manifest'])}")
     print(f"report:   {local if local is not None else store.url(html_key)}")
 
@@ -207,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except VisionflowsError as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

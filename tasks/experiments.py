@@ -14,6 +14,8 @@ from pydantic import Field, field_validator
 from tasks.config import Config, deep_merge, validate
 from tasks.data.fashion_mnist import FetchConfig
 from tasks.errors import ConfigError
+from tasks.images import PACKAGED_IMAGES
+from tasks.segment import SegmentOptions
 
 Activation = Literal["relu", "tanh", "sigmoid"]
 Loss = Literal["cross_entropy", "mse"]
@@ -83,6 +85,25 @@ class Q1CnnConfig(Config):
         return v
 
 
+class Q3SegmentationConfig(SegmentOptions):
+    """Q3: DeepLabV3 on any images (local paths, http(s) URLs, store keys, package files).
+
+    The default inputs are real photos shipped inside installed packages. A rejected input
+    (missing, not an image, truncated, too small ...) never loses the others' results; the
+    run still fails at the end (CLI exit code 3) unless ``allow_rejected`` is true.
+    """
+
+    images: list[str] = Field(default_factory=lambda: list(PACKAGED_IMAGES), min_length=1)
+    allow_rejected: bool = Field(False, description="true: rejected inputs do not fail the run")
+    timeout_s: float = Field(30.0, gt=0, description="per-URL download time-out")
+    max_download_mb: float = Field(50.0, gt=0, description="size cap of one input")
+
+    @field_validator("images", mode="before")
+    @classmethod
+    def _one_image(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "q1-mlp": {
         "smoke": {"data": {"source": "generate", "n_train": 3000, "n_test": 1000},
@@ -94,9 +115,15 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                   "epochs": 2, "batch_size": 64, "device": "cpu"},
         "full": {"data": {"source": "download"}, "epochs": 10},
     },
+    "q3-segmentation": {
+        # random weights at a small input size: the whole pipeline on CPU in seconds
+        "smoke": {"pretrained": False, "resize_size": 64, "device": "cpu"},
+        "full": {"pretrained": True},
+    },
 }
 
-FLOW_CONFIGS: dict[str, type[Config]] = {"q1-mlp": Q1MlpConfig, "q1-cnn": Q1CnnConfig}
+FLOW_CONFIGS: dict[str, type[Config]] = {"q1-mlp": Q1MlpConfig, "q1-cnn": Q1CnnConfig,
+                                         "q3-segmentation": Q3SegmentationConfig}
 
 
 def resolve_config(flow: str, profile: str, overrides: dict[str, Any] | None = None) -> Config:

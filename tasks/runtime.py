@@ -35,6 +35,9 @@ TASKS: dict[str, str] = {
     "classifier.report": "tasks.classify_report:render",
     "model.promote": "tasks.promote:promote",
     "report.final": "tasks.final_report:render",
+    "images.ingest": "tasks.segment:ingest",
+    "segment.images": "tasks.segment:segment",
+    "segment.report": "tasks.segment_report:render",
 }
 
 
