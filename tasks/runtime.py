@@ -32,6 +32,12 @@ TASKS: dict[str, str] = {
     "classifier.train": "tasks.classify:train",
     "classifier.evaluate": "tasks.classify:evaluate",
     "classifier.report": "tasks.classify_report:render",
+    "stl10.fetch": "tasks.data.stl10:fetch",
+    "transfer.weights": "tasks.transfer:weights",
+    "transfer.explore": "tasks.transfer:explore",
+    "transfer.train": "tasks.transfer:train",
+    "transfer.finetune": "tasks.transfer:finetune",
+    "transfer.report": "tasks.transfer_report:render",
 }
 
 
