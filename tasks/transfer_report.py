@@ -192,7 +192,10 @@ def _comparison(rows: dict[str, dict], histories: dict[str, list]) -> tuple[Sect
               ("backbone feature time (s)", "features_time_s"),
               ("misclassified in the grid", "misclassified"), ("fixed by fine-tuning", "fixed"),
               ("test accuracy after fine-tuning", "test_after")]
-    table = [[name, *[rows[a].get(key) for a in rows]] for name, key in fields]
+    def cell(value: Any) -> Any:
+        return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else value
+
+    table = [[name, *[cell(rows[a].get(key)) for a in rows]] for name, key in fields]
     table.append(["reference final test accuracy",
                   *[REF[a]["test/accuracy"][-1] for a in rows]])
     sec.tables.append(Table(cols, table, "Side by side"))
@@ -251,7 +254,9 @@ def render(cfg: ReportConfig, store: Store) -> Manifest:
             "test sets and every epoch trains only the head on the cached features (with "
             "`augment: true`, the training features are recomputed once per epoch). "
             "`python -m bench.q2_epoch` measures this against the naive loop (full forward "
-            "and backward through the whole model each batch)."])
+            "and backward through the whole model each batch). VGG16's head is its whole "
+            "classifier (the frozen fc6 and fc7 with Dropout between them, then the new "
+            "layer), so its head epochs cost more than ResNet18's single Linear layer."])
         speed.tables.append(Table(
             ["model", "feature pass (s)", "head training, all epochs (s)", "cached"],
             [[ARCHS[a]["label"], r.get("features_time_s"), r.get("train_time_s"),

@@ -131,3 +131,16 @@ def test_unknown_arch_is_a_clear_error():
         build_imagenet_model("alexnet")
     with pytest.raises(ConfigError):
         adapt(nn.Linear(2, 2), "alexnet")
+
+
+def test_augmentation_recomputes_features_every_epoch(tmp_path):
+    from tasks.runtime import run_task
+
+    uri = f"file://{tmp_path}/s"
+    data = run_task("stl10.fetch", {"source": "generate", "n_train": 20, "n_test": 10}, uri)
+    m = run_task("transfer.train", {"out": "r/aug", "data": data.prefix, "arch": "resnet18",
+                                    "pretrained": False, "image_size": 48, "epochs": 2,
+                                    "augment": True, "device": "cpu"}, uri)
+    assert m.metrics["features/cached"] is False
+    assert all(h["features/time_s"] > 0 for h in m.history)  # a backbone pass per epoch
+    assert len(m.metrics["test/accuracy_per_epoch"]) == 2
