@@ -21,6 +21,7 @@ from tasks.errors import VisionflowsError
 FLOWS: dict[str, str] = {
     "q1-mlp": "flows.q1_mlp:q1_mlp",
     "q1-cnn": "flows.q1_cnn:q1_cnn",
+    "q2-transfer": "flows.q2_transfer:q2_transfer",
     "q3-segmentation": "flows.q3_segmentation:q3_segmentation",
 }
 REPORT_FLOW = "flows.report:report"

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 
 from tasks.config import Config, deep_merge, validate
 from tasks.data.fashion_mnist import FetchConfig
+from tasks.data.stl10 import FetchConfig as Stl10FetchConfig
 from tasks.errors import ConfigError
 from tasks.images import PACKAGED_IMAGES
 from tasks.segment import SegmentOptions
@@ -104,6 +105,43 @@ class Q3SegmentationConfig(SegmentOptions):
         return [v] if isinstance(v, str) else v
 
 
+class Q2TransferConfig(Config):
+    """Q2: ResNet18 and VGG16 with frozen ImageNet backbones and a new 10-class head on STL10.
+
+    ``pretrained`` must be said: ``true`` resolves the ImageNet weights (``weights_mirror``,
+    then the torch hub cache, then a download) and fails if it cannot; ``false`` trains on a
+    random backbone and every manifest and the report say so.
+    """
+
+    data: Stl10FetchConfig = Stl10FetchConfig()
+    models: list[Literal["resnet18", "vgg16"]] = Field(["resnet18", "vgg16"], min_length=1)
+    pretrained: bool = True
+    weights_mirror: str | None = Field(
+        None, description="local folder or store prefix holding torchvision's .pth files")
+    image_size: int = Field(96, ge=48, le=512, description="STL10 is 96x96; smaller is faster")
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(32, gt=0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    learning_rate: float = Field(1e-3, gt=0)
+    augment: bool = Field(False, description="random horizontal flips (features per epoch)")
+    feature_batch_size: int = Field(128, gt=0)
+    samples: int = Field(16, ge=1, le=100, description="images in the labelled sample grid")
+    grid_size: int = Field(25, ge=1, le=100, description="test images in the prediction grid")
+    grid_seed: int = 0
+    finetune_epochs: int = Field(5, gt=0)
+    finetune_lr: float = Field(1e-4, gt=0)
+    finetune_eval_test: bool = Field(True, description="test accuracy after fine-tuning too")
+    seed: int = 0
+    device: str = "auto"
+
+    @field_validator("models")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"each model at most once (got {v})")
+        return v
+
+
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "q1-mlp": {
         "smoke": {"data": {"source": "generate", "n_train": 3000, "n_test": 1000},
@@ -120,9 +158,19 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "smoke": {"pretrained": False, "resize_size": 64, "device": "cpu"},
         "full": {"pretrained": True},
     },
+    "q2-transfer": {
+        # small images and few samples keep VGG16 fast on a CPU; a random backbone, said so;
+        # its features are weak, so the head takes larger steps to show learning in 3 epochs
+        "smoke": {"data": {"source": "generate", "n_train": 200, "n_test": 100},
+                  "pretrained": False, "image_size": 48, "epochs": 3, "learning_rate": 0.01,
+                  "finetune_eval_test": False, "device": "cpu"},
+        "full": {"data": {"source": "download"}, "pretrained": True, "image_size": 96,
+                 "epochs": 10, "batch_size": 32},
+    },
 }
 
 FLOW_CONFIGS: dict[str, type[Config]] = {"q1-mlp": Q1MlpConfig, "q1-cnn": Q1CnnConfig,
+                                         "q2-transfer": Q2TransferConfig,
                                          "q3-segmentation": Q3SegmentationConfig}
 
 

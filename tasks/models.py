@@ -76,12 +76,15 @@ def build_classifier(kind: str, *, activation: str = "relu", hidden: Sequence[in
 
 
 def summarize(model: nn.Module, input_shape: Sequence[int], device: str = "cpu",
-              depth: int | None = None) -> dict[str, Any]:
+              depth: int | None = None, containers: bool = False) -> dict[str, Any]:
     """Run one forward pass and list each leaf layer with its output shape and parameter count.
 
     Returns ``{"rows": [{"layer", "output_shape", "params"}], "total_params",
     "trainable_params", "input_shape", "output_shape"}``. Layer names follow torchsummary
     (``Conv2d-1``, ``ReLU-2``, ...); ``depth`` limits how deep modules are listed.
+    ``containers=True`` also lists blocks other than Sequential/ModuleList (e.g. ResNet's
+    ``BasicBlock``) with their own direct parameters, as torchsummary does, so the rows match
+    its table one for one.
     """
     rows: list[dict[str, Any]] = []
     hooks = []
@@ -89,22 +92,27 @@ def summarize(model: nn.Module, input_shape: Sequence[int], device: str = "cpu",
 
     def leafs():
         for name, mod in model.named_modules():
-            if name and (not list(mod.children()) or
+            leaf = not list(mod.children())
+            block = containers and not isinstance(mod, nn.Sequential | nn.ModuleList)
+            if name and (leaf or block or
                          (depth is not None and name.count(".") + 1 == depth)):
                 if depth is not None and name.count(".") + 1 > depth:
                     continue
                 yield name, mod
 
-    def hook(mod, _inp, out):
-        counter["n"] += 1
-        shape = list(out.shape) if isinstance(out, torch.Tensor) else None
-        rows.append({"layer": f"{type(mod).__name__}-{counter['n']}", "module": mod._vf_name,
-                     "output_shape": shape,
-                     "params": sum(p.numel() for p in mod.parameters())})
+    def make_hook(name: str):
+        def hook(mod, _inp, out):
+            counter["n"] += 1
+            shape = list(out.shape) if isinstance(out, torch.Tensor) else None
+            leaf = not list(mod.children())
+            rows.append({"layer": f"{type(mod).__name__}-{counter['n']}", "module": name,
+                         "output_shape": shape,
+                         "params": sum(p.numel() for p in mod.parameters(recurse=leaf or
+                                                                         not containers))})
+        return hook
 
     for name, mod in leafs():
-        mod._vf_name = name
-        hooks.append(mod.register_forward_hook(hook))
+        hooks.append(mod.register_forward_hook(make_hook(name)))
     was_training = model.training
     model.eval()
     try:

@@ -130,3 +130,47 @@ def line(xs: Sequence[float], series: Mapping[str, Sequence[float]], xlabel: str
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _png(plt, fig)
+
+
+def image_grid(images: np.ndarray, titles: Sequence[str], ncols: int = 5, title: str = "",
+               wrong: Sequence[bool] | None = None) -> bytes:
+    """A grid of RGB images (``[N, H, W, 3]`` or ``[N, 3, H, W]`` uint8) with a title each.
+
+    ``wrong[i]`` draws image i's title in red (e.g. a misclassified sample), else green.
+    """
+    arr = np.asarray(images)
+    if arr.ndim == 4 and arr.shape[1] == 3 and arr.shape[-1] != 3:
+        arr = arr.transpose(0, 2, 3, 1)
+    n = len(arr)
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, -(-n // ncols))
+    lines = max((str(t).count("\n") + 1 for t in titles), default=1)
+    plt, fig, axes = _figure(nrows, ncols, squeeze=False,
+                             figsize=(2.1 * ncols, (2.05 + 0.16 * lines) * nrows + 0.4))
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(arr[i])
+            colour = "black" if wrong is None else ("red" if wrong[i] else "green")
+            ax.set_title(titles[i], fontsize=7, color=colour)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _png(plt, fig)
+
+
+def histogram(counts: Sequence[float], edges: Sequence[float], xlabel: str, title: str = "",
+              marks: Mapping[str, float] | None = None) -> bytes:
+    """A histogram from precomputed ``counts`` over bin ``edges``; ``marks`` adds labelled
+    vertical lines (e.g. the minimum and maximum)."""
+    plt, fig, ax = _figure(figsize=(6.5, 3.8))
+    edges = np.asarray(edges, dtype=float)
+    ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#4c72b0")
+    for i, (name, x) in enumerate((marks or {}).items()):
+        ax.axvline(x, color=f"C{i + 1}", linestyle="--", label=f"{name} = {x:.4f}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if marks:
+        ax.legend(fontsize=8)
+    return _png(plt, fig)

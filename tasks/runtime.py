@@ -38,6 +38,12 @@ TASKS: dict[str, str] = {
     "images.ingest": "tasks.segment:ingest",
     "segment.images": "tasks.segment:segment",
     "segment.report": "tasks.segment_report:render",
+    "stl10.fetch": "tasks.data.stl10:fetch",
+    "transfer.weights": "tasks.transfer:weights",
+    "transfer.explore": "tasks.transfer:explore",
+    "transfer.train": "tasks.transfer:train",
+    "transfer.finetune": "tasks.transfer:finetune",
+    "transfer.report": "tasks.transfer_report:render",
 }
 
 

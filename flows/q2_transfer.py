@@ -1,0 +1,123 @@
+"""Flow ``q2-transfer``: weights -> fetch STL10 -> explore -> per model: train head, grid +
+fine-tune -> report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from flows.common import Progress, io_step, new_run_id, publish, run_step, write_flow_manifest
+from tasks.experiments import Q2TransferConfig, resolve_config
+from tasks.store import join, open_store
+from tasks.weights import WeightsError
+
+FLOW = "q2-transfer"
+
+
+def _worth_retrying(_task, _task_run, state) -> bool:
+    """Retry a failed download, not a checkpoint that is missing or corrupt."""
+    exc = state.data
+    return not isinstance(exc, WeightsError) or exc.transient
+
+
+@flow(name=FLOW, log_prints=True)
+def q2_transfer(profile: str = "smoke", store: str | None = None,
+                overrides: dict[str, Any] | None = None, launcher: str = "local",
+                run_id: str | None = None) -> dict[str, Any]:
+    """Q2 on STL10: ResNet18 and VGG16, frozen ImageNet backbones, new heads, fine-tuning."""
+    log = get_run_logger()
+    cfg: Q2TransferConfig = resolve_config(FLOW, profile, overrides)  # type: ignore[assignment]
+    st = open_store(store)
+    run_id = run_id or new_run_id()
+    base = join("runs", FLOW, run_id)
+    log.info("q2-transfer run %s (profile %s, pretrained %s) -> %s", run_id, profile,
+             cfg.pretrained, st.url(base))
+    progress = Progress(3 + 2 * len(cfg.models) + 1, f"q2-transfer {run_id}")
+
+    # the weights first: a full run without them stops before a 2.6 GB download
+    weights = run_step.with_options(
+        retries=2, retry_delay_seconds=5, retry_condition_fn=_worth_retrying,
+        task_run_name="weights")("weights", "transfer.weights", {
+        "out": join(base, "weights"), "archs": list(cfg.models), "pretrained": cfg.pretrained,
+        "weights_mirror": cfg.weights_mirror}, st.uri, launcher)
+    progress.step()
+    data = io_step("fetch-stl10")("fetch-stl10", "stl10.fetch", cfg.data.model_dump(), st.uri,
+                                  launcher)
+    progress.step()
+    explore = run_step("explore", "transfer.explore", {
+        "out": join(base, "explore"), "data": data["prefix"], "samples": cfg.samples,
+        "seed": cfg.seed}, st.uri, launcher)
+    progress.step()
+    trained, tuned = {}, {}
+    for arch in cfg.models:
+        trained[arch] = run_step(f"train-{arch}", "transfer.train", {
+            "out": join(base, f"train-{arch}"), "data": data["prefix"], "arch": arch,
+            "pretrained": cfg.pretrained, "weights_mirror": cfg.weights_mirror,
+            "image_size": cfg.image_size, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+            "optimizer": cfg.optimizer, "learning_rate": cfg.learning_rate,
+            "augment": cfg.augment, "feature_batch_size": cfg.feature_batch_size,
+            "seed": cfg.seed, "device": cfg.device}, st.uri, launcher)
+        progress.step()
+        tuned[arch] = run_step(f"finetune-{arch}", "transfer.finetune", {
+            "out": join(base, f"finetune-{arch}"), "train": trained[arch]["prefix"],
+            "grid_size": cfg.grid_size, "grid_seed": cfg.grid_seed,
+            "epochs": cfg.finetune_epochs, "learning_rate": cfg.finetune_lr,
+            "eval_test": cfg.finetune_eval_test, "device": cfg.device}, st.uri, launcher)
+        progress.step()
+    weights_note = ("ImageNet weights (torchvision IMAGENET1K_V1)" if cfg.pretrained else
+                    "**random initialisation (pretrained: false)**")
+    report = run_step("report", "transfer.report", {
+        "out": join("reports", FLOW, run_id), "profile": profile, "run_id": run_id,
+        "title": "Q2: transfer learning on STL10 with ResNet18 and VGG16",
+        "data": data["prefix"], "explore": explore["prefix"], "weights": weights["prefix"],
+        "models": [{"arch": a, "train": trained[a]["prefix"], "finetune": tuned[a]["prefix"]}
+                   for a in cfg.models],
+        "intro": [
+            f"Backbones: {weights_note}, every layer frozen and run in eval mode (BatchNorm "
+            "keeps its stored statistics instead of batch ones), features computed without "
+            "autograd. New head: "
+            f"Linear(-> 10), {cfg.optimizer} (lr {cfg.learning_rate}), batch {cfg.batch_size}, "
+            f"{cfg.epochs} epochs, images at {cfg.image_size} px, horizontal flips "
+            f"{'on' if cfg.augment else 'off'}, seed {cfg.seed}. Fine-tuning: every layer "
+            f"unfrozen, {cfg.optimizer} (lr {cfg.finetune_lr}), {cfg.finetune_epochs} epochs "
+            f"on the misclassified images of a {cfg.grid_size}-image grid (seed "
+            f"{cfg.grid_seed}). The reference's optimiser and learning rate are not printed; "
+            "these are our choices.",
+            f"Dataset: {data['prefix']} ({data['inputs'].get('source', '?')})."],
+    }, st.uri, launcher)
+    progress.step()
+    rows = []
+    for arch in cfg.models:
+        m, f = trained[arch]["metrics"], tuned[arch]["metrics"]
+        rows.append({"model": arch, "test_accuracy": round(m["test/accuracy"], 4),
+                     "best_test_accuracy": round(m["best/test/accuracy"], 4),
+                     "trainable_params": m["trainable_params"],
+                     "total_params_imagenet": m["total_params_imagenet"],
+                     "features_time_s": round(m["features/cache_time_s"], 2),
+                     "head_time_s": round(m["train/time_s"], 2),
+                     "misclassified": f["misclassified"], "fixed": f["fixed"]})
+    comparison = report["metrics"]
+    best = max(cfg.models, key=lambda a: trained[a]["metrics"]["test/accuracy"])
+    groups = [{"key": "model", "select_by": "test/accuracy", "best": best,
+               "best_score": trained[best]["metrics"]["test/accuracy"]}]
+    summary_md = "\n".join(
+        f"- {r['model']}: test accuracy {r['test_accuracy']:.4f}, fine-tuning fixed "
+        f"{r['fixed']} of {r['misclassified']}" for r in rows)
+    publish(FLOW, run_id, rows, report["outputs"], st, summary_md)
+    result = {
+        "run_id": run_id, "profile": profile, "store": st.uri,
+        "config": cfg.model_dump(mode="json"), "data": data["prefix"],
+        "weights": weights["metrics"]["weights"], "explore": explore["prefix"],
+        "train": {a: m["prefix"] for a, m in trained.items()},
+        "finetune": {a: m["prefix"] for a, m in tuned.items()},
+        "test_accuracy_per_epoch": {a: m["metrics"]["test/accuracy_per_epoch"]
+                                    for a, m in trained.items()},
+        "finetune_result": {a: {k: m["metrics"][k] for k in (
+            "misclassified", "fixed", "broken", "finetune/accuracy_per_epoch",
+            "test/accuracy_after")} for a, m in tuned.items()},
+        "comparison": comparison, "report": report["outputs"], "groups": groups,
+        "metrics": rows,
+    }
+    result["manifest"] = write_flow_manifest(st, FLOW, run_id, result)
+    return result
