@@ -3,6 +3,8 @@
     visionflows run q1-mlp                      # smoke profile, file://./artifacts, CPU
     visionflows run q1-mlp --profile full --set data.mirror=/data/fashion-mnist
     visionflows run q1-mlp --store s3://bucket/prefix --set epochs=2 --set batch_sizes=[32,256]
+    visionflows run q1-mlp --launcher docker    # one container per task (images/build*.sh)
+    visionflows doctor --store s3://bucket/prefix   # what works, what to fix
 
 Without ``PREFECT_API_URL`` Prefect runs the flow against a temporary local server.
 """
@@ -64,6 +66,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from flows.doctor import run_doctor
+
+    prefect_env()
+    return run_doctor(args.store, docker=not args.no_docker)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visionflows", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,11 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
                           "file://./artifacts)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a config key (dotted for nested; JSON values), repeatable")
-    run.add_argument("--launcher", default="local", choices=["local", "subprocess"],
-                     help="where tasks run (default: in this process)")
+    run.add_argument("--launcher", default="local", choices=["local", "subprocess", "docker"],
+                     help="where tasks run: in this process (default), a child process, or "
+                          "one container per task (docker; settings VF_IMAGE, VF_DOCKER_*)")
     run.add_argument("--run-id", default=None, help="reuse a run id (resumes unfinished steps)")
     run.add_argument("--json", action="store_true", help="also print the flow result as JSON")
     run.set_defaults(func=cmd_run)
+    doctor = sub.add_parser("doctor", help="check Prefect API, store, Docker and GPUs; say "
+                                           "what to fix")
+    doctor.add_argument("--store", default=None,
+                        help="store to check (default $VF_STORE or file://./artifacts)")
+    doctor.add_argument("--no-docker", action="store_true", help="skip the Docker checks")
+    doctor.set_defaults(func=cmd_doctor)
     return parser
 
 
