@@ -19,6 +19,8 @@ import sys
 
 from tasks.errors import VisionflowsError
 
+LAUNCHER_CHOICES = ("local", "subprocess", "docker")  # flows.launcher.LAUNCHERS, unimported
+
 FLOWS: dict[str, str] = {
     "q1-mlp": "flows.q1_mlp:q1_mlp",
 }
@@ -46,6 +48,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     overrides = parse_sets(args.set)
     resolve_config(args.flow, args.profile, overrides)  # fail fast, before Prefect starts
+    if args.launcher not in LAUNCHER_CHOICES:
+        raise VisionflowsError(f"unknown launcher {args.launcher!r} (from VF_LAUNCHER?); use "
+                               f"one of: {', '.join(LAUNCHER_CHOICES)}")
+    if args.launcher == "docker":
+        from flows.docker_launcher import preflight
+
+        preflight()  # engine reachable, image for this code built
     store = open_store(args.store)
     if hasattr(store, "check"):
         store.check()
@@ -84,9 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "file://./artifacts)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a config key (dotted for nested; JSON values), repeatable")
-    run.add_argument("--launcher", default="local", choices=["local", "subprocess", "docker"],
-                     help="where tasks run: in this process (default), a child process, or "
-                          "one container per task (docker; settings VF_IMAGE, VF_DOCKER_*)")
+    run.add_argument("--launcher", default=os.environ.get("VF_LAUNCHER") or "local",
+                     choices=LAUNCHER_CHOICES,
+                     help="where tasks run: in this process (default, or $VF_LAUNCHER), a "
+                          "child process, or one container per task (docker; settings "
+                          "VF_IMAGE, VF_DOCKER_*)")
     run.add_argument("--run-id", default=None, help="reuse a run id (resumes unfinished steps)")
     run.add_argument("--json", action="store_true", help="also print the flow result as JSON")
     run.set_defaults(func=cmd_run)

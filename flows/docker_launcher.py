@@ -197,7 +197,7 @@ def container_spec(task: str, cfg: Mapping[str, Any], store: str, opts: DockerOp
     st = open_store(store)
     image = image_for(task, opts)
     environment = {k: env[k] for k in FORWARD_ENV if env.get(k)}
-    environment.update({"PYTHONUNBUFFERED": "1", "VF_IMAGE_TAG": image, "VF_LAUNCHER": "docker"})
+    environment.update({"PYTHONUNBUFFERED": "1", "VF_IMAGE_TAG": image})
     volumes: dict[str, dict] = {}
     user = None if opts.user == "auto" else opts.user
     if isinstance(st, LocalStore):
@@ -317,10 +317,25 @@ def ensure_image(client, image: str, pull: bool) -> None:
             return
         except docker.errors.APIError as exc:
             raise LaunchError(f"could not pull {image}: {exc.explanation or exc}") from None
-    raise LaunchError(
-        f"image {image} is not on the Docker engine. It holds this exact code: build it with "
-        "`images/build.sh` (or `images/build-local-base.sh` without a registry), or point "
-        "VF_IMAGE at an image you built, or set VF_DOCKER_PULL=1 to pull it")
+    if image == images.default_image():
+        raise LaunchError(
+            f"the task image for this code, {image}, is not built (its tag is the version "
+            "plus a hash of the code): build it with `images/build.sh` (or "
+            "`images/build-local-base.sh` without a registry), or set VF_IMAGE")
+    raise LaunchError(f"image {image} is not on the Docker engine: build or pull it, or fix "
+                      "VF_IMAGE / VF_IMAGE_<FAMILY> (VF_DOCKER_PULL=1 pulls missing images)")
+
+
+def preflight(task: str = "classifier.train") -> str:
+    """Fail fast, before a flow starts: settings parse, engine reachable, image present.
+
+    Returns the image ``task`` would run in.
+    """
+    opts = DockerOptions.from_env()
+    client = connect()
+    image = image_for(task, opts)
+    ensure_image(client, image, opts.pull)
+    return image
 
 
 def _failure(task: str, what: str, tail: Iterable[str]) -> LaunchError:

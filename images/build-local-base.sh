@@ -127,7 +127,7 @@ step "host wheelhouse $WH ($(du -sh "$WH" | cut -f1))" "$t"
 t=$SECONDS
 PY_IMAGE="visionflows-python:$SUITE-$( { docker image inspect -f '{{.Id}}' "$ROOTFS_IMAGE"; \
   cat images/base.Dockerfile; } | sha)"
-docker build --network host -f images/base.Dockerfile --target python -t "$PY_IMAGE" \
+docker build --force-rm --network host -f images/base.Dockerfile --target python -t "$PY_IMAGE" \
   --build-arg "ROOTFS_IMAGE=$ROOTFS_IMAGE" "$CTX" >"$CACHE/python-build.log" 2>&1 \
   || { tail -30 "$CACHE/python-build.log" >&2; die "python stage failed; see $CACHE/python-build.log"; }
 TARGET=$(cat "$CTX/requirements.txt" "$CTX/constraints.txt" <(docker image inspect -f '{{.Id}}' "$PY_IMAGE") | sha)
@@ -161,7 +161,7 @@ if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
   log "base $BASE_IMAGE exists"
 else
   log "building $BASE_IMAGE"
-  docker build --network host -f images/base.Dockerfile -t "$BASE_IMAGE" \
+  docker build --force-rm --network host -f images/base.Dockerfile -t "$BASE_IMAGE" \
     --build-arg "ROOTFS_IMAGE=$ROOTFS_IMAGE" --build-arg "VF_PIP_ARGS=$PIP_ARGS" \
     "$CTX" >"$CACHE/base-build.log" 2>&1 \
     || { tail -30 "$CACHE/base-build.log" >&2; die "base build failed; see $CACHE/base-build.log"; }

@@ -32,7 +32,7 @@ if [ -z "${VF_FORCE_BUILD:-}" ] && docker image inspect "$IMAGE" >/dev/null 2>&1
   exit 0
 fi
 
-args=(--network host -f images/tasks.Dockerfile -t "$IMAGE"
+args=(--force-rm --network host -f images/tasks.Dockerfile -t "$IMAGE"
       --build-arg "VF_VERSION=$VERSION" --build-arg "VF_SOURCE_HASH=$HASH"
       --build-arg "VF_GIT_COMMIT=$COMMIT" --build-arg "VF_IMAGE_TAG=$IMAGE"
       --build-arg "VF_PIP_ARGS=${VF_PIP_ARGS:-}")

@@ -316,7 +316,7 @@ def test_oom_and_missing_manifest_and_keep(creds):
 
 
 def test_missing_image_and_gpu_start_error_are_clear(creds):
-    with pytest.raises(LaunchError, match="images/build-local-base.sh"):
+    with pytest.raises(LaunchError, match="this code, visionflows-tasks:.* is not built"):
         launch_docker("fashion-mnist.fetch", FETCH, "s3://b/p",
                       client=FakeClient({}, have_image=False), options=DockerOptions())
     client = FakeClient({"start_error": 'could not select device driver "" with '
@@ -333,6 +333,19 @@ def test_bad_config_fails_before_any_container():
         launch_docker("classifier.train", {**TRAIN, "activation": "swish"}, "s3://b/p",
                       client=client, options=DockerOptions())
     assert client.created == []
+
+
+def test_cli_docker_launcher_fails_fast_without_engine(tmp_path, monkeypatch, capsys):
+    from flows.cli import main
+
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    store = tmp_path / "store"
+    assert main(["run", "q1-mlp", "--launcher", "docker", "--store", f"file://{store}"]) == 2
+    assert "cannot reach the Docker engine" in capsys.readouterr().err
+    assert not store.exists()  # nothing ran, Prefect never started
+    monkeypatch.setenv("VF_LAUNCHER", "k8s")
+    assert main(["run", "q1-mlp", "--store", f"file://{store}"]) == 2
+    assert "unknown launcher 'k8s' (from VF_LAUNCHER?)" in capsys.readouterr().err
 
 
 def test_launch_dispatches_and_lists_docker(monkeypatch):
