@@ -1,6 +1,7 @@
 # The README's two quick-start commands are `make run` and `make test`.
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
+PYTEST_ARGS ?=
 
 .PHONY: install install-dev run test lint bench
 
@@ -17,7 +18,7 @@ run: install
 
 test: install-dev
 	$(PYTHON) -m ruff check .
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 lint:
 	$(PYTHON) -m ruff check .

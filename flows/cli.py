@@ -3,6 +3,8 @@
     visionflows run q1-mlp                      # smoke profile, file://./artifacts, CPU
     visionflows run q1-mlp --profile full --set data.mirror=/data/fashion-mnist
     visionflows run q1-mlp --store s3://bucket/prefix --set epochs=2 --set batch_sizes=[32,256]
+    visionflows run q1-mlp --launcher docker    # one container per task (images/build*.sh)
+    visionflows doctor --store s3://bucket/prefix   # what works, what to fix
 
 Without ``PREFECT_API_URL`` Prefect runs the flow against a temporary local server.
 """
@@ -17,6 +19,8 @@ import os
 import sys
 
 from tasks.errors import VisionflowsError
+
+LAUNCHER_CHOICES = ("local", "subprocess", "docker")  # flows.launcher.LAUNCHERS, unimported
 
 FLOWS: dict[str, str] = {
     "q1-mlp": "flows.q1_mlp:q1_mlp",
@@ -101,6 +105,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     names = list(FLOWS) if args.flow == "all" else [args.flow]
     for name in names:  # fail fast, before Prefect starts
         resolve_config(name, args.profile, overrides if args.flow != "all" else {})
+    if args.launcher not in LAUNCHER_CHOICES:
+        raise VisionflowsError(f"unknown launcher {args.launcher!r} (from VF_LAUNCHER?); use "
+                               f"one of: {', '.join(LAUNCHER_CHOICES)}")
+    if args.launcher == "docker":
+        from flows.docker_launcher import preflight
+
+        preflight()  # engine reachable, image for this code built
     store = _open_checked_store(args.store)
     prefect_env()
     check_prefect_api()
@@ -169,6 +180,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from flows.doctor import run_doctor
+
+    prefect_env()
+    return run_doctor(args.store, docker=not args.no_docker)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visionflows", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -181,8 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "file://./artifacts)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a config key (dotted for nested; JSON values), repeatable")
-    run.add_argument("--launcher", default="local", choices=["local", "subprocess"],
-                     help="where tasks run (default: in this process)")
+    run.add_argument("--launcher", default=os.environ.get("VF_LAUNCHER") or "local",
+                     choices=LAUNCHER_CHOICES,
+                     help="where tasks run: in this process (default, or $VF_LAUNCHER), a "
+                          "child process, or one container per task (docker; settings "
+                          "VF_IMAGE, VF_DOCKER_*)")
     run.add_argument("--run-id", default=None, help="reuse a run id (resumes unfinished steps)")
     run.add_argument("--refresh", action="store_true",
                      help="recompute cached steps (training, evaluation) instead of reusing them")
@@ -198,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--limit", type=int, default=1, help="flow runs at once (default 1)")
     srv.add_argument("--paused", action="store_true", help="register schedules paused")
     srv.set_defaults(func=cmd_serve)
+    doctor = sub.add_parser("doctor", help="check Prefect API, store, Docker and GPUs; say "
+                                           "what to fix")
+    doctor.add_argument("--store", default=None,
+                        help="store to check (default $VF_STORE or file://./artifacts)")
+    doctor.add_argument("--no-docker", action="store_true", help="skip the Docker checks")
+    doctor.set_defaults(func=cmd_doctor)
     return parser
 
 

@@ -1,14 +1,16 @@
-"""Run a task by name, in-process or in a child process, and return its manifest.
+"""Run a task by name, in-process, in a child process or in a container; return its manifest.
 
 ``local`` (the embedded default) calls the task function in this process. ``subprocess``
 runs ``python -m tasks <name>`` in a child process (the same entrypoint containers use)
-and relays its log lines when it ends. Flows pick the launcher by a parameter, never by
+and relays its log lines when it ends. ``docker`` runs it in a container of the task image
+(see ``flows/docker_launcher.py``). Flows pick the launcher by a parameter, never by
 code changes.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -16,20 +18,33 @@ from typing import Any
 
 from tasks.config import validate
 from tasks.errors import ConfigError, VisionflowsError
-from tasks.log import get_logger, redact
+from tasks.log import LOGGER_NAME, get_logger, redact
 from tasks.runtime import Manifest, resolve, run_task
 
-LAUNCHERS = ("local", "subprocess")
+LAUNCHERS = ("local", "subprocess", "docker")
 
 
 def launch(task: str, cfg: dict[str, Any], store: str, launcher: str = "local",
            timeout_s: float | None = None) -> Manifest:
     """Run ``task`` with ``cfg`` against the store URI ``store`` using ``launcher``."""
+    show_task_logs()
     if launcher == "local":
         return run_task(task, cfg, store)
     if launcher == "subprocess":
         return _launch_subprocess(task, cfg, store, timeout_s)
+    if launcher == "docker":
+        from flows.docker_launcher import launch_docker
+
+        return launch_docker(task, cfg, store, timeout_s)
     raise ConfigError(f"unknown launcher {launcher!r}; use one of: {', '.join(LAUNCHERS)}")
+
+
+def show_task_logs() -> None:
+    """Let the tasks' INFO lines through: Prefect attaches its API handler to our logger
+    (PREFECT_LOGGING_EXTRA_LOGGERS) but leaves its level to the root's WARNING."""
+    logger = logging.getLogger(LOGGER_NAME)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
 
 
 def _launch_subprocess(task: str, cfg: dict, store: str, timeout_s: float | None) -> Manifest:

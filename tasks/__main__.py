@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", default=None,
                         help="store URI (file://DIR or s3://bucket/prefix); default $VF_STORE "
                              "or file://./artifacts")
+    parser.add_argument("--manifest-out", default=None, metavar="PATH",
+                        help="write the manifest JSON to PATH instead of stdout (containers: "
+                             "the launcher reads it back, stdout stays a plain log)")
     args = parser.parse_args(argv)
     setup_cli_logging()
     try:
@@ -53,7 +56,13 @@ def main(argv: list[str] | None = None) -> int:
         get_logger().exception("task %s crashed", args.task)
         print(f"error: task {args.task} crashed: {redact(repr(exc))}", file=sys.stderr)
         return 1
-    print(json.dumps(manifest.model_dump(mode="json"), indent=2))
+    text = json.dumps(manifest.model_dump(mode="json"), indent=2)
+    if args.manifest_out:
+        Path(args.manifest_out).write_text(text)
+        get_logger().info("%s finished in %.1fs: %s/%s", args.task, manifest.duration_s,
+                          manifest.store, manifest.prefix)
+    else:
+        print(text)
     return 0
 
 

@@ -1,0 +1,207 @@
+"""Real containers: the docker launcher against a real engine and the task image.
+
+Marked ``docker``; skipped (with the reason) when no engine is reachable or the image for
+this exact code is not built (``images/build-local-base.sh`` builds it without a registry).
+Stores are moto's S3 server on 127.0.0.1 (or a real MinIO via VF_TEST_S3_ENDPOINT):
+containers share the host network, so they reach it at the same address.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+
+import pytest
+
+from tasks.store import open_store
+
+pytestmark = pytest.mark.docker
+
+# One sweep cell keeps this to four containers per flow run.
+ONE_CELL = {"data": {"n_train": 600, "n_test": 200}, "epochs": 2, "batch_sizes": [64],
+            "activations": ["relu"], "losses": ["cross_entropy"]}
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """A Docker client and the task image for this code; skip with the reason otherwise."""
+    try:
+        import docker
+
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:  # no SDK, no socket, engine down
+        pytest.skip(f"no Docker engine reachable ({type(exc).__name__}): start one, e.g. "
+                    "`dockerd --bridge=none --iptables=false &`, to run the container tests")
+    from flows.docker_launcher import DockerOptions, image_for
+
+    image = image_for("classifier.train", DockerOptions.from_env())
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        pytest.skip(f"task image {image} (this code) is not built: run "
+                    "images/build-local-base.sh (no registry) or images/build.sh")
+    yield client, image
+    leftovers = client.containers.list(all=True, filters={"label": "org.visionflows.launcher"})
+    assert not leftovers, f"containers left behind: {[c.name for c in leftovers]}"
+
+
+def _bucket(endpoint: str) -> str:
+    from tests.conftest import make_bucket
+
+    return f"s3://{make_bucket(endpoint)}/vf"
+
+
+def _flow_logs(flow_run_id) -> list[str]:
+    """Every log line the Prefect API holds for a flow run (after flushing our handlers)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for h in getattr(logger, "handlers", []):
+            if isinstance(h, APILogHandler):
+                h.flush()
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(
+            flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)
+    return [log.message for log in logs]
+
+
+@pytest.fixture(scope="module")
+def q1_both(engine, prefect_harness, s3_endpoint):
+    """q1-mlp (one cell) run in-process and with --launcher docker, each in its own bucket."""
+    from flows.common import new_run_id
+    from flows.q1_mlp import q1_mlp
+
+    local_uri, docker_uri = _bucket(s3_endpoint), _bucket(s3_endpoint)
+    run_id = new_run_id()  # the same in both buckets, so every config is the same
+    local = q1_mlp(profile="smoke", store=local_uri, overrides=ONE_CELL, launcher="local",
+                   run_id=run_id)
+    start = time.perf_counter()
+    in_docker = q1_mlp(profile="smoke", store=docker_uri, overrides=ONE_CELL,
+                       launcher="docker", run_id=run_id)
+    print(f"q1-mlp with --launcher docker: {time.perf_counter() - start:.1f}s")
+    return (local_uri, local), (docker_uri, in_docker)
+
+
+def _task_manifests(uri: str, result: dict) -> dict[str, dict]:
+    st = open_store(uri)
+    prefixes = {"fetch": result["data"], **{f"train-{k}": v for k, v in result["train"].items()},
+                **{f"eval-{k}": v for k, v in result["eval"].items()},
+                "report": result["report"]["report.html"].rsplit("/", 1)[0]}
+    return {name: st.get_json(p + "/manifest.json") for name, p in prefixes.items()}
+
+
+def test_q1_mlp_in_containers_matches_in_process(q1_both, engine):
+    (local_uri, local), (docker_uri, in_docker) = q1_both
+    _, image = engine
+    lm, dm = _task_manifests(local_uri, local), _task_manifests(docker_uri, in_docker)
+    assert set(lm) == set(dm) and len(dm) == 4
+    for name in lm:
+        assert set(lm[name]) == set(dm[name]), name            # same manifest keys
+        assert set(lm[name]["outputs"]) == set(dm[name]["outputs"]), name
+        assert lm[name]["config"] == dm[name]["config"], name
+        assert dm[name]["provenance"]["image_tag"] == image, name
+        assert lm[name]["provenance"]["image_tag"] == "none (in-process)"
+    for name in lm:
+        if name.startswith(("train-", "eval-")):
+            for key, value in lm[name]["metrics"].items():
+                if key.endswith("time_s"):
+                    continue
+                got = dm[name]["metrics"][key]
+                if isinstance(value, float):
+                    assert math.isclose(got, value, rel_tol=1e-6, abs_tol=1e-9), (name, key)
+                else:
+                    assert got == value, (name, key)
+    st = open_store(docker_uri)
+    assert st.exists(in_docker["manifest"])
+    assert st.get_text(in_docker["report"]["report.html"]).startswith("<!DOCTYPE html>")
+
+
+def _one_step_flow():
+    from prefect import flow
+
+    from flows.common import run_step
+
+    @flow(name="one-docker-step")
+    def one_step(task: str, cfg: dict, store: str) -> dict:
+        return run_step(task, task, cfg, store, "docker")
+
+    return one_step
+
+
+def test_nonzero_exit_fails_the_prefect_task_with_last_lines(engine, prefect_harness,
+                                                             s3_endpoint):
+    uri = _bucket(s3_endpoint)
+    state = _one_step_flow()("classifier.evaluate",
+                             {"out": "runs/t/eval", "train": "runs/t/no-such-train",
+                              "device": "cpu"}, uri, return_state=True)
+    assert state.is_failed()
+    msg = str(state.result(raise_on_failure=False))
+    assert "exit code 2" in msg and "Last" in msg
+    assert "error: no manifest at" in msg and "runs/t/no-such-train" in msg
+    assert open_store(uri).list("runs/t") == []  # nothing written, no manifest
+
+
+def test_timeout_kills_fails_the_task_and_leaves_no_manifest(engine, prefect_harness,
+                                                             s3_endpoint, monkeypatch):
+    from flows.launcher import launch
+
+    uri = _bucket(s3_endpoint)
+    data = launch("fashion-mnist.fetch", {"source": "generate", "n_train": 600, "n_test": 100},
+                  uri, "local")
+    monkeypatch.setenv("VF_DOCKER_TIMEOUT_S", "25")
+    cfg = {"out": "runs/t/train", "data": data.prefix, "epochs": 100000, "device": "cpu",
+           "checkpoint_every": 100000}
+    state = _one_step_flow()("classifier.train", cfg, uri, return_state=True)
+    assert state.is_failed()
+    msg = str(state.result(raise_on_failure=False))
+    assert "timed out after 25s" in msg and "killed" in msg
+    assert "epoch" in msg  # the container's last log lines
+    assert not open_store(uri).exists("runs/t/train/manifest.json")
+
+
+def test_secret_stays_out_of_inspect_logs_and_manifest(engine, prefect_harness, s3_endpoint,
+                                                       monkeypatch):
+    client, _ = engine
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"]
+    uri = _bucket(s3_endpoint)
+    monkeypatch.setenv("VF_DOCKER_KEEP", "1")  # keep the container to inspect it
+    state = _one_step_flow()("fashion-mnist.fetch",
+                             {"source": "generate", "n_train": 60, "n_test": 20}, uri,
+                             return_state=True)
+    assert state.is_completed()
+    (container,) = client.containers.list(
+        all=True, filters={"label": "org.visionflows.task=fashion-mnist.fetch"})
+    try:
+        attrs = container.attrs
+        exposed = json.dumps([attrs["Path"], attrs["Args"], attrs["Config"]["Cmd"],
+                              attrs["Config"]["Entrypoint"], attrs["Config"]["Labels"],
+                              attrs["Name"]])
+        assert secret not in exposed
+        assert attrs["HostConfig"]["NetworkMode"] == "host"
+        assert f"AWS_SECRET_ACCESS_KEY={secret}" in attrs["Config"]["Env"]  # env only
+    finally:
+        container.remove(force=True)
+    logs = _flow_logs(state.state_details.flow_run_id)
+    assert any(line.startswith("[fashion-mnist.fetch]") for line in logs), logs
+    assert not any(secret in line for line in logs)
+    manifest = state.result()
+    assert secret not in json.dumps(manifest)
+    assert secret not in open_store(uri).get_text(manifest["prefix"] + "/manifest.json")
+
+    # A task that prints the secret (here: inside an error message) is redacted.
+    monkeypatch.delenv("VF_DOCKER_KEEP")
+    state = _one_step_flow()("fashion-mnist.fetch",
+                             {"source": "download", "mirror": f"/no/such/{secret}"}, uri,
+                             return_state=True)
+    assert state.is_failed()
+    msg = str(state.result(raise_on_failure=False))
+    assert "/no/such/***" in msg and secret not in msg
+    logs = _flow_logs(state.state_details.flow_run_id)
+    assert any("/no/such/***" in line for line in logs)
+    assert not any(secret in line for line in logs)
