@@ -7,7 +7,15 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.common import Progress, io_step, new_run_id, publish, run_step, write_flow_manifest
+from flows.common import (
+    Progress,
+    champion_question,
+    io_step,
+    new_run_id,
+    publish,
+    run_step,
+    write_flow_manifest,
+)
 from tasks.experiments import Q2TransferConfig, resolve_config
 from tasks.store import join, open_store
 from tasks.weights import WeightsError
@@ -24,7 +32,7 @@ def _worth_retrying(_task, _task_run, state) -> bool:
 @flow(name=FLOW, log_prints=True)
 def q2_transfer(profile: str = "smoke", store: str | None = None,
                 overrides: dict[str, Any] | None = None, launcher: str = "local",
-                run_id: str | None = None) -> dict[str, Any]:
+                run_id: str | None = None, refresh: bool = False) -> dict[str, Any]:
     """Q2 on STL10: ResNet18 and VGG16, frozen ImageNet backbones, new heads, fine-tuning."""
     log = get_run_logger()
     cfg: Q2TransferConfig = resolve_config(FLOW, profile, overrides)  # type: ignore[assignment]
@@ -41,14 +49,14 @@ def q2_transfer(profile: str = "smoke", store: str | None = None,
         task_run_name="weights")("weights", "transfer.weights", {
         "out": join(base, "weights"), "archs": list(cfg.models), "pretrained": cfg.pretrained,
         "weights_mirror": cfg.weights_mirror}, st.uri, launcher)
-    progress.step()
+    progress.advance()
     data = io_step("fetch-stl10")("fetch-stl10", "stl10.fetch", cfg.data.model_dump(), st.uri,
                                   launcher)
-    progress.step()
+    progress.advance()
     explore = run_step("explore", "transfer.explore", {
         "out": join(base, "explore"), "data": data["prefix"], "samples": cfg.samples,
         "seed": cfg.seed}, st.uri, launcher)
-    progress.step()
+    progress.advance()
     trained, tuned = {}, {}
     for arch in cfg.models:
         trained[arch] = run_step(f"train-{arch}", "transfer.train", {
@@ -57,14 +65,16 @@ def q2_transfer(profile: str = "smoke", store: str | None = None,
             "image_size": cfg.image_size, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
             "optimizer": cfg.optimizer, "learning_rate": cfg.learning_rate,
             "augment": cfg.augment, "feature_batch_size": cfg.feature_batch_size,
-            "seed": cfg.seed, "device": cfg.device}, st.uri, launcher)
-        progress.step()
+            "seed": cfg.seed, "device": cfg.device}, st.uri, launcher,
+            slot=f"{FLOW}/train-{arch}", refresh=refresh)
+        progress.advance()
         tuned[arch] = run_step(f"finetune-{arch}", "transfer.finetune", {
             "out": join(base, f"finetune-{arch}"), "train": trained[arch]["prefix"],
             "grid_size": cfg.grid_size, "grid_seed": cfg.grid_seed,
             "epochs": cfg.finetune_epochs, "learning_rate": cfg.finetune_lr,
-            "eval_test": cfg.finetune_eval_test, "device": cfg.device}, st.uri, launcher)
-        progress.step()
+            "eval_test": cfg.finetune_eval_test, "device": cfg.device}, st.uri, launcher,
+            slot=f"{FLOW}/finetune-{arch}", refresh=refresh)
+        progress.advance()
     weights_note = ("ImageNet weights (torchvision IMAGENET1K_V1)" if cfg.pretrained else
                     "**random initialisation (pretrained: false)**")
     report = run_step("report", "transfer.report", {
@@ -86,7 +96,7 @@ def q2_transfer(profile: str = "smoke", store: str | None = None,
             "these are our choices.",
             f"Dataset: {data['prefix']} ({data['inputs'].get('source', '?')})."],
     }, st.uri, launcher)
-    progress.step()
+    progress.advance()
     rows = []
     for arch in cfg.models:
         m, f = trained[arch]["metrics"], tuned[arch]["metrics"]
@@ -105,6 +115,11 @@ def q2_transfer(profile: str = "smoke", store: str | None = None,
         f"- {r['model']}: test accuracy {r['test_accuracy']:.4f}, fine-tuning fixed "
         f"{r['fixed']} of {r['misclassified']}" for r in rows)
     publish(FLOW, run_id, rows, report["outputs"], st, summary_md)
+    promotion = run_step("promote", "model.promote", {
+        "question": champion_question(FLOW, profile), "run_id": run_id,
+        "metric": "test/accuracy", "value": trained[best]["metrics"]["test/accuracy"],
+        "model": trained[best]["prefix"], "profile": profile, "out": join(base, "promote")},
+        st.uri, launcher)
     result = {
         "run_id": run_id, "profile": profile, "store": st.uri,
         "config": cfg.model_dump(mode="json"), "data": data["prefix"],
@@ -117,6 +132,9 @@ def q2_transfer(profile: str = "smoke", store: str | None = None,
             "misclassified", "fixed", "broken", "finetune/accuracy_per_epoch",
             "test/accuracy_after")} for a, m in tuned.items()},
         "comparison": comparison, "report": report["outputs"], "groups": groups,
+        "champion": {"best_cell": best, "metric": "test/accuracy",
+                     "value": trained[best]["metrics"]["test/accuracy"],
+                     **promotion["metrics"]},
         "metrics": rows,
     }
     result["manifest"] = write_flow_manifest(st, FLOW, run_id, result)

@@ -200,4 +200,18 @@ def render(cfg: SegmentReportConfig, store: Store) -> Manifest:
         report = Report(title=cfg.title, intro=intro, sections=sections, meta=meta)
         keys = write_report(report, store, cfg.out)
         run.outputs.update(keys)
-        return run.finish({"images/ok": len(ok), "images/rejected": len(rejected)})
+        summary = [{"question": cfg.question, "variant": f"image={e['name']}", "status": "ok",
+                    "metric": "top class share",
+                    "value": max((r["share"] for r in e.get("legend", [])), default=None),
+                    "time_s": seg.metrics.get("infer/mean_s"), "run": cfg.segment}
+                   for e in ok]
+        summary += [{"question": cfg.question, "variant": f"image={e['name']}",
+                     "status": f"rejected: {e['error']}", "metric": None, "value": None,
+                     "time_s": None, "run": cfg.segment} for e in rejected]
+        comparison = [{"question": cfg.question, "item": "model",
+                       "ours": f"{scfg.arch} ({'pretrained' if scfg.pretrained else 'random'}"
+                               " weights)",
+                       "reference": "DeepLab (v1 explained: atrous conv, ASPP, CRF); no "
+                                    "numbers printed"}]
+        return run.finish({"images/ok": len(ok), "images/rejected": len(rejected),
+                           "summary": summary, "comparison": comparison})

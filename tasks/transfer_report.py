@@ -264,4 +264,34 @@ def render(cfg: ReportConfig, store: Store) -> Manifest:
         report.sections.append(speed)
         keys = write_report(report, store, cfg.out)
         run.outputs.update(keys)
+        result["summary"], result["comparison"] = _final_rows(cfg, rows, result)
         return run.finish(result)
+
+
+def _final_rows(cfg: ReportConfig, rows: dict[str, dict], result: dict) -> tuple[list, list]:
+    """Rows for the cross-question report (see tasks/final_report.py)."""
+    summary, comparison = [], []
+    for ref in cfg.models:
+        r = rows.get(ref.arch, {})
+        summary.append({"question": "q2-transfer", "variant": f"model={ref.arch}",
+                        "status": "ok" if "final" in r else "missing/failed",
+                        "metric": "test/accuracy", "value": r.get("final"),
+                        "time_s": r.get("train_time_s"), "run": ref.train})
+        if "final" not in r:
+            continue
+        label = ARCHS[ref.arch]["label"]
+        comparison += [
+            {"question": "q2-transfer", "item": f"{label} final test accuracy",
+             "ours": r["final"], "reference": REF[ref.arch]["test/accuracy"][-1]},
+            {"question": "q2-transfer", "item": f"{label} best test accuracy",
+             "ours": r.get("best"), "reference": max(REF[ref.arch]["test/accuracy"])},
+            {"question": "q2-transfer", "item": f"{label} total parameters (1000 classes)",
+             "ours": r.get("total"), "reference": REF[ref.arch]["total_params"]},
+            {"question": "q2-transfer", "item": f"{label} fine-tuning fixed",
+             "ours": f"{r.get('fixed')} of {r.get('misclassified')}",
+             "reference": REF[ref.arch]["finetune_fixed"]}]
+    if "vgg_minus_resnet_points" in result:
+        comparison.append({"question": "q2-transfer", "item": "VGG16 minus ResNet18 (points)",
+                           "ours": result["vgg_minus_resnet_points"],
+                           "reference": result["reference_points"]})
+    return summary, comparison
