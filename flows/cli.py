@@ -19,6 +19,7 @@ from tasks.errors import VisionflowsError
 
 FLOWS: dict[str, str] = {
     "q1-mlp": "flows.q1_mlp:q1_mlp",
+    "q4-yolo": "flows.q4_yolo:q4_yolo",
 }
 
 

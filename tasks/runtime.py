@@ -32,6 +32,10 @@ TASKS: dict[str, str] = {
     "classifier.train": "tasks.classify:train",
     "classifier.evaluate": "tasks.classify:evaluate",
     "classifier.report": "tasks.classify_report:render",
+    "yolo-export.fetch": "tasks.data.yolo_export:fetch",
+    "yolo.train": "tasks.yolo:train",
+    "yolo.evaluate": "tasks.yolo:evaluate",
+    "yolo.report": "tasks.yolo_report:render",
 }
 
 
