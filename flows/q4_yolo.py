@@ -34,11 +34,21 @@ def q4_yolo(profile: str = "smoke", store: str | None = None,
             overrides: dict[str, Any] | None = None, launcher: str = "local",
             run_id: str | None = None) -> dict[str, Any]:
     """Q4: train each YOLO model on the detection export, evaluate it, report vs reference."""
-    log = get_run_logger()
     # Prefect forwards our logger (PREFECT_LOGGING_EXTRA_LOGGERS) but leaves its level unset,
-    # so the root's WARNING hid the tasks' INFO lines (training progress, checkpoints).
-    if logging.getLogger(LOGGER_NAME).level == logging.NOTSET:
-        logging.getLogger(LOGGER_NAME).setLevel(logging.INFO)
+    # so the root's WARNING would hide the tasks' INFO lines (training progress, checkpoints).
+    vf_logger = logging.getLogger(LOGGER_NAME)
+    level = vf_logger.level
+    if level == logging.NOTSET:
+        vf_logger.setLevel(logging.INFO)
+    try:
+        return _run(profile, store, overrides, launcher, run_id)
+    finally:
+        vf_logger.setLevel(level)
+
+
+def _run(profile: str, store: str | None, overrides: dict[str, Any] | None, launcher: str,
+         run_id: str | None) -> dict[str, Any]:
+    log = get_run_logger()
     cfg: Q4YoloConfig = resolve_config(FLOW, profile, overrides)  # type: ignore[assignment]
     st = open_store(store)
     run_id = run_id or new_run_id()

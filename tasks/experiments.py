@@ -51,6 +51,9 @@ class Q1MlpConfig(Config):
         return v
 
 
+Q4_EXPORT_KEY = "uploads/q4-yolo/roboflow-export.zip"
+
+
 class Q4YoloConfig(Config):
     """Q4: ultralytics YOLO detection, one training per model, evaluated on the valid split.
 
@@ -109,8 +112,10 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                   "batch": 8, "nbs": 8, "optimizer": "AdamW", "lr0": 0.003,
                   "warmup_epochs": 0.5, "mosaic": 0.0, "close_mosaic": 0, "device": "cpu",
                   "workers": 0, "plots": False, "checkpoint_every": 3, "samples": 4},
-        "full": {"data": {"source": "export"}, "models": ["yolov5s.pt", "yolov5x.pt"],
-                 "epochs": 100, "imgsz": 416},
+        # full: the Roboflow export, by default from this store key (upload it there, or
+        # pass --set data.location=PATH|URL|store:KEY)
+        "full": {"data": {"source": "export", "location": "store:" + Q4_EXPORT_KEY},
+                 "models": ["yolov5s.pt", "yolov5x.pt"], "epochs": 100, "imgsz": 416},
     },
 }
 

@@ -331,6 +331,9 @@ def train(cfg: YoloTrainConfig, store: Store) -> Manifest:
         _compatible(old, cfg, store.url(cfg.out))
         if cfg.epochs == old.epochs:
             return existing
+        if not store.exists(f"{cfg.out.strip('/')}/last.pt"):
+            raise DataError(f"cannot extend {store.url(cfg.out)}: its last.pt is gone from the "
+                            "store; use a new run id to train from the start")
         log.info("%s: extending a finished %d-epoch training to %d epochs", label, old.epochs,
                  cfg.epochs)
         store.delete(manifest_key(cfg.out))  # unfinished until the extension is done
@@ -447,6 +450,7 @@ def evaluate(cfg: YoloEvalConfig, store: Store) -> Manifest:
         names = res["names"]
         cm = res["confusion_pred_true"]
         metrics: dict[str, Any] = {
+            "confusion_conf": cfg.conf,
             f"{cfg.split}/precision": res["precision"], f"{cfg.split}/recall": res["recall"],
             f"{cfg.split}/mAP50": res["mAP50"], f"{cfg.split}/mAP50-95": res["mAP50-95"],
             f"{cfg.split}/fitness": res["fitness"], f"{cfg.split}/per_class": res["per_class"],
@@ -458,7 +462,8 @@ def evaluate(cfg: YoloEvalConfig, store: Store) -> Manifest:
             true_pred = [list(r) for r in zip(*cm, strict=True)]  # -> rows true, cols predicted
             metrics[f"{cfg.split}/confusion_matrix"] = true_pred
             run.put_bytes("confusion", plots.confusion(
-                true_pred, [*names, "background"], f"{label}: confusion matrix ({cfg.split})"),
+                true_pred, [*names, "background"],
+                f"{label}: confusion matrix ({cfg.split}, conf >= {cfg.conf:g})"),
                 "confusion.png")
         history = train_m.model_extra.get("history", [])
         if history:

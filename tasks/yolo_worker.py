@@ -250,6 +250,30 @@ def _num(x) -> float | None:
 
 # ---------------------------------------------------------------- evaluation
 
+def _confusion_validator(conf: float):
+    from ultralytics.models.yolo.detect import DetectionValidator
+    from ultralytics.utils.metrics import ConfusionMatrix
+
+    class ConfusionValidator(DetectionValidator):
+        """Our own confusion matrix at the report's confidence threshold. ultralytics fills
+        its matrix only when plotting, and at the validation conf (0.001), where every
+        low-score box counts as a false positive."""
+
+        def init_metrics(self, model):
+            super().init_metrics(model)
+            self.vf_confusion = ConfusionMatrix(names=self.names)
+
+        def _process_batch(self, preds, batch):
+            self.vf_confusion.process_batch(preds, batch, conf=conf)
+            return super()._process_batch(preds, batch)
+
+        def finalize_metrics(self):
+            super().finalize_metrics()
+            self.metrics.vf_confusion = self.vf_confusion.matrix
+
+    return ConfusionValidator
+
+
 def evaluate(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     import numpy as np
     from ultralytics import YOLO
@@ -257,8 +281,9 @@ def evaluate(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     model = YOLO(spec["weights"], task="detect")
     names = [model.names[i] for i in sorted(model.names)]
     t0 = time.time()
-    m = model.val(data=spec["data"], split=spec["split"], imgsz=spec["imgsz"],
-                  batch=spec["batch"], device=spec["device"], plots=spec["plots"],
+    m = model.val(validator=_confusion_validator(spec["conf"]), data=spec["data"],
+                  split=spec["split"], imgsz=spec["imgsz"], batch=spec["batch"],
+                  device=spec["device"], plots=spec["plots"],
                   project=str(run_dir), name="val", exist_ok=True, verbose=True,
                   workers=spec.get("workers", 0))
     val_time = time.time() - t0
@@ -274,7 +299,7 @@ def evaluate(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
             row.update(precision=float(cp), recall=float(cr), mAP50=float(c50),
                        **{"mAP50-95": float(c5095)})
         per_class[name] = row
-    cm = m.confusion_matrix.matrix if getattr(m, "confusion_matrix", None) is not None else None
+    cm = getattr(m, "vf_confusion", None)
     samples = _draw_predictions(model, spec, run_dir, names)
     return {"precision": p, "recall": r, "mAP50": map50, "mAP50-95": map5095,
             "fitness": float(m.fitness), "per_class": per_class, "names": names,

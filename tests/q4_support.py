@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
 GUARD = '''
 import ipaddress, os, socket
 
@@ -62,8 +60,7 @@ socket.getaddrinfo = getaddrinfo
 '''
 
 
-@pytest.fixture
-def child_net_guard(tmp_path, monkeypatch) -> Path:
+def install_child_guard(tmp_path: Path, monkeypatch) -> Path:
     """Every child Python process refuses non-loopback network; returns the attempts log."""
     d = tmp_path / "netguard"
     d.mkdir()

@@ -21,12 +21,19 @@ from tasks.experiments import resolve_config
 from tasks.runtime import find_manifest, run_task
 from tasks.store import open_store
 from tasks.yolo import YoloTrainConfig, model_label, reference_key, resolve_weights, weights_name
-from tests.q4_support import attempts, child_net_guard  # noqa: F401 (fixture)
+from tests.q4_support import attempts, install_child_guard
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"model": "yolov5n.yaml", "imgsz": 64, "batch": 8, "nbs": 8, "optimizer": "AdamW",
         "lr0": 0.003, "warmup_epochs": 0.0, "mosaic": 0.0, "close_mosaic": 0, "device": "cpu",
         "workers": 0, "plots": False, "checkpoint_every": 1}
+
+
+
+
+@pytest.fixture
+def child_net_guard(tmp_path, monkeypatch) -> Path:
+    return install_child_guard(tmp_path, monkeypatch)
 
 
 # ---------------------------------------------------------------- configs
@@ -35,11 +42,14 @@ def test_profiles_compose():
     smoke = resolve_config("q4-yolo", "smoke")
     assert smoke.data.source == "generate" and smoke.device == "cpu"
     assert all(m.endswith(".yaml") for m in smoke.models)  # smoke trains from yaml
-    full = resolve_config("q4-yolo", "full", {"data": {"location": "/data/export.zip"}})
+    full = resolve_config("q4-yolo", "full")
     assert full.models == ["yolov5s.pt", "yolov5x.pt"]
     assert (full.epochs, full.imgsz) == (100, 416)
+    assert full.data.location == "store:uploads/q4-yolo/roboflow-export.zip"
+    assert resolve_config("q4-yolo", "full", {"data": {"location": "/x.zip"}}).data.location \
+        == "/x.zip"
     with pytest.raises(ConfigError, match="data.location is required"):
-        resolve_config("q4-yolo", "full")
+        resolve_config("q4-yolo", "full", {"data": {"location": ""}})
     with pytest.raises(ConfigError, match="unknown key 'epoch'"):
         resolve_config("q4-yolo", "smoke", {"epoch": 3})
     with pytest.raises(ConfigError, match="models must be distinct"):
@@ -65,8 +75,8 @@ def test_model_names():
 
 def test_cli_full_without_export_exits_2_before_anything(tmp_path):
     res = subprocess.run([sys.executable, "-m", "flows.cli", "run", "q4-yolo", "--profile",
-                          "full", "--store", f"file://{tmp_path}/s"], capture_output=True,
-                         text=True, timeout=120, cwd=ROOT)
+                          "full", "--set", "data.location=", "--store", f"file://{tmp_path}/s"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert res.returncode == 2, res.stderr
     assert "data.location is required" in res.stderr
     assert not (tmp_path / "s").exists()

@@ -33,7 +33,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -45,7 +46,7 @@ from tasks.data.common import cache_dir, offline, sha256_file
 from tasks.errors import ConfigError, DataError, MissingKeyError
 from tasks.log import get_logger
 from tasks.runtime import Manifest, TaskRun, find_manifest, read_manifest
-from tasks.store import Store, join
+from tasks.store import Store
 
 IMAGE_SUFFIXES = {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp"}
 REQUIRED_KEYS = ("train", "val", "nc", "names")
@@ -456,7 +457,8 @@ def acquire(location: str, store: Store, workdir: Path, log) -> tuple[Path, str]
             keys = store.list(key)
             if not keys:
                 raise MissingKeyError(f"no object or prefix {key!r} in store {store.uri}: "
-                                      "upload the export zip there first")
+                                      "upload the export zip there first, or pass --set "
+                                      "data.location=PATH|URL|store:KEY")
             for k in keys:
                 store.get_file(k, dest / k[len(key):].lstrip("/"))
         return _find_root(dest), "store"
@@ -520,6 +522,7 @@ def build_archive(v: Validation, dest: Path) -> tuple[str, dict[str, Any]]:
 def fetch(cfg: YoloDataConfig, store: Store) -> Manifest:
     """Acquire (or generate), validate and store a YOLO export; reuse an identical stored one."""
     log = get_logger("yolo-export.fetch")
+    t0, started_at = time.time(), datetime.now(UTC).isoformat()
     with tempfile.TemporaryDirectory(prefix="vf-yolo-data-") as tmp:
         work = Path(tmp)
         if cfg.source == "generate":
@@ -550,6 +553,7 @@ def fetch(cfg: YoloDataConfig, store: Store) -> Manifest:
         public_cfg = cfg.model_copy(update={"location": shown if cfg.location else None})
         with TaskRun("yolo-export.fetch", public_cfg, store, prefix,
                      inputs={"source": source, "location": shown}) as run:
+            run.started, run.started_at = t0, started_at  # count acquiring and validating
             run.put_file("dataset", archive, "dataset.zip")
             run.put_bytes("data_yaml", yaml.safe_dump(data_yaml, sort_keys=False).encode(),
                           "data.yaml")
@@ -615,4 +619,4 @@ def class_names(store: Store, prefix: str) -> list[str]:
 
 
 __all__ = ["YoloDataConfig", "Problem", "Validation", "validate_export", "fetch", "materialize",
-           "acquire", "public_location", "class_names", "join", "asdict"]
+           "acquire", "public_location", "class_names"]
