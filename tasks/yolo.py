@@ -239,7 +239,8 @@ def run_worker(spec: dict[str, Any], run_dir: Path, label: str, log) -> dict[str
     spec_path = run_dir / "spec.json"
     spec_path.write_text(json.dumps(spec))
     env = {**os.environ, "YOLO_CONFIG_DIR": str(run_dir / "ultralytics-config"),
-           "YOLO_OFFLINE": "1", "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1",
+           "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "false", "MPLBACKEND": "Agg",
+           "PYTHONUNBUFFERED": "1",
            "VF_PARENT_PID": str(os.getpid())}
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -358,7 +359,8 @@ def train(cfg: YoloTrainConfig, store: Store) -> Manifest:
             if store.exists(run.key("results.csv")):
                 spec["results_csv"] = str(store.get_file(
                     run.key("results.csv"), run.workdir / "resume" / "results.csv"))
-            weights_from = f"checkpoint:{store.url(last_key)}"
+            weights_from = state.get("weights_from", weights_from)
+            spec["resumed_from"] = store.url(last_key)
             log.info("%s: found a stored checkpoint (state says epoch %s): resuming from it, "
                      "not restarting", label, state.get("epoch", "?"))
         elif cfg.model.endswith((".yaml", ".yml")):
@@ -367,6 +369,7 @@ def train(cfg: YoloTrainConfig, store: Store) -> Manifest:
             path, weights_from = resolve_weights(cfg.model, cfg.weights, store, log)
             spec["model"] = str(path)
             log.info("%s: pretrained weights from %s", label, weights_from)
+        state.setdefault("weights_from", weights_from)  # where the first session started
         spec["state"] = state
         work = run.workdir / "worker"
         work.mkdir()
@@ -404,6 +407,7 @@ def train(cfg: YoloTrainConfig, store: Store) -> Manifest:
             "device": device,
         }
         return run.finish(metrics, model=cfg.model, label=label, weights_from=weights_from,
+                          resumed_from=spec.get("resumed_from"),
                           history=history, sessions=state.get("sessions", []),
                           reference=reference_key(cfg.model))
 

@@ -11,7 +11,8 @@ How ultralytics is kept fully offline (each line names what would otherwise reac
   the only way to give each run its own settings dir (an in-process import would keep the
   first run's dir for the rest of the process), and nothing lands in ``~/.config``.
 * ``YOLO_OFFLINE=1`` — ``is_online()`` answers False without DNS probes, so the PyPI update
-  check (``check_pip_update_available``), telemetry events and hub calls never run.
+  check (``check_pip_update_available``), telemetry events and hub calls never run;
+  ``YOLO_AUTOINSTALL=false`` — ``check_requirements`` never pip-installs a missing package.
 * ``settings.json`` is written with ``sync: false`` and every integration (clearml, comet,
   dvc, mlflow, raytune, tensorboard, wandb) off, so no integration callback is registered.
 * Fonts: ``check_det_dataset`` always calls ``check_font("Arial.ttf")`` and plotting calls it
@@ -402,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         raise RuntimeError("ultralytics was imported before its offline settings were applied")
     os.environ.setdefault("YOLO_CONFIG_DIR", str(run_dir / "ultralytics-config"))
     os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_AUTOINSTALL", "false")
     os.environ.setdefault("MPLBACKEND", "Agg")
     prepare_config_dir(Path(os.environ["YOLO_CONFIG_DIR"]))
     result_path = run_dir / "result.json"

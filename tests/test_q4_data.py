@@ -163,6 +163,17 @@ def test_backgrounds_declared_by_pattern_or_empty_file(export):
     assert validate_export(export).ok and rel
 
 
+def test_missing_optional_test_split_is_a_warning(export):
+    shutil.rmtree(export / "test")  # Roboflow keeps 'test: ../test/images' in data.yaml anyway
+    v = validate_export(export)
+    assert v.ok and "test" not in v.split_dirs
+    assert any(str(w).startswith("data.yaml:") and "test split is ignored" in str(w)
+               for w in v.warnings)
+    shutil.rmtree(export / "valid")
+    assert any("val: '../valid/images' is not a folder" in str(e)
+               for e in validate_export(export).errors)
+
+
 def test_orphan_label_is_a_warning(export):
     (export / "train" / "labels" / "ghost.txt").write_text("0 0.5 0.5 0.1 0.1\n")
     v = validate_export(export)

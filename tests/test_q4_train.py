@@ -195,6 +195,8 @@ def test_killed_training_resumes_and_more_epochs_extend(tiny_data, tmp_path, chi
     # rise from ~0 as the assigner starts matching anchors to objects, so they prove little)
     assert hist[-1]["val/cls_loss"] < hist[0]["val/cls_loss"]
     assert m.metrics["train/time_s"] > 0
+    assert m.model_extra["resumed_from"] == st.url(f"{out}/last.pt")
+    assert m.model_extra["weights_from"].startswith("none (from yaml")
     for name in ("last", "best", "results", "state"):
         assert st.exists(m.output_key(name))
 

@@ -314,8 +314,12 @@ def validate_export(root: str | os.PathLike, backgrounds: list[str] | tuple[str,
             continue
         path = _resolve_split(root, value)
         if path is None:
-            v.error("data.yaml", lines.get(key), f"{key}: {value!r} is not a folder inside the "
-                    f"export (expected e.g. {SPLIT_KEYS[key]}/images)")
+            msg = (f"{key}: {value!r} is not a folder inside the export (expected e.g. "
+                   f"{SPLIT_KEYS[key]}/images)")
+            if key == "test":  # Roboflow writes test: even when the export has no test split
+                v.warn("data.yaml", lines.get(key), msg + "; the optional test split is ignored")
+            else:
+                v.error("data.yaml", lines.get(key), msg)
             continue
         v.split_dirs[key] = path.relative_to(root.resolve()).as_posix()
     if nc is None or names is None:
@@ -333,7 +337,10 @@ def _check_split(v: Validation, root: Path, key: str, rel_dir: str, nc: int, nam
     stats = {"folder": rel_dir, "images": len(images), "labelled": 0, "backgrounds": 0,
              "objects": 0, "instances": {}}
     if not images:
-        v.error(rel_dir, None, f"the {key} split has no images")
+        if key == "test":
+            v.warn(rel_dir, None, "the optional test split has no images")
+        else:
+            v.error(rel_dir, None, f"the {key} split has no images")
         return stats
     seen_labels = set()
     for img in images:
