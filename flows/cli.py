@@ -27,6 +27,7 @@ FLOWS: dict[str, str] = {
     "q1-cnn": "flows.q1_cnn:q1_cnn",
     "q2-transfer": "flows.q2_transfer:q2_transfer",
     "q3-segmentation": "flows.q3_segmentation:q3_segmentation",
+    "q4-yolo": "flows.q4_yolo:q4_yolo",
 }
 REPORT_FLOW = "flows.report:report"
 

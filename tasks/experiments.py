@@ -14,6 +14,7 @@ from pydantic import Field, field_validator
 from tasks.config import Config, deep_merge, validate
 from tasks.data.fashion_mnist import FetchConfig
 from tasks.data.stl10 import FetchConfig as Stl10FetchConfig
+from tasks.data.yolo_export import YoloDataConfig
 from tasks.errors import ConfigError
 from tasks.images import PACKAGED_IMAGES
 from tasks.segment import SegmentOptions
@@ -142,6 +143,52 @@ class Q2TransferConfig(Config):
         return v
 
 
+Q4_EXPORT_KEY = "uploads/q4-yolo/roboflow-export.zip"
+
+
+class Q4YoloConfig(Config):
+    """Q4: ultralytics YOLO detection, one training per model, evaluated on the valid split.
+
+    ``full`` is the SPEC's setup (pretrained YOLOv5s and YOLOv5x, 100 epochs at 416 px on
+    the Roboflow export given as ``data.location``); ``smoke`` trains small models from their
+    yaml on generated shapes. Any ultralytics model name works in ``models`` (a ``.yaml``
+    trains from scratch, a ``.pt`` starts from pretrained weights found via
+    ``weights_mirror``, the cache, or a download).
+    """
+
+    data: YoloDataConfig = Field(default_factory=lambda: YoloDataConfig(source="generate"))
+    models: list[str] = Field(["yolov5s.pt", "yolov5x.pt"], min_length=1)
+    weights_mirror: str | None = Field(None, description="folder or store:PREFIX holding .pt files")
+    epochs: int = Field(100, gt=0)
+    imgsz: int = Field(416, ge=32)
+    batch: int = Field(16, gt=0)
+    nbs: int = Field(64, gt=0)
+    optimizer: Literal["auto", "SGD", "Adam", "AdamW", "NAdam", "RAdam", "RMSProp"] = "auto"
+    lr0: float = Field(0.01, gt=0)
+    warmup_epochs: float = Field(3.0, ge=0)
+    mosaic: float = Field(1.0, ge=0, le=1)
+    close_mosaic: int = Field(10, ge=0)
+    patience: int = Field(100, gt=0)
+    cache: Literal[False, "ram", "disk"] = False
+    workers: int = Field(8, ge=0)
+    device: str = "auto"
+    seed: int = 0
+    amp: bool = True
+    plots: bool = True
+    checkpoint_every: int = Field(5, gt=0)
+    train_args: dict[str, Any] = Field(default_factory=dict)
+    eval_batch: int = Field(16, gt=0)
+    conf: float = Field(0.25, gt=0, lt=1)
+    samples: int = Field(6, ge=0, le=32)
+
+    @field_validator("models")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"models must be distinct (got {v})")
+        return v
+
+
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "q1-mlp": {
         "smoke": {"data": {"source": "generate", "n_train": 3000, "n_test": 1000},
@@ -167,11 +214,26 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "full": {"data": {"source": "download"}, "pretrained": True, "image_size": 96,
                  "epochs": 10, "batch_size": 32},
     },
+    "q4-yolo": {
+        # Sized to learn the generated shapes in about a minute of CPU per model: 96 px
+        # images, no mosaic (it shrinks objects), an optimizer step every batch (nbs=batch).
+        "smoke": {"data": {"source": "generate", "n_train": 160, "n_valid": 30,
+                           "image_size": 96, "max_objects": 3},
+                  "models": ["yolov5n.yaml", "yolov5s.yaml"], "epochs": 6, "imgsz": 96,
+                  "batch": 8, "nbs": 8, "optimizer": "AdamW", "lr0": 0.003,
+                  "warmup_epochs": 0.5, "mosaic": 0.0, "close_mosaic": 0, "device": "cpu",
+                  "workers": 0, "plots": False, "checkpoint_every": 3, "samples": 4},
+        # full: the Roboflow export, by default from this store key (upload it there, or
+        # pass --set data.location=PATH|URL|store:KEY)
+        "full": {"data": {"source": "export", "location": "store:" + Q4_EXPORT_KEY},
+                 "models": ["yolov5s.pt", "yolov5x.pt"], "epochs": 100, "imgsz": 416},
+    },
 }
 
 FLOW_CONFIGS: dict[str, type[Config]] = {"q1-mlp": Q1MlpConfig, "q1-cnn": Q1CnnConfig,
                                          "q2-transfer": Q2TransferConfig,
-                                         "q3-segmentation": Q3SegmentationConfig}
+                                         "q3-segmentation": Q3SegmentationConfig,
+                                         "q4-yolo": Q4YoloConfig}
 
 
 def resolve_config(flow: str, profile: str, overrides: dict[str, Any] | None = None) -> Config:

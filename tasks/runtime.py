@@ -44,6 +44,10 @@ TASKS: dict[str, str] = {
     "transfer.train": "tasks.transfer:train",
     "transfer.finetune": "tasks.transfer:finetune",
     "transfer.report": "tasks.transfer_report:render",
+    "yolo-export.fetch": "tasks.data.yolo_export:fetch",
+    "yolo.train": "tasks.yolo:train",
+    "yolo.evaluate": "tasks.yolo:evaluate",
+    "yolo.report": "tasks.yolo_report:render",
 }
 
 

@@ -1,0 +1,116 @@
+"""Flow ``q4-yolo``: YOLO export -> train (one task run per model) -> evaluate -> report."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+
+from flows.common import Progress, io_step, new_run_id, publish, run_step, write_flow_manifest
+from tasks.experiments import Q4YoloConfig, resolve_config
+from tasks.log import LOGGER_NAME
+from tasks.store import join, open_store
+from tasks.yolo import model_label, model_slug, reference_key
+
+FLOW = "q4-yolo"
+METRICS = ("precision", "recall", "mAP50", "mAP50-95")
+
+
+def train_config(cfg: Q4YoloConfig, model: str, out: str, data: str) -> dict[str, Any]:
+    """The ``yolo.train`` config of one model (flow fields that are training fields)."""
+    return {"out": out, "data": data, "model": model, "weights": cfg.weights_mirror,
+            "epochs": cfg.epochs, "imgsz": cfg.imgsz, "batch": cfg.batch, "nbs": cfg.nbs,
+            "optimizer": cfg.optimizer, "lr0": cfg.lr0, "warmup_epochs": cfg.warmup_epochs,
+            "mosaic": cfg.mosaic, "close_mosaic": cfg.close_mosaic, "patience": cfg.patience,
+            "cache": cfg.cache, "workers": cfg.workers, "device": cfg.device, "seed": cfg.seed,
+            "amp": cfg.amp, "plots": cfg.plots, "checkpoint_every": cfg.checkpoint_every,
+            "train_args": dict(cfg.train_args)}
+
+
+@flow(name=FLOW, log_prints=True)
+def q4_yolo(profile: str = "smoke", store: str | None = None,
+            overrides: dict[str, Any] | None = None, launcher: str = "local",
+            run_id: str | None = None) -> dict[str, Any]:
+    """Q4: train each YOLO model on the detection export, evaluate it, report vs reference."""
+    # Prefect forwards our logger (PREFECT_LOGGING_EXTRA_LOGGERS) but leaves its level unset,
+    # so the root's WARNING would hide the tasks' INFO lines (training progress, checkpoints).
+    vf_logger = logging.getLogger(LOGGER_NAME)
+    level = vf_logger.level
+    if level == logging.NOTSET:
+        vf_logger.setLevel(logging.INFO)
+    try:
+        return _run(profile, store, overrides, launcher, run_id)
+    finally:
+        vf_logger.setLevel(level)
+
+
+def _run(profile: str, store: str | None, overrides: dict[str, Any] | None, launcher: str,
+         run_id: str | None) -> dict[str, Any]:
+    log = get_run_logger()
+    cfg: Q4YoloConfig = resolve_config(FLOW, profile, overrides)  # type: ignore[assignment]
+    st = open_store(store)
+    run_id = run_id or new_run_id()
+    base = join("runs", FLOW, run_id)
+    log.info("q4-yolo run %s (profile %s, models %s) -> %s", run_id, profile,
+             ", ".join(cfg.models), st.url(base))
+
+    data = io_step("fetch-yolo-export")("fetch-yolo-export", "yolo-export.fetch",
+                                        cfg.data.model_dump(mode="json"), st.uri, launcher)
+    progress = Progress(2 * len(cfg.models) + 1, f"q4-yolo {run_id}: {len(cfg.models)} models")
+    trained, evaluated = {}, {}
+    for model in cfg.models:
+        slug = model_slug(model)
+        trained[model] = run_step(f"train-{slug}", "yolo.train", train_config(
+            cfg, model, join(base, f"train-{slug}"), data["prefix"]), st.uri, launcher)
+        progress.step()
+    for model in cfg.models:
+        slug = model_slug(model)
+        evaluated[model] = run_step(f"evaluate-{slug}", "yolo.evaluate", {
+            "out": join(base, f"eval-{slug}"), "train": trained[model]["prefix"],
+            "batch": cfg.eval_batch, "conf": cfg.conf, "samples": cfg.samples,
+            "device": cfg.device, "plots": cfg.plots}, st.uri, launcher)
+        progress.step()
+    report = run_step("report", "yolo.report", {
+        "out": join("reports", FLOW, run_id), "profile": profile, "run_id": run_id,
+        "models": [{"label": model_label(m), "model": m, "reference": reference_key(m),
+                    "train": trained[m]["prefix"], "eval": evaluated[m]["prefix"]}
+                   for m in cfg.models],
+        "intro": [f"Models: {', '.join(cfg.models)}; {cfg.epochs} epochs at {cfg.imgsz} px, "
+                  f"batch {cfg.batch}, optimizer {cfg.optimizer}, seed {cfg.seed}. Dataset: "
+                  f"{data['prefix']} ({data['inputs'].get('source', '?')}, classes "
+                  f"{', '.join(data.get('classes', []))}). Metrics: ultralytics val on the "
+                  "validation split."]}, st.uri, launcher)
+    progress.step()
+
+    rows = []
+    for m in cfg.models:
+        em, tm = evaluated[m]["metrics"], trained[m]["metrics"]
+        rows.append({"model": model_label(m), "source": "ours",
+                     **{k: round(em[f"val/{k}"], 4) for k in METRICS},
+                     "train_time_s": round(tm.get("train/time_s") or 0.0, 1),
+                     "epochs": tm.get("epochs")})
+    from tasks.reference import REFERENCE
+
+    for key, ref in REFERENCE["q4-yolo"].items():
+        rows.append({"model": key, "source": "reference", **{k: ref[k] for k in METRICS},
+                     "train_time_s": ref["train_time_s"], "epochs": 100})
+    per_class = [{"model": model_label(m), "class": c, **{
+        k: (round(v[k], 4) if v.get(k) is not None else None)
+        for k in ("instances", *METRICS)}}
+        for m in cfg.models for c, v in evaluated[m]["metrics"]["val/per_class"].items()]
+    create_table_artifact(table=per_class, key="q4-yolo-per-class",
+                          description=f"q4-yolo run {run_id}: per-class validation metrics")
+    groups = report["metrics"]["groups"]
+    best = "\n".join(f"- best model by {g['select_by']}: {g['best']} ({g['best_score']:.4f})"
+                     for g in groups)
+    publish(FLOW, run_id, rows, report["outputs"], st, best)
+    result = {"run_id": run_id, "profile": profile, "store": st.uri,
+              "config": cfg.model_dump(mode="json"), "data": data["prefix"],
+              "train": {m: t["prefix"] for m, t in trained.items()},
+              "eval": {m: e["prefix"] for m, e in evaluated.items()},
+              "report": report["outputs"], "groups": groups, "metrics": rows,
+              "per_class": per_class}
+    result["manifest"] = write_flow_manifest(st, FLOW, run_id, result)
+    return result
