@@ -24,7 +24,8 @@ from tasks.store import Store, join, open_store
 
 # Steps cached across runs by tasks.cache (config + imported source + inputs + versions).
 # Fetches are cached by dataset version instead (their output prefix is the version).
-CACHED_TASKS = {"classifier.train", "classifier.evaluate", "transfer.train", "transfer.finetune"}
+CACHED_TASKS = {"classifier.train", "classifier.evaluate", "transfer.train", "transfer.finetune",
+                "yolo.train", "yolo.evaluate"}
 
 
 def new_run_id() -> str:

@@ -26,6 +26,7 @@ NIGHTLY: dict[str, Nightly] = {n.flow: n for n in (
     Nightly("q1-cnn", "30 1 * * *", "Q1-CNN pooling/BN and dropout sweep on Fashion-MNIST"),
     Nightly("q2-transfer", "0 2 * * *", "Q2 transfer learning on STL10 (ResNet18, VGG16)"),
     Nightly("q3-segmentation", "0 3 * * *", "Q3 DeepLabV3 segmentation of the given images"),
+    Nightly("q4-yolo", "30 3 * * *", "Q4 YOLOv5s vs YOLOv5x detection (ultralytics)"),
     Nightly("report", "0 6 * * *", "Final comparison report across every question"),
 )}
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from flows.common import Progress, io_step, new_run_id, publish, run_step, write_flow_manifest
+from flows.common import (
+    Progress,
+    champion_question,
+    io_step,
+    new_run_id,
+    publish,
+    run_step,
+    write_flow_manifest,
+)
 from tasks.experiments import Q4YoloConfig, resolve_config
-from tasks.log import LOGGER_NAME
 from tasks.store import join, open_store
 from tasks.yolo import model_label, model_slug, reference_key
 
@@ -32,22 +38,14 @@ def train_config(cfg: Q4YoloConfig, model: str, out: str, data: str) -> dict[str
 @flow(name=FLOW, log_prints=True)
 def q4_yolo(profile: str = "smoke", store: str | None = None,
             overrides: dict[str, Any] | None = None, launcher: str = "local",
-            run_id: str | None = None) -> dict[str, Any]:
+            run_id: str | None = None, refresh: bool = False) -> dict[str, Any]:
     """Q4: train each YOLO model on the detection export, evaluate it, report vs reference."""
-    # Prefect forwards our logger (PREFECT_LOGGING_EXTRA_LOGGERS) but leaves its level unset,
-    # so the root's WARNING would hide the tasks' INFO lines (training progress, checkpoints).
-    vf_logger = logging.getLogger(LOGGER_NAME)
-    level = vf_logger.level
-    if level == logging.NOTSET:
-        vf_logger.setLevel(logging.INFO)
-    try:
-        return _run(profile, store, overrides, launcher, run_id)
-    finally:
-        vf_logger.setLevel(level)
+    # task INFO lines reach the run log: flows.launcher.show_task_logs (called by launch)
+    return _run(profile, store, overrides, launcher, run_id, refresh)
 
 
 def _run(profile: str, store: str | None, overrides: dict[str, Any] | None, launcher: str,
-         run_id: str | None) -> dict[str, Any]:
+         run_id: str | None, refresh: bool = False) -> dict[str, Any]:
     log = get_run_logger()
     cfg: Q4YoloConfig = resolve_config(FLOW, profile, overrides)  # type: ignore[assignment]
     st = open_store(store)
@@ -63,15 +61,17 @@ def _run(profile: str, store: str | None, overrides: dict[str, Any] | None, laun
     for model in cfg.models:
         slug = model_slug(model)
         trained[model] = run_step(f"train-{slug}", "yolo.train", train_config(
-            cfg, model, join(base, f"train-{slug}"), data["prefix"]), st.uri, launcher)
-        progress.step()
+            cfg, model, join(base, f"train-{slug}"), data["prefix"]), st.uri, launcher,
+            slot=f"{FLOW}/train-{slug}", refresh=refresh)
+        progress.advance()
     for model in cfg.models:
         slug = model_slug(model)
         evaluated[model] = run_step(f"evaluate-{slug}", "yolo.evaluate", {
             "out": join(base, f"eval-{slug}"), "train": trained[model]["prefix"],
             "batch": cfg.eval_batch, "conf": cfg.conf, "samples": cfg.samples,
-            "device": cfg.device, "plots": cfg.plots}, st.uri, launcher)
-        progress.step()
+            "device": cfg.device, "plots": cfg.plots}, st.uri, launcher,
+            slot=f"{FLOW}/evaluate-{slug}", refresh=refresh)
+        progress.advance()
     report = run_step("report", "yolo.report", {
         "out": join("reports", FLOW, run_id), "profile": profile, "run_id": run_id,
         "models": [{"label": model_label(m), "model": m, "reference": reference_key(m),
@@ -82,7 +82,7 @@ def _run(profile: str, store: str | None, overrides: dict[str, Any] | None, laun
                   f"{data['prefix']} ({data['inputs'].get('source', '?')}, classes "
                   f"{', '.join(data.get('classes', []))}). Metrics: ultralytics val on the "
                   "validation split."]}, st.uri, launcher)
-    progress.step()
+    progress.advance()
 
     rows = []
     for m in cfg.models:
@@ -106,11 +106,21 @@ def _run(profile: str, store: str | None, overrides: dict[str, Any] | None, laun
     best = "\n".join(f"- best model by {g['select_by']}: {g['best']} ({g['best_score']:.4f})"
                      for g in groups)
     publish(FLOW, run_id, rows, report["outputs"], st, best)
+    champion = {}
+    if groups:
+        top = next(m for m in cfg.models if model_label(m) == groups[0]["best"])
+        promotion = run_step("promote", "model.promote", {
+            "question": champion_question(FLOW, profile), "run_id": run_id,
+            "metric": groups[0]["select_by"], "value": groups[0]["best_score"],
+            "model": trained[top]["prefix"], "profile": profile,
+            "out": join(base, "promote")}, st.uri, launcher)
+        champion = {"best_cell": model_label(top), "metric": groups[0]["select_by"],
+                    "value": groups[0]["best_score"], **promotion["metrics"]}
     result = {"run_id": run_id, "profile": profile, "store": st.uri,
               "config": cfg.model_dump(mode="json"), "data": data["prefix"],
               "train": {m: t["prefix"] for m, t in trained.items()},
               "eval": {m: e["prefix"] for m, e in evaluated.items()},
               "report": report["outputs"], "groups": groups, "metrics": rows,
-              "per_class": per_class}
+              "per_class": per_class, "champion": champion}
     result["manifest"] = write_flow_manifest(st, FLOW, run_id, result)
     return result

@@ -96,6 +96,8 @@ def render(cfg: YoloReportConfig, store: Store) -> Manifest:
         cols = ["model", "source", "status", *(c for _, c in METRICS), "train time",
                 "epochs", "imgsz"]
         rows, summary = [], []
+        final_rows: list[dict] = []
+        comparison: list[dict] = []
         for label, (_ref, tr, ev) in loaded.items():
             status = "ok" if (tr and ev) else ("trained, not evaluated" if tr else
                                                "missing/failed")
@@ -107,6 +109,16 @@ def render(cfg: YoloReportConfig, store: Store) -> Manifest:
             summary.append({"model": label, "status": status, **{
                 k: em.get(f"{sp}/{k}") for k, _ in METRICS},
                 "train_time_s": tm.get("train/time_s"), "epochs": tm.get("epochs")})
+            # rows for the cross-question report (tasks/final_report.py)
+            final_rows.append({"question": QUESTION, "variant": f"model={label}",
+                               "status": status, "metric": f"{sp}/mAP50-95",
+                               "value": em.get(f"{sp}/mAP50-95"),
+                               "time_s": tm.get("train/time_s"), "run": _ref.train})
+            ref_one = ref_all.get(_ref.reference or "")
+            if ref_one and ev is not None:
+                comparison += [{"question": QUESTION, "item": f"{label} {name}",
+                                "ours": em.get(f"{sp}/{k}"), "reference": ref_one[k]}
+                               for k, name in METRICS]
         for key, ref in ref_all.items():
             rows.append([key.replace("yolov5", "YOLOv5"), "reference", "—",
                          *(ref.get(k) for k, _ in METRICS), hms(ref.get("train_time_s")), 100,
@@ -216,4 +228,5 @@ def render(cfg: YoloReportConfig, store: Store) -> Manifest:
         if best is not None:
             groups.append({"key": "model", "select_by": f"{sp}/mAP50-95", "best": best,
                            "best_score": ok[best][2].metrics.get(f"{sp}/mAP50-95")})
-        return run.finish({"summary": summary, "groups": groups})
+        return run.finish({"models": summary, "summary": final_rows,
+                           "comparison": comparison, "groups": groups})
