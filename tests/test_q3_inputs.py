@@ -4,6 +4,7 @@ package file, URL offline) and one bad image in a batch not losing the others.""
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -172,9 +173,13 @@ def test_packaged_defaults_are_found_through_their_packages():
         package_file("package:matplotlib/mpl-data/sample_data/nope.jpg")
 
 
-def test_decoding_survives_ultralytics_pil_patch():
+def test_decoding_survives_ultralytics_pil_patch(monkeypatch):
     """ultralytics wraps PIL.Image.open (pip-installing pi-heif on unknown files); a
     non-image must still be a clean rejection, with nothing installed."""
+    # importing ultralytics sets OMP_NUM_THREADS=1 in os.environ when unset: keep that out of
+    # the rest of the session (child processes would train with one thread)
+    monkeypatch.setenv("OMP_NUM_THREADS",
+                       os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)))
     import ultralytics.utils.patches  # noqa: F401  (applies the patch, as q4 does)
     from PIL import Image as PILImage
 

@@ -90,9 +90,11 @@ def test_killed_training_resumes_to_the_same_result(tmp_path):
            "seed": 11, "dropout": 0.2}
     reference = run_task("classifier.train", {**cfg, "out": "runs/ref/train"}, uri)
     st = open_store(uri)
+    # same intra-op thread count as this process: float sums depend on it
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen([sys.executable, "-m", "tasks", "classifier.train", "--config-json",
                              json.dumps({**cfg, "out": "runs/killed/train"}), "--store", uri],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 300
     while not st.exists("runs/killed/train/last.pt") and time.time() < deadline:
         time.sleep(0.02)
