@@ -58,7 +58,10 @@ def run_classifier_sweep(flow: str, cfg: Config, cells: dict[str, dict], groups:
         "key": g["key"], "title": g["title"], "select_by": g["select_by"],
         "numeric": g.get("numeric", False),
         "runs": [{"name": name, "value": value, "train": trained[cid]["prefix"],
-                  "eval": evaluated[cid]["prefix"]} for name, value, cid in g["runs"]],
+                  "eval": evaluated[cid]["prefix"],
+                  "repeats": [{"train": trained[r]["prefix"], "eval": evaluated[r]["prefix"]}
+                              for r in g.get("repeats", {}).get(cid, [])]}
+                 for name, value, cid in g["runs"]],
     } for g in groups]
     intro = [*intro, f"Dataset: {data['prefix']} ({data['inputs'].get('source', '?')})."]
     report = run_step("report", "classifier.report", {

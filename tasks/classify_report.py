@@ -7,6 +7,7 @@ Runs that are missing or failed are listed as such, never silently dropped.
 
 from __future__ import annotations
 
+import statistics
 from typing import Any, Literal
 
 from pydantic import Field
@@ -22,11 +23,18 @@ from tasks.runtime import Manifest, TaskRun, find_manifest
 from tasks.store import Store
 
 
+class RepeatRef(Config):
+    train: str
+    eval: str
+
+
 class RunRef(Config):
     name: str = Field(description="display name, e.g. 'batch 32'")
     value: Any = Field(description="the swept value, e.g. 32, 'tanh', 0.4")
     train: str = Field(description="store prefix of the classifier.train run")
     eval: str = Field(description="store prefix of the classifier.evaluate run")
+    repeats: list[RepeatRef] = Field(default_factory=list,
+                                     description="the same cell with other seeds")
 
 
 class Group(Config):
@@ -47,8 +55,32 @@ class ReportConfig(Config):
     intro: list[str] = Field(default_factory=list)
 
 
+def _aggregate(manifests: list[Manifest]) -> Manifest:
+    """The first run's manifest with each numeric metric replaced by the mean over all runs,
+    plus ``<metric>/std`` (sample standard deviation) and ``<metric>/n``."""
+    if len(manifests) == 1:
+        return manifests[0]
+    out = manifests[0].model_copy(deep=True)
+    for key, value in manifests[0].metrics.items():
+        values = [m.metrics.get(key) for m in manifests]
+        if isinstance(value, bool) or not all(isinstance(v, int | float) for v in values):
+            continue
+        out.metrics[key] = statistics.fmean(values)
+        out.metrics[f"{key}/std"] = statistics.stdev(values)
+        out.metrics[f"{key}/n"] = len(values)
+    return out
+
+
 def _load(store: Store, ref: RunRef) -> tuple[Manifest | None, Manifest | None]:
-    return find_manifest(store, ref.train), find_manifest(store, ref.eval)
+    """Train and eval manifests of a cell; with repeats, their means over every seed that
+    finished (the first seed's manifest carries the curves and plots)."""
+    pairs = [(find_manifest(store, ref.train), find_manifest(store, ref.eval))]
+    pairs += [(find_manifest(store, r.train), find_manifest(store, r.eval)) for r in ref.repeats]
+    first_tr, first_ev = pairs[0]
+    if first_tr is None or first_ev is None:
+        return first_tr, first_ev
+    done = [(t, e) for t, e in pairs if t is not None and e is not None]
+    return _aggregate([t for t, _ in done]), _aggregate([e for _, e in done])
 
 
 def _metric(train: Manifest | None, ev: Manifest | None, key: str) -> float | None:
@@ -63,13 +95,18 @@ def _group_section(question: str, group: Group, store: Store, images_seen: set[s
     loaded = {ref.name: (ref, *_load(store, ref)) for ref in group.runs}
     ok = {n: v for n, v in loaded.items() if v[1] is not None and v[2] is not None}
     has_dev = any("dev/accuracy" in v[1].metrics for v in ok.values())
-    cols = ["variant", "status", "test acc", "precision", "recall", "F1", "test loss"]
+    repeated = any("test/accuracy/n" in v[2].metrics for v in ok.values())
+    cols = ["variant", "status", "test acc", *(["± std (n seeds)"] if repeated else []),
+            "precision", "recall", "F1", "test loss"]
     cols += ["dev acc (final)", "best dev acc"] if has_dev else []
     cols += ["train time (s)", "epochs"]
     rows = []
     for name, (run_ref, tr, ev) in loaded.items():
         status = "ok" if (tr and ev) else ("trained, not evaluated" if tr else "missing/failed")
-        row = [name, status, _metric(tr, ev, "test/accuracy"),
+        spread = ([f"± {ev.metrics['test/accuracy/std']:.4f} "
+                   f"({ev.metrics['test/accuracy/n']})" if ev and "test/accuracy/n" in
+                   ev.metrics else "(1)"] if repeated else [])
+        row = [name, status, _metric(tr, ev, "test/accuracy"), *spread,
                _metric(tr, ev, "test/precision_macro"), _metric(tr, ev, "test/recall_macro"),
                _metric(tr, ev, "test/f1_macro"), _metric(tr, ev, "test/loss")]
         if has_dev:
@@ -79,6 +116,8 @@ def _group_section(question: str, group: Group, store: Store, images_seen: set[s
         summary_rows.append({"question": question, "variant": f"{group.key}={name}",
                              "status": status, "metric": "test/accuracy",
                              "value": _metric(tr, ev, "test/accuracy"),
+                             "std": _metric(tr, ev, "test/accuracy/std"),
+                             "seeds": _metric(tr, ev, "test/accuracy/n") or 1,
                              "time_s": _metric(tr, ev, "train/time_s"),
                              "run": tr.prefix if tr else run_ref.train})
     section = Section(group.title, tables=[Table(cols, rows, f"{group.title}: final metrics")])
@@ -131,6 +170,12 @@ def _group_section(question: str, group: Group, store: Store, images_seen: set[s
                 {n: _metric(*v[1:], "train/time_s") for n, v in ok.items()}, "seconds",
                 "Training compute time"), "Wall-clock training time per run"),
         ]
+        if repeated:
+            imgs.append(Image(f"spread-{tag}.png", plots.bars(
+                {n: _metric(*v[1:], "test/accuracy") for n, v in ok.items()}, "test accuracy",
+                "Test accuracy: mean ± std over seeds",
+                errors={n: _metric(*v[1:], "test/accuracy/std") or 0.0 for n, v in ok.items()}),
+                "Mean test accuracy per variant; error bars: standard deviation over seeds"))
         if group.numeric:
             xs = [v[0].value for v in ok.values()]
             series = {s: [_metric(*v[1:], f"{s}/accuracy") for v in ok.values()]

@@ -45,6 +45,7 @@ class Q1MlpConfig(Config):
     seed: int = 0
     device: str = "auto"
     train_limit: int | None = Field(None, gt=0)
+    repeats: int = Field(1, ge=1, le=20, description="seeds per cell (seed, seed+1, ...)")
 
     @field_validator("batch_sizes", "hidden")
     @classmethod
@@ -78,6 +79,7 @@ class Q1CnnConfig(Config):
     channels_last: bool = False
     amp: Literal["off", "bf16"] = "off"
     train_limit: int | None = Field(None, gt=0)
+    repeats: int = Field(1, ge=1, le=20, description="seeds per cell (seed, seed+1, ...)")
 
     @field_validator("dropouts")
     @classmethod
@@ -193,12 +195,12 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "q1-mlp": {
         "smoke": {"data": {"source": "generate", "n_train": 3000, "n_test": 1000},
                   "epochs": 3, "device": "cpu"},
-        "full": {"data": {"source": "download"}, "epochs": 10},
+        "full": {"data": {"source": "download"}, "epochs": 10, "repeats": 3},
     },
     "q1-cnn": {
         "smoke": {"data": {"source": "generate", "n_train": 2000, "n_test": 1000},
                   "epochs": 2, "batch_size": 64, "device": "cpu"},
-        "full": {"data": {"source": "download"}, "epochs": 10},
+        "full": {"data": {"source": "download"}, "epochs": 10, "repeats": 3},
     },
     "q3-segmentation": {
         # random weights at a small input size: the whole pipeline on CPU in seconds
@@ -273,7 +275,19 @@ def q1_mlp_cells(cfg: Q1MlpConfig) -> tuple[dict[str, dict], list[dict]]:
         {"key": "loss", "title": "(b) Loss sweep", "select_by": "test/accuracy",
          "runs": [(lo, lo, cell(cfg.batch_size, cfg.activation, lo)) for lo in cfg.losses]},
     ]
+    add_repeats(cells, groups, cfg.repeats)
     return cells, groups
+
+
+def add_repeats(cells: dict[str, dict], groups: list[dict], repeats: int) -> None:
+    """Add ``repeats - 1`` more seeds of every cell (``<cell>-seed<k>``, seed + k); each
+    group gets ``repeats``: cell id -> the ids of its other seeds."""
+    for cid in list(cells):
+        for k in range(1, repeats):
+            cells[f"{cid}-seed{k}"] = {**cells[cid], "seed": cells[cid]["seed"] + k}
+    for g in groups:
+        g["repeats"] = {cid: [f"{cid}-seed{k}" for k in range(1, repeats)]
+                        for _, _, cid in g["runs"]}
 
 
 def q1_cnn_cells(cfg: Q1CnnConfig) -> tuple[dict[str, dict], list[dict]]:
@@ -303,4 +317,5 @@ def q1_cnn_cells(cfg: Q1CnnConfig) -> tuple[dict[str, dict], list[dict]]:
          "select_by": "dev/accuracy", "numeric": True,
          "runs": [(f"dropout {d:g}", d, cell("cnn_pool_bn", d)) for d in cfg.dropouts]},
     ]
+    add_repeats(cells, groups, cfg.repeats)
     return cells, groups

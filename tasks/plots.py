@@ -57,12 +57,14 @@ def curves(histories: Mapping[str, Sequence[Mapping]],
     return _png(plt, fig)
 
 
-def bars(values: Mapping[str, float], ylabel: str, title: str = "", fmt: str = "{:.3g}") -> bytes:
-    """A bar per entry, labelled with its value."""
+def bars(values: Mapping[str, float], ylabel: str, title: str = "", fmt: str = "{:.3g}",
+         errors: Mapping[str, float] | None = None) -> bytes:
+    """A bar per entry, labelled with its value; ``errors`` adds error bars (e.g. std)."""
     plt, fig, ax = _figure(figsize=(max(4, 1.1 * len(values) + 2), 3.6))
     names = list(values)
     vals = [values[n] for n in names]
-    rects = ax.bar(names, vals, color="#4c72b0")
+    yerr = [errors.get(n, 0.0) for n in names] if errors else None
+    rects = ax.bar(names, vals, color="#4c72b0", yerr=yerr, capsize=4 if yerr else 0)
     for r, v in zip(rects, vals, strict=True):
         ax.annotate(fmt.format(v), (r.get_x() + r.get_width() / 2, r.get_height()),
                     ha="center", va="bottom", fontsize=8)

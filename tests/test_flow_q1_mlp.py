@@ -95,3 +95,33 @@ def test_second_run_reuses_fetch_and_cached_training(q1_run, s3_endpoint):
                      overrides={**SMALL, "data": {**SMALL["data"], "seed": 1}})
     assert changed["data"] != first["data"]  # a new dataset version is fetched
     assert set(changed["train"].values()).isdisjoint(first["train"].values())
+
+
+def test_repeats_report_mean_and_std(prefect_harness, tmp_path):
+    import statistics
+
+    from flows.q1_mlp import q1_mlp
+    from tasks.experiments import q1_mlp_cells, resolve_config
+
+    overrides = {**SMALL, "batch_sizes": [64], "activations": ["relu", "tanh"],
+                 "losses": ["cross_entropy"], "repeats": 3}
+    cells, groups = q1_mlp_cells(resolve_config("q1-mlp", "smoke", overrides))
+    assert len(cells) == 2 * 3
+    assert groups[0]["repeats"]["b64-relu-cross_entropy"] == [
+        "b64-relu-cross_entropy-seed1", "b64-relu-cross_entropy-seed2"]
+    uri = f"file://{tmp_path}/store"
+    result = q1_mlp(profile="smoke", store=uri, overrides=overrides)
+    st = open_store(uri)
+    accs = [st.get_json(result["eval"][c] + "/manifest.json")["metrics"]["test/accuracy"]
+            for c in ("b64-relu-cross_entropy", "b64-relu-cross_entropy-seed1",
+                      "b64-relu-cross_entropy-seed2")]
+    assert len(set(accs)) > 1  # the seeds really differ
+    report_dir = result["report"]["report.html"].rsplit("/", 1)[0]
+    summary = st.get_json(report_dir + "/manifest.json")["metrics"]["summary"]
+    relu = next(r for r in summary if r["variant"] == "batch_size=batch 64")
+    assert relu["seeds"] == 3
+    assert relu["value"] == pytest.approx(statistics.fmean(accs))
+    assert relu["std"] == pytest.approx(statistics.stdev(accs))
+    md = st.get_text(result["report"]["report.md"])
+    assert "± std (n seeds)" in md and f"± {statistics.stdev(accs):.4f} (3)" in md
+    assert any(k.startswith(report_dir + "/spread-") for k in st.list(report_dir))

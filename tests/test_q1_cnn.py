@@ -44,10 +44,12 @@ def test_dropout_only_on_fc_layers():
 
 
 def test_cells_cover_c_d_and_six_rates():
-    cells, groups = q1_cnn_cells(resolve_config("q1-cnn", "full"))
+    cells, groups = q1_cnn_cells(resolve_config("q1-cnn", "full", {"repeats": 1}))
     runs = [r for g in groups for r in g["runs"]]
     assert len(runs) == 8
     assert len(cells) == 7  # (d) at dropout 0 is the sweep's 0 cell
+    full, _ = q1_cnn_cells(resolve_config("q1-cnn", "full"))
+    assert len(full) == 7 * 3  # full: 3 seeds per cell
     assert [r[1] for r in groups[1]["runs"]] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
 
 
