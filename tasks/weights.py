@@ -2,8 +2,9 @@
 
 Order: (1) a mirror given in the config: a local folder, or a store prefix (for air-gapped
 GPU boxes), holding the checkpoint under torchvision's own file name (``resnet18-f37072fd.pth``);
-(2) the torch hub cache (``$TORCH_HOME/hub/checkpoints``); (3) a download from
-torchvision's URL (refused when ``VF_OFFLINE=1``). Every file is checked against the hash
+(2) the store's mirror index (``visionflows mirror``, :mod:`tasks.mirror`); (3) the torch hub
+cache (``$TORCH_HOME/hub/checkpoints``); (4) a download from torchvision's URL (refused when
+``VF_OFFLINE=1``). Every file is checked against the hash
 prefix in its torchvision name. When nothing works, ``WeightsError`` lists what was tried
 and how to fix it.
 """
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tasks import mirror as mirror_index
 from tasks.config import config_hash
 from tasks.data.common import cache_dir, offline, sha256_file
 from tasks.errors import MissingKeyError, StoreError, VisionflowsError
@@ -41,8 +43,8 @@ class WeightsError(VisionflowsError):
 
 @dataclass(frozen=True)
 class ResolvedWeights:
-    """Where a checkpoint was found: ``source`` is mirror-folder, mirror-store, hub-cache or
-    download; ``path`` is the local file; ``sha256`` its full hash."""
+    """Where a checkpoint was found: ``source`` is mirror-folder, mirror-store, mirror-index,
+    hub-cache or download; ``path`` is the local file; ``sha256`` its full hash."""
 
     name: str
     file: str
@@ -142,12 +144,17 @@ def resolve_weights(weights: str, *, mirror: str | None = None, store: Store | N
             tried.append(f"mirror {mirror}: not a local folder")
     else:
         tried.append("mirror: not set (weights_mirror)")
-    # 2. the torch hub cache
+    # 2. the store's mirror index (written by `visionflows mirror`)
+    path, where = mirror_index.lookup(store, mirror_index.torchvision_weights_name(name))
+    if path is not None:
+        return found(path, "mirror-index", where)
+    tried.append(where)
+    # 3. the torch hub cache
     cached = hub_checkpoints() / name
     if cached.is_file():
         return found(cached, "hub-cache", str(cached))
     tried.append(f"torch hub cache: no {cached}")
-    # 3. download
+    # 4. download
     transient = False
     if offline():
         tried.append(f"download from {member.url}: refused (VF_OFFLINE=1)")
@@ -164,7 +171,8 @@ def resolve_weights(weights: str, *, mirror: str | None = None, store: Store | N
     raise WeightsError(
         f"pretrained weights {weights} ({name}) are not available. Tried: "
         + "; ".join(f"({i}) {t}" for i, t in enumerate(tried, 1))
-        + f". Fix: put {name} in a folder (or a store prefix) and pass --set weights_mirror=DIR, "
+        + f". Fix: {mirror_index.offline_fix(['q2-transfer'], store)}; or put {name} in a "
+        "folder (or a store prefix) and pass --set weights_mirror=DIR, "
         f"or copy it to {cached.parent}, or run where {member.url} is reachable. To train from "
         "random weights on purpose, pass --set pretrained=false.", transient=transient)
 
