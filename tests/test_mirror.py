@@ -503,13 +503,16 @@ def test_yolo_export_url_order_and_offline_message(tmp_path, served, monkeypatch
     root, source = acquire(f"{served.base}/ds/export.zip?key=other", store, tmp_path / "a", LOG)
     assert source == "mirror-index" and (root / "data.yaml").is_file()
     assert served.requests == []
-    # another URL: not the mirrored one; downloaded, then found in the local cache
-    monkeypatch.setattr(M, "Q4_EXPORT_NAME", "q4-yolo/none.zip")
+    # another URL is not the mirrored export: it is downloaded (here: not found)
+    with pytest.raises(DataError, match="HTTP 404"):
+        acquire(f"{served.base}/ds/other.zip", store, tmp_path / "x", LOG)
+    assert served.requests == [("/ds/other.zip", None)]
+    # without a mirror: downloaded, then found in the local cache
     other = open_store(f"file://{tmp_path / 'no-mirror'}")
     root, source = acquire(served.export_url, other, tmp_path / "b", LOG)
-    assert source == "url" and len(served.requests) == 1
+    assert source == "url" and len(served.requests) == 2
     root, source = acquire(served.export_url, other, tmp_path / "c", LOG)
-    assert source == "cache" and len(served.requests) == 1
+    assert source == "cache" and len(served.requests) == 2
     shutil.rmtree(cache_dir("downloads/yolo-export"))
     monkeypatch.setenv("VF_OFFLINE", "1")
     with pytest.raises(DataError) as err:
@@ -517,7 +520,52 @@ def test_yolo_export_url_order_and_offline_message(tmp_path, served, monkeypatch
     msg = str(err.value)
     assert msg.startswith(f"the Q4 export {served.base}/ds/export.zip is not available offline")
     assert f"visionflows mirror --questions q4-yolo --store {other.uri} --q4-export URL" in msg
-    assert SECRET not in msg and len(served.requests) == 1
+    assert SECRET not in msg and len(served.requests) == 2
+
+
+def test_standard_layout_folders_and_files_work_as_mirrors(tmp_path, served, monkeypatch):
+    """Explicit locations in the standard layouts, including the ``mirror/`` folders of a
+    ``file://`` store that ``visionflows mirror`` filled (they keep the published names)."""
+    from tasks import yolo
+    from tasks.torch_weights import resolve_weights
+
+    store = open_store(f"file://{tmp_path / 'mirrored'}")
+    _mirror(store, None, served)
+    runs = open_store(f"file://{tmp_path / 'runs'}")  # another store: no index to fall back on
+    mirrored = store.local_path("mirror")
+    torchvision_layout = tmp_path / "tv" / "FashionMNIST" / "raw"
+    torchvision_layout.mkdir(parents=True)
+    for path in served.fashion.values():  # torchvision's own layout, extracted
+        (torchvision_layout / path.name[:-3]).write_bytes(gzip.decompress(path.read_bytes()))
+    for folder in (mirrored / "fashion-mnist", tmp_path / "tv"):
+        runs.delete("data/fashion-mnist/official/manifest.json")
+        m = run_task("fashion-mnist.fetch", {"source": "download", "mirror": str(folder)}, runs)
+        assert m.inputs["source"] == f"mirror:{folder}"
+        assert m.metrics["counts"] == {"train_images": 300, "train_labels": 300,
+                                       "test_images": 100, "test_labels": 100}
+    for folder in (mirrored / "stl10", served.stl_src, served.stl_src / S10.FOLDER):
+        runs.delete("data/stl10/official/manifest.json")  # the archive, the folder, its files
+        m = run_task("stl10.fetch", {"source": "download", "mirror": str(folder)}, runs)
+        assert m.inputs["source"] == f"mirror:{folder}" and m.metrics["counts"]["test"] == 20
+    weights_dir = mirrored / "weights" / "torchvision"
+    got = W.resolve_weights("VGG16_Weights.IMAGENET1K_V1", mirror=str(weights_dir), store=runs)
+    assert (got.source, got.path) == ("mirror-folder", str(weights_dir / served.vgg.name))
+    got = W.resolve_weights("VGG16_Weights.IMAGENET1K_V1", mirror=str(served.vgg), store=runs)
+    assert (got.source, got.path) == ("mirror-file", str(served.vgg))
+    # one .pth serves the model it is the weights of; the other model looks further (and,
+    # offline, finds nothing)
+    monkeypatch.setenv("VF_OFFLINE", "1")
+    with pytest.raises(W.WeightsError, match=f"mirror file .*: not {served.resnet.name}"):
+        W.resolve_weights("ResNet18_Weights.IMAGENET1K_V1", mirror=str(served.vgg), store=runs)
+    monkeypatch.delenv("VF_OFFLINE")
+    spec = WeightsSpec("deeplab TEST", f"https://download.pytorch.org/models/"
+                                       f"{served.deeplab.name}")
+    assert resolve_weights(spec, str(weights_dir), runs).path == weights_dir / spec.filename
+    assert resolve_weights(spec, str(served.deeplab), runs).path == served.deeplab
+    for mirror in (str(mirrored / "weights" / "ultralytics"),
+                   str(mirrored / "weights" / "ultralytics" / "yolov5xu.pt")):
+        path, where = yolo.resolve_weights("yolov5x.pt", mirror, runs, LOG)
+        assert where == f"mirror:{mirrored / 'weights' / 'ultralytics' / 'yolov5xu.pt'}"
 
 
 # ---------------------------------------------------------------- no network at all
