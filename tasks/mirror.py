@@ -25,6 +25,7 @@ Because the objects keep their published file names, the store's ``mirror/`` fol
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -425,7 +426,7 @@ def mirror(store: Store, questions: Iterable[str] | str | None = None, *,
             log.info("%s: %s (%d bytes, %s) -> %s", entry.name, status, size, entry.published(),
                      store.url(entry.key))
             results.append(Result(entry.name, status, size, sha, questions=entry.questions))
-        except (OSError, urllib.error.URLError, DataError, StoreError) as exc:
+        except (OSError, http.client.HTTPException, DataError, StoreError) as exc:
             detail = f"{type(exc).__name__}: {exc}" if not isinstance(exc, DataError) else str(exc)
             log.error("%s: failed: %s", entry.name, detail)
             results.append(Result(entry.name, "failed", detail=detail,

@@ -283,6 +283,9 @@ def test_a_file_failing_its_checksum_is_not_stored(tmp_path, served, monkeypatch
     assert main(["mirror", "--store", uri, "--questions", "q1-mlp,q1-cnn", "--no-progress"]) == 0
     assert [p for p, _ in served.requests] == ["/t10k-labels-idx1-ubyte.gz"]
     assert "index: " + store.url(M.INDEX_KEY) in capsys.readouterr().out
+    monkeypatch.setenv("VF_OFFLINE", "1")  # mirror downloads: refused offline, by name
+    assert main(["mirror", "--store", uri]) == 2
+    assert "cannot run with VF_OFFLINE=1" in capsys.readouterr().err
 
 
 def test_interrupted_download_resumes(tmp_path, served):
