@@ -5,6 +5,8 @@
     visionflows run q1-mlp --store s3://bucket/prefix --set epochs=2 --set batch_sizes=[32,256]
     visionflows run q1-mlp --launcher docker    # one container per task (images/build*.sh)
     visionflows doctor --store s3://bucket/prefix   # what works, what to fix
+    visionflows mirror --store s3://bucket/prefix   # every full-profile input, for offline runs
+    visionflows run q1-mlp --profile full --offline # no network: store mirror, cache, config
 
 Without ``PREFECT_API_URL`` Prefect runs the flow against a temporary local server.
 """
@@ -99,6 +101,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tasks.config import parse_sets
     from tasks.experiments import resolve_config
 
+    if args.offline:  # read by every resolver, here and in subprocess/docker tasks
+        os.environ["VF_OFFLINE"] = "1"
     overrides = parse_sets(args.set)
     if args.flow == "all" and overrides:
         raise VisionflowsError("--set applies to one flow's config; run that flow alone "
@@ -181,6 +185,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mirror(args: argparse.Namespace) -> int:
+    from tasks.data.common import offline
+    from tasks.mirror import INDEX_KEY, catalog, mirror
+
+    if offline():
+        raise VisionflowsError("visionflows mirror downloads: it cannot run with VF_OFFLINE=1 "
+                               "(run it on a connected machine)")
+    entries = catalog(args.questions, args.q4_export)
+    store = _open_checked_store(args.store)
+    print(f"mirroring {len(entries)} files into {store.url('mirror')}/")
+    results = mirror(store, entries=entries, progress=not args.no_progress)
+    width = max(len(r.name) for r in results) if results else 10
+    for r in results:
+        size = f"{r.size / 1e6:9.1f} MB" if r.size is not None else " " * 12
+        sha = (r.sha256 or "")[:12]
+        print(f"  {r.status:10s} {r.name:{width}s} {size}  {sha}  {r.detail}".rstrip())
+    failed = [r for r in results if r.status == "failed"]
+    print(f"index: {store.url(INDEX_KEY)}")
+    if failed:
+        print(f"{len(failed)} of {len(results)} failed; rerun to retry them (finished ones are "
+              "skipped)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from flows.doctor import run_doctor
 
@@ -209,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--refresh", action="store_true",
                      help="recompute cached steps (training, evaluation) instead of reusing them")
     run.add_argument("--json", action="store_true", help="also print the flow result as JSON")
+    run.add_argument("--offline", action="store_true",
+                     help="no downloads (VF_OFFLINE=1): inputs come from the config, the "
+                          "store's mirror (visionflows mirror) or the local cache")
     run.set_defaults(func=cmd_run)
     rep = sub.add_parser("report", help="build the final comparison report from the store")
     rep.add_argument("--store", default=None, help="store URI (default $VF_STORE or ./artifacts)")
@@ -220,6 +252,18 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--limit", type=int, default=1, help="flow runs at once (default 1)")
     srv.add_argument("--paused", action="store_true", help="register schedules paused")
     srv.set_defaults(func=cmd_serve)
+    mir = sub.add_parser("mirror", help="download every input the full profiles need into "
+                                        "the store (for air-gapped runs)")
+    mir.add_argument("--store", default=None,
+                     help="store to fill (default $VF_STORE or file://./artifacts)")
+    mir.add_argument("--questions", nargs="+", default=None, metavar="Q",
+                     help="which questions (comma-separated or listed; default all): "
+                          "q1-mlp, q1-cnn, q2-transfer, q3-segmentation, q4-yolo")
+    mir.add_argument("--q4-export", default=None, metavar="URL",
+                     help="also mirror the Q4 Roboflow export from this URL (${VAR} is read "
+                          "from the environment; the query string is never recorded)")
+    mir.add_argument("--no-progress", action="store_true", help="no progress bars")
+    mir.set_defaults(func=cmd_mirror)
     doctor = sub.add_parser("doctor", help="check Prefect API, store, Docker and GPUs; say "
                                            "what to fix")
     doctor.add_argument("--store", default=None,

@@ -120,7 +120,8 @@ class Q2TransferConfig(Config):
     models: list[Literal["resnet18", "vgg16"]] = Field(["resnet18", "vgg16"], min_length=1)
     pretrained: bool = True
     weights_mirror: str | None = Field(
-        None, description="local folder or store prefix holding torchvision's .pth files")
+        None, description="a .pth file, or a local folder or store prefix holding "
+                          "torchvision's .pth files")
     image_size: int = Field(96, ge=48, le=512, description="STL10 is 96x96; smaller is faster")
     epochs: int = Field(10, gt=0)
     batch_size: int = Field(32, gt=0)

@@ -1,15 +1,18 @@
-"""Find published torch weights: an explicit mirror, then the torch hub cache, then a download.
+"""Find published torch weights: an explicit mirror, the store's mirror index, the torch hub
+cache, then a download.
 
 1. **mirror** (config key ``weights``): a local file, a local folder holding the published
    file name, a store key, or a store prefix holding the published file name. When a mirror
    is given and cannot be found, that is an error: we do not fall back silently to anything
    else, because the user asked for that file.
-2. **torch hub cache**: ``$TORCH_HOME/hub/checkpoints/<published file name>`` (where
+2. **the store's mirror index** (``mirror/index.json``, written by ``visionflows mirror``;
+   see :mod:`tasks.mirror`).
+3. **torch hub cache**: ``$TORCH_HOME/hub/checkpoints/<published file name>`` (where
    ``torch.hub`` and torchvision put downloads).
-3. **download** from the published URL into the hub cache (refused when ``VF_OFFLINE=1``).
+4. **download** from the published URL into the hub cache (refused when ``VF_OFFLINE=1``).
 
 Every file is checked against the sha256 prefix in its published file name
-(``...-cd0a2569.pth``), as ``torch.hub`` does. When nothing works, the error lists all three
+(``...-cd0a2569.pth``), as ``torch.hub`` does. When nothing works, the error lists all four
 places and what to do.
 """
 
@@ -21,6 +24,7 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks import mirror as mirror_index
 from tasks.data.common import cache_dir, offline
 from tasks.errors import StoreError, VisionflowsError
 from tasks.store import Store, join
@@ -52,7 +56,7 @@ class WeightsSpec:
 @dataclass(frozen=True)
 class ResolvedWeights:
     path: Path
-    source: str      # "mirror" | "hub-cache" | "download"
+    source: str      # "mirror" | "mirror-index" | "hub-cache" | "download"
     location: str    # the file, store URI or URL it came from
     sha256: str
 
@@ -117,12 +121,18 @@ def _from_mirror(spec: WeightsSpec, mirror: str, store: Store | None) -> Resolve
 
 def resolve_weights(spec: WeightsSpec, mirror: str | None = None, store: Store | None = None,
                     log=None) -> ResolvedWeights:
-    """The local file of ``spec``'s weights: mirror, then hub cache, then download."""
+    """The local file of ``spec``'s weights: mirror, mirror index, hub cache, download."""
     if mirror:
         found = _from_mirror(spec, mirror, store)
         if log:
             log.info("weights %s from mirror %s", spec.name, found.location)
         return found
+    indexed, where = mirror_index.lookup(store, mirror_index.torchvision_weights_name(
+        spec.filename))
+    if indexed is not None:
+        if log:
+            log.info("weights %s from the store's mirror index: %s", spec.name, where)
+        return ResolvedWeights(indexed, "mirror-index", where, _verified(spec, indexed, where))
     hub = hub_checkpoint(spec)
     if hub.is_file():
         if log:
@@ -147,8 +157,10 @@ def resolve_weights(spec: WeightsSpec, mirror: str | None = None, store: Store |
     raise WeightsError(
         f"pretrained weights {spec.name} ({spec.filename}) are not available:\n"
         f"  1. mirror: not set (config key `weights`)\n"
-        f"  2. torch hub cache: {hub} does not exist\n"
-        f"  3. download {spec.url}: {reason}\n"
-        f"Fix: copy {spec.filename} from a connected machine and pass it with "
+        f"  2. {where}\n"
+        f"  3. torch hub cache: {hub} does not exist\n"
+        f"  4. download {spec.url}: {reason}\n"
+        f"Fix: {mirror_index.offline_fix(['q3-segmentation'], store)}; or "
+        f"copy {spec.filename} from a connected machine and pass it with "
         f"--set weights=PATH (the file, a folder holding it, or a store key), or put it at "
         f"{hub}; for a plumbing run with random weights use --set pretrained=false")

@@ -176,7 +176,8 @@ class WeightsConfig(Config):
     archs: list[Arch] = Field(["resnet18", "vgg16"], min_length=1)
     pretrained: bool = Field(True, description="false: random init, said in every manifest")
     weights_mirror: str | None = Field(
-        None, description="local folder or store prefix holding torchvision's .pth files")
+        None, description="a .pth file, or a local folder or store prefix holding "
+                          "torchvision's .pth files")
 
 
 class ExploreConfig(Config):

@@ -1,11 +1,12 @@
 """Pretrained weights for torchvision models, found in a fixed order, never silently skipped.
 
-Order: (1) a mirror given in the config: a local folder, or a store prefix (for air-gapped
-GPU boxes), holding the checkpoint under torchvision's own file name (``resnet18-f37072fd.pth``);
-(2) the torch hub cache (``$TORCH_HOME/hub/checkpoints``); (3) a download from
-torchvision's URL (refused when ``VF_OFFLINE=1``). Every file is checked against the hash
-prefix in its torchvision name. When nothing works, ``WeightsError`` lists what was tried
-and how to fix it.
+Order: (1) a mirror given in the config: a local ``.pth`` file, or a local folder or a store
+prefix (for air-gapped GPU boxes) holding the checkpoint under torchvision's own file name
+(``resnet18-f37072fd.pth``); (2) the store's mirror index (``visionflows mirror``, see
+:mod:`tasks.mirror`); (3) the torch hub cache (``$TORCH_HOME/hub/checkpoints``); (4) a
+download from torchvision's URL (refused when ``VF_OFFLINE=1``). Every file is checked
+against the hash prefix in its torchvision name. When nothing works, ``WeightsError`` lists
+what was tried and how to fix it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tasks import mirror as mirror_index
 from tasks.config import config_hash
 from tasks.data.common import cache_dir, offline, sha256_file
 from tasks.errors import MissingKeyError, StoreError, VisionflowsError
@@ -41,8 +43,8 @@ class WeightsError(VisionflowsError):
 
 @dataclass(frozen=True)
 class ResolvedWeights:
-    """Where a checkpoint was found: ``source`` is mirror-folder, mirror-store, hub-cache or
-    download; ``path`` is the local file; ``sha256`` its full hash."""
+    """Where a checkpoint was found: ``source`` is mirror-file, mirror-folder, mirror-store,
+    mirror-index, hub-cache or download; ``path`` is the local file; ``sha256`` its full hash."""
 
     name: str
     file: str
@@ -100,8 +102,9 @@ def resolve_weights(weights: str, *, mirror: str | None = None, store: Store | N
                     log: logging.Logger | None = None) -> ResolvedWeights:
     """Find the checkpoint of ``weights`` (e.g. ``ResNet18_Weights.IMAGENET1K_V1``).
 
-    ``mirror`` is a local folder or, failing that, a store prefix holding the file under its
-    torchvision name. Raises WeightsError listing every place tried.
+    ``mirror`` is a local file (used for the weights whose published hash prefix it has), a
+    local folder or, failing that, a store prefix holding the file under its torchvision
+    name. Raises WeightsError listing every place tried.
     """
     log = log or get_logger("weights")
     member = weights_enum(weights)
@@ -113,10 +116,18 @@ def resolve_weights(weights: str, *, mirror: str | None = None, store: Store | N
         log.info("weights %s: %s (%s)", weights, location, source)
         return ResolvedWeights(weights, name, str(path), source, location, digest)
 
-    # 1. the mirror: a local folder, else a prefix in the store
+    # 1. the mirror: a local file or folder, else a prefix in the store
     if mirror:
         folder = Path(mirror).expanduser()
-        if folder.is_dir():
+        if folder.is_file():
+            # one file serves the weights whose published hash it has (the setting is
+            # shared by every model of a run)
+            match = HASH_REGEX.search(name)
+            if folder.name == name or (match and sha256_file(folder).startswith(match.group(1))):
+                return found(folder, "mirror-file", str(folder))
+            tried.append(f"mirror file {folder}: not {name} (its sha256 does not start with "
+                         f"{match.group(1) if match else '?'})")
+        elif folder.is_dir():
             if (folder / name).is_file():
                 return found(folder / name, "mirror-folder", str(folder / name))
             tried.append(f"mirror folder {folder}: no {name} there")
@@ -142,12 +153,17 @@ def resolve_weights(weights: str, *, mirror: str | None = None, store: Store | N
             tried.append(f"mirror {mirror}: not a local folder")
     else:
         tried.append("mirror: not set (weights_mirror)")
-    # 2. the torch hub cache
+    # 2. the store's mirror index (written by `visionflows mirror`)
+    path, where = mirror_index.lookup(store, mirror_index.torchvision_weights_name(name))
+    if path is not None:
+        return found(path, "mirror-index", where)
+    tried.append(where)
+    # 3. the torch hub cache
     cached = hub_checkpoints() / name
     if cached.is_file():
         return found(cached, "hub-cache", str(cached))
     tried.append(f"torch hub cache: no {cached}")
-    # 3. download
+    # 4. download
     transient = False
     if offline():
         tried.append(f"download from {member.url}: refused (VF_OFFLINE=1)")
@@ -164,7 +180,8 @@ def resolve_weights(weights: str, *, mirror: str | None = None, store: Store | N
     raise WeightsError(
         f"pretrained weights {weights} ({name}) are not available. Tried: "
         + "; ".join(f"({i}) {t}" for i, t in enumerate(tried, 1))
-        + f". Fix: put {name} in a folder (or a store prefix) and pass --set weights_mirror=DIR, "
+        + f". Fix: {mirror_index.offline_fix(['q2-transfer'], store)}; or put {name} in a "
+        "folder (or a store prefix) and pass --set weights_mirror=DIR, "
         f"or copy it to {cached.parent}, or run where {member.url} is reachable. To train from "
         "random weights on purpose, pass --set pretrained=false.", transient=transient)
 

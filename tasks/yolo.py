@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from tasks import mirror as mirror_index
 from tasks.config import Config
 from tasks.data.common import cache_dir, offline
 from tasks.data.yolo_export import materialize
@@ -165,10 +166,11 @@ def _looks_like_weights(path: Path) -> bool:
 
 
 def resolve_weights(model: str, mirror: str | None, store: Store, log) -> tuple[Path, str]:
-    """A local file of pretrained weights, by the q2 order: mirror, cache, download.
+    """A local file of pretrained weights, by the q2 order: mirror, the store's mirror index,
+    cache, download.
 
-    Returns (path, where) and never falls back to random weights: when none of the three
-    works the error lists what was tried and how to fix it.
+    Returns (path, where) and never falls back to random weights: when none of them works
+    the error lists what was tried and how to fix it.
     """
     from tasks.data.yolo_export import _store_key
 
@@ -200,6 +202,12 @@ def resolve_weights(model: str, mirror: str | None, store: Store, log) -> tuple[
                     return p, f"mirror:{p}"
                 why = "not a torch checkpoint" if p.is_file() else "missing"
                 tried.append(f"mirror {p}: {why}")
+    # the store's mirror index (written by `visionflows mirror`)
+    indexed, where = mirror_index.lookup(store, mirror_index.ultralytics_weights_name(name))
+    if indexed is not None and _looks_like_weights(indexed):
+        log.info("weights %s from the store's mirror index: %s", name, where)
+        return indexed, f"mirror-index:{where}"
+    tried.append(where if indexed is None else f"{where}: not a torch checkpoint")
     cached = cache / name
     if cached.is_file() and _looks_like_weights(cached):
         return cached, f"cache:{cached}"
@@ -223,7 +231,8 @@ def resolve_weights(model: str, mirror: str | None, store: Store, log) -> tuple[
             tmp.unlink(missing_ok=True)
     raise DataError(
         f"cannot get pretrained weights {name} for model {model!r}; tried:\n  - " +
-        "\n  - ".join(tried) + f"\nFix: put {name} in a folder and pass --set weights_mirror=DIR "
+        "\n  - ".join(tried) + f"\nFix: {mirror_index.offline_fix(['q4-yolo'], store)}; or "
+        f"put {name} in a folder and pass --set weights_mirror=DIR "
         f"(or store:PREFIX), or copy it to {cache}; to train from scratch use a .yaml model "
         "(e.g. yolov5s.yaml). Training never falls back to random weights.")
 

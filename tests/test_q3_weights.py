@@ -1,6 +1,7 @@
-"""Weights resolution for Q3: mirror (file, folder, store key) -> torch hub cache ->
-download, each file checked against the published sha256 prefix; a clear, complete error
-when none works. No test downloads anything (the network guard refuses non-loopback)."""
+"""Weights resolution for Q3: mirror (file, folder, store key) -> the store's mirror index ->
+torch hub cache -> download, each file checked against the published sha256 prefix; a clear,
+complete error when none works. No test downloads anything (the network guard refuses
+non-loopback)."""
 
 from __future__ import annotations
 
@@ -110,8 +111,10 @@ def test_offline_error_names_every_place_and_the_fix(monkeypatch, torch_home):
     msg = str(err.value)
     assert "deeplabv3_resnet50_coco-cd0a2569.pth" in msg
     assert "1. mirror: not set" in msg
-    assert f"2. torch hub cache: {hub_checkpoint(spec)} does not exist" in msg
-    assert f"3. download {spec.url}: not tried" in msg and "VF_OFFLINE" in msg
+    assert "2. mirror index: no store given" in msg
+    assert f"3. torch hub cache: {hub_checkpoint(spec)} does not exist" in msg
+    assert f"4. download {spec.url}: not tried" in msg and "VF_OFFLINE" in msg
+    assert "`visionflows mirror --questions q3-segmentation --store URI`" in msg
     assert "--set weights=PATH" in msg and "--set pretrained=false" in msg
     assert not hub_checkpoint(spec).exists()
 
@@ -122,13 +125,13 @@ def test_download_is_attempted_then_fails_clearly(tmp_path):
     with pytest.raises(WeightsError) as err:
         resolve_weights(spec)
     msg = str(err.value)
-    assert f"3. download {spec.url}: failed" in msg and "refused" in msg.lower()
+    assert f"4. download {spec.url}: failed" in msg and "refused" in msg.lower()
     assert not hub_checkpoint(spec).exists()  # nothing half-written in the cache
 
 
 def test_real_url_download_is_refused_offline_tests(tmp_path):
     """The published URL itself: the test network guard (or DNS) refuses it, fast."""
-    with pytest.raises(WeightsError, match=r"3\. download https://download\.pytorch\.org/.*: "
+    with pytest.raises(WeightsError, match=r"4\. download https://download\.pytorch\.org/.*: "
                                            r"failed"):
         resolve_weights(weights_spec("deeplabv3_mobilenet_v3_large"))
 

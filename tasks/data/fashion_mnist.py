@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from tasks import mirror as mirror_index
 from tasks.config import Config, config_hash
 from tasks.data.common import cache_dir, md5_file, offline, sha256_file
 from tasks.errors import ConfigError, DataError
@@ -46,7 +47,8 @@ class FetchConfig(Config):
 
     ``source="generate"``: synthetic data in the official format (offline, for smoke runs).
     ``source="download"``: the real files, from ``mirror`` (a local folder holding the four
-    IDX files, gz or not) when given, else through torchvision's downloader.
+    IDX files, gz or not) when given; else from the store's mirror index (``visionflows
+    mirror``), the local cache, or torchvision's downloader (not with ``VF_OFFLINE=1``).
     """
 
     source: Literal["generate", "download"] = "download"
@@ -187,23 +189,62 @@ def _from_mirror(mirror: str, dest: Path, log) -> dict[str, Path]:
     return out
 
 
-def _download(dest: Path, log) -> dict[str, Path]:
+def _complete(folder: Path) -> bool:
+    return all((folder / n).is_file() or (folder / n[:-3]).is_file() for n in FILES.values())
+
+
+def _resolve_official(dest: Path, store: Store, log) -> tuple[dict[str, Path], str]:
+    """The official files without an explicit mirror: the store's mirror index, then the
+    local cache (torchvision's download folder), then torchvision's downloader."""
+    tried = ["data.mirror: not set"]
+    # 1. the store's mirror index (written by `visionflows mirror`)
+    found: dict[str, Path] = {}
+    for name in FILES.values():
+        path, where = mirror_index.lookup(store, mirror_index.fashion_mnist_name(name))
+        if path is None:
+            tried.append(where)
+            break
+        found[name] = path
+    else:
+        staged = dest.parent / "from-mirror-index"
+        staged.mkdir(exist_ok=True)
+        for name, path in found.items():
+            shutil.copyfile(path, staged / name)
+        log.info("Fashion-MNIST from the store's mirror index %s",
+                 store.url(mirror_index.INDEX_KEY))
+        return _from_mirror(str(staged), dest, log), \
+            f"mirror-index:{store.url(mirror_index.PREFIX + '/fashion-mnist')}"
+    # 2. the local cache: what torchvision downloaded before
+    root = cache_dir("torchvision")
+    raw = root / "FashionMNIST" / "raw"
+    if _complete(raw):
+        try:
+            files = _from_mirror(str(raw), dest, log)
+            log.info("Fashion-MNIST from the local cache %s", raw)
+            return files, f"cache:{raw}"
+        except DataError as exc:
+            tried.append(f"cache {raw}: {exc}")
+    else:
+        tried.append(f"cache {raw}: not there")
+    # 3. the internet
     if offline():
-        raise DataError("Fashion-MNIST is not available offline (VF_OFFLINE=1): pass a mirror "
-                        "folder, e.g. --set data.mirror=/path/to/fashion-mnist, or run "
-                        "`visionflows mirror` on a connected machine")
+        raise DataError(
+            "Fashion-MNIST (" + ", ".join(FILES.values()) + ") is not available offline "
+            "(VF_OFFLINE=1). Tried: " + "; ".join(f"({i}) {t}" for i, t in enumerate(tried, 1))
+            + ". Fix: " + mirror_index.offline_fix(mirror_index.FASHION_MNIST_QUESTIONS, store)
+            + ", or pass a folder holding the four files with --set data.mirror=DIR")
     from torchvision.datasets import FashionMNIST
 
-    root = cache_dir("torchvision")
     log.info("downloading Fashion-MNIST through torchvision into %s", root)
     try:
         for train in (True, False):
             FashionMNIST(str(root), train=train, download=True)
     except Exception as exc:  # network errors come in many types
         raise DataError(f"Fashion-MNIST download failed ({type(exc).__name__}: {exc}); "
-                        "pass a local mirror with --set data.mirror=DIR") from None
-    raw = root / "FashionMNIST" / "raw"
-    return _from_mirror(str(raw), dest, log)
+                        "pass a local mirror with --set data.mirror=DIR, or "
+                        + mirror_index.offline_fix(mirror_index.FASHION_MNIST_QUESTIONS, store)
+                        ) from None
+    return _from_mirror(str(raw), dest, log), "torchvision-download"
 
 
 def fetch(cfg: FetchConfig, store: Store) -> Manifest:
@@ -223,8 +264,7 @@ def fetch(cfg: FetchConfig, store: Store) -> Manifest:
             files = _from_mirror(cfg.mirror, folder, run.log)
             run.inputs["source"] = f"mirror:{cfg.mirror}"
         else:
-            files = _download(folder, run.log)
-            run.inputs["source"] = "torchvision-download"
+            files, run.inputs["source"] = _resolve_official(folder, store, run.log)
         counts, sha = {}, {}
         for key, path in files.items():
             arr = read_idx(path)

@@ -19,6 +19,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from tasks import mirror as mirror_index
 from tasks.config import Config, config_hash
 from tasks.data.common import cache_dir, md5_file, offline, sha256_file
 from tasks.errors import ConfigError, DataError
@@ -55,8 +56,9 @@ class FetchConfig(Config):
 
     ``source="generate"``: synthetic data in the official binary layout (offline, smoke runs).
     ``source="download"``: the real files, from ``mirror`` (a folder holding ``stl10_binary/``
-    or its files, or the ``stl10_binary.tar.gz`` archive) when given, else torchvision's
-    downloader (2.6 GB archive).
+    or its files, or the ``stl10_binary.tar.gz`` archive) when given; else from the store's
+    mirror index (``visionflows mirror``), the local cache, or torchvision's downloader
+    (2.6 GB archive; not with ``VF_OFFLINE=1``).
     """
 
     source: Literal["generate", "download"] = "download"
@@ -273,21 +275,48 @@ def _from_mirror(mirror: str, dest: Path, include_unlabeled: bool, log) -> dict[
     return out
 
 
-def _download(dest: Path, include_unlabeled: bool, log) -> dict[str, Path]:
+def _resolve_official(dest: Path, include_unlabeled: bool, store: Store, log
+                      ) -> tuple[dict[str, Path], str]:
+    """The official files without an explicit mirror: the store's mirror index, then the
+    local cache (torchvision's download folder), then torchvision's downloader."""
+    tried = ["data.mirror: not set"]
+    # 1. the store's mirror index (written by `visionflows mirror`)
+    archive, where = mirror_index.lookup(store, mirror_index.STL10_NAME)
+    if archive is not None:
+        log.info("STL10 from the store's mirror index: %s", where)
+        return _from_mirror(str(archive), dest, include_unlabeled, log), f"mirror-index:{where}"
+    tried.append(where)
+    # 2. the local cache: what torchvision downloaded (and extracted) before
+    root = cache_dir("torchvision")
+    for candidate in (root / FOLDER, root / TGZ):
+        if candidate.exists():
+            try:
+                files = _from_mirror(str(candidate), dest, include_unlabeled, log)
+                log.info("STL10 from the local cache %s", candidate)
+                return files, f"cache:{candidate}"
+            except DataError as exc:
+                tried.append(f"cache {candidate}: {exc}")
+        else:
+            tried.append(f"cache {candidate}: not there")
+    # 3. the internet
     if offline():
-        raise DataError("STL10 is not available offline (VF_OFFLINE=1): pass a mirror folder or "
-                        f"the {TGZ} archive, e.g. --set data.mirror=/data/stl10")
+        raise DataError(
+            f"STL10 ({TGZ}) is not available offline (VF_OFFLINE=1). Tried: "
+            + "; ".join(f"({i}) {t}" for i, t in enumerate(tried, 1)) + ". Fix: "
+            + mirror_index.offline_fix(["q2-transfer"], store) + ", or pass a folder holding "
+            f"{FOLDER}/ or the {TGZ} archive with --set data.mirror=/data/stl10")
     from torchvision.datasets import STL10
 
-    root = cache_dir("torchvision")
     log.info("downloading STL10 through torchvision into %s (2.6 GB archive)", root)
     try:
         STL10(str(root), split="train", download=True)
     except Exception as exc:  # network errors come in many types
         raise DataError(f"STL10 download failed ({type(exc).__name__}: {exc}); pass a local "
                         "mirror with --set data.mirror=DIR (a folder holding stl10_binary/ or "
-                        f"{TGZ})") from None
-    return _from_mirror(str(root / FOLDER), dest, include_unlabeled, log)
+                        f"{TGZ}), or " + mirror_index.offline_fix(["q2-transfer"], store)
+                        ) from None
+    return _from_mirror(str(root / FOLDER), dest, include_unlabeled, log), \
+        "torchvision-download"
 
 
 def fetch(cfg: FetchConfig, store: Store) -> Manifest:
@@ -308,8 +337,8 @@ def fetch(cfg: FetchConfig, store: Store) -> Manifest:
             files = _from_mirror(cfg.mirror, run.workdir, cfg.include_unlabeled, run.log)
             run.inputs["source"] = f"mirror:{cfg.mirror}"
         else:
-            files = _download(run.workdir, cfg.include_unlabeled, run.log)
-            run.inputs["source"] = "torchvision-download"
+            files, run.inputs["source"] = _resolve_official(run.workdir, cfg.include_unlabeled,
+                                                            store, run.log)
         counts: dict[str, int] = {}
         for split in ("train", "test"):
             n_x = files[f"{split}_x"].stat().st_size // IMAGE_BYTES

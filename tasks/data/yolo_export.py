@@ -41,6 +41,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, model_validator
 
+from tasks import mirror as mirror_index
 from tasks.config import Config, config_hash
 from tasks.data.common import cache_dir, offline, sha256_file
 from tasks.errors import ConfigError, DataError, MissingKeyError
@@ -61,7 +62,9 @@ class YoloDataConfig(Config):
     ``source="export"``: a Roboflow "YOLO v5 PyTorch" export at ``location`` (a local zip or
     folder, an http(s) URL, or ``store:KEY`` / the store's URI of a zip object or a prefix).
     ``source="generate"``: the offline generator (six classes, sized by the other fields).
-    In a URL, ``${VAR}`` is taken from the environment (keep a Roboflow key out of configs).
+    In a URL, ``${VAR}`` is taken from the environment (keep a Roboflow key out of configs);
+    a URL is looked up in the store's mirror index (``visionflows mirror --q4-export URL``)
+    and the local cache before it is downloaded.
     ``backgrounds``: glob patterns (relative to the export root, e.g. ``train/images/bg_*``)
     of images allowed to have no label file; an empty label file always marks a background.
     """
@@ -436,6 +439,47 @@ def _download(url: str, dest: Path, log, attempts: int = 3) -> Path:
                     "a local copy") from None
 
 
+def _url_cache(url: str) -> Path:
+    """The local cache's copy of an export downloaded from ``url`` (keyed by its public form)."""
+    digest = hashlib.sha256(public_location(url).encode()).hexdigest()[:16]
+    return cache_dir("downloads/yolo-export") / f"{digest}.zip"
+
+
+def _from_url(location: str, store: Store, workdir: Path, log) -> tuple[Path, str]:
+    """An export given by URL: the store's mirror index (an entry mirrored from the same
+    URL, query string aside), then the local cache, then the download."""
+    shown = public_location(location)
+    path, where = mirror_index.lookup(store, mirror_index.Q4_EXPORT_NAME)
+    record = mirror_index.read_index(store).get(mirror_index.Q4_EXPORT_NAME) \
+        if path is not None else None
+    if path is not None and record is not None and record.get("url") == shown:
+        log.info("export %s from the store's mirror index: %s", shown, where)
+        return path, "mirror-index"
+    tried = [where if path is None else
+             f"{where}: mirrored from {record.get('url') if record else '?'}, not {shown}"]
+    cached = _url_cache(location)
+    if cached.is_file() and zipfile.is_zipfile(cached):
+        log.info("export %s from the local cache %s", shown, cached)
+        return cached, "cache"
+    tried.append(f"cache {cached}: not there")
+    if offline():
+        raise DataError(
+            f"the Q4 export {shown} is not available offline (VF_OFFLINE=1). Tried: "
+            + "; ".join(f"({i}) {t}" for i, t in enumerate(tried, 1)) + ". Fix: "
+            + mirror_index.offline_fix(["q4-yolo"], store, q4_export=True)
+            + f" with URL = {shown}" + (" and its query string" if "?" in location else "")
+            + ", or download the export and pass its path or a store key "
+            "(--set data.location=store:KEY)")
+    # ${VAR} in a URL is read from the environment (e.g. ?key=${ROBOFLOW_API_KEY}), so a
+    # Roboflow key need not appear in configs, flow parameters or manifests
+    zpath = _download(os.path.expandvars(location), workdir / "export.zip", log)
+    if zipfile.is_zipfile(zpath):
+        tmp = cached.with_name(f".{cached.name}.part")
+        shutil.copyfile(zpath, tmp)
+        os.replace(tmp, cached)
+    return zpath, "url"
+
+
 def _store_key(location: str, store: Store) -> str | None:
     if location.startswith("store:"):
         return location[len("store:"):].strip("/")
@@ -450,11 +494,9 @@ def acquire(location: str, store: Store, workdir: Path, log) -> tuple[Path, str]
     dest = workdir / "export"
     dest.mkdir(parents=True, exist_ok=True)
     if location.startswith(("http://", "https://")):
-        # ${VAR} in a URL is read from the environment (e.g. ?key=${ROBOFLOW_API_KEY}), so a
-        # Roboflow key need not appear in configs, flow parameters or manifests
-        zpath = _download(os.path.expandvars(location), workdir / "export.zip", log)
+        zpath, source = _from_url(location, store, workdir, log)
         _safe_extract(zpath, dest)
-        return _find_root(dest), "url"
+        return _find_root(dest), source
     key = _store_key(location, store)
     if key is not None:
         if store.exists(key):
@@ -463,9 +505,14 @@ def acquire(location: str, store: Store, workdir: Path, log) -> tuple[Path, str]
         else:
             keys = store.list(key)
             if not keys:
+                hint = ""
+                if (rec := mirror_index.read_index(store).get(mirror_index.Q4_EXPORT_NAME)):
+                    hint = (f" (the store's mirror index holds the export from {rec['url']}: "
+                            f"pass --set data.location={rec['url']} or "
+                            f"--set data.location=store:{rec['key']})")
                 raise MissingKeyError(f"no object or prefix {key!r} in store {store.uri}: "
                                       "upload the export zip there first, or pass --set "
-                                      "data.location=PATH|URL|store:KEY")
+                                      "data.location=PATH|URL|store:KEY" + hint)
             for k in keys:
                 store.get_file(k, dest / k[len(key):].lstrip("/"))
         return _find_root(dest), "store"
