@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -108,6 +109,137 @@ def test_killed_training_resumes_to_the_same_result(tmp_path):
     assert resumed.metrics["test/accuracy"] == reference.metrics["test/accuracy"]
     assert resumed.metrics["train/loss"] == pytest.approx(reference.metrics["train/loss"],
                                                           rel=1e-5)
+
+
+# ---------------------------------------------------------------- time and memory limits
+
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` has ended (a zombie waiting for its reaper counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _gone(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_task_past_its_time_budget_is_killed_with_its_children(tmp_path, monkeypatch):
+    from flows.launcher import launch
+    from tasks.errors import TaskTimeoutError
+
+    uri = f"file://{tmp_path}/store"
+    monkeypatch.setenv("VF_TASK_TIMEOUT_S", "2")
+    started = time.monotonic()
+    with pytest.raises(TaskTimeoutError) as exc:
+        launch("selftest.sleep", {"out": "runs/t/sleep", "seconds": 300, "spawn": True}, uri,
+               "subprocess")
+    elapsed = time.monotonic() - started
+    assert 2.0 <= elapsed < 20, elapsed
+    msg = str(exc.value)
+    assert "task selftest.sleep ran past its time budget of 2s and was stopped" in msg
+    assert "VF_TASK_TIMEOUT_S" in msg and "sleeping 300s" in msg  # the fix, the last lines
+    st = open_store(uri)
+    pids = st.get_json("runs/t/sleep/started.json")  # it did start, and wrote outputs...
+    assert not st.exists("runs/t/sleep/manifest.json")  # ...but never counted as finished
+    assert _wait_gone(pids["pid"]) and _wait_gone(pids["child_pid"])  # nothing left running
+    # within the budget, the same task finishes
+    monkeypatch.setenv("VF_TASK_TIMEOUT_S", "60")
+    m = launch("selftest.sleep", {"out": "runs/t/quick", "seconds": 0.1}, uri, "subprocess")
+    assert m.metrics == {"slept_s": 0.1} and st.exists("runs/t/quick/manifest.json")
+
+
+def test_task_past_its_memory_limit_is_stopped_and_reported(tmp_path, monkeypatch):
+    from flows.launcher import launch
+    from tasks.errors import TaskOutOfMemoryError
+
+    uri = f"file://{tmp_path}/store"
+    monkeypatch.setenv("VF_TASK_MEMORY", "1g")  # python + torch (provenance) need ~0.45 GiB
+    with pytest.raises(TaskOutOfMemoryError) as exc:
+        launch("selftest.alloc", {"out": "runs/t/big", "mib": 6000}, uri, "subprocess")
+    msg = str(exc.value)
+    assert re.search(r"task selftest\.alloc ran out of memory \(limit 1024 MiB; it reached "
+                     r"1\d{3} MiB\) and was stopped", msg), msg
+    assert "VF_TASK_MEMORY" in msg
+    st = open_store(uri)
+    pid = st.get_json("runs/t/big/started.json")["pid"]
+    assert not st.exists("runs/t/big/manifest.json")
+    assert _wait_gone(pid)
+    m = launch("selftest.alloc", {"out": "runs/t/small", "mib": 64}, uri, "subprocess")
+    assert m.metrics == {"allocated_mib": 64}
+
+
+def test_running_out_of_memory_inside_the_task_is_reported_as_such(tmp_path, monkeypatch):
+    """No limit of ours: the task itself gets MemoryError (here: a simulated small machine);
+    the task CLI exits 3 and the launchers say 'ran out of memory', not 'crashed'."""
+    from flows.launcher import launch
+    from tasks.errors import TaskOutOfMemoryError
+
+    uri = f"file://{tmp_path}/store"
+    cfg = {"out": "runs/t/oom", "mib": 2000, "headroom_mib": 200}
+    res = subprocess.run([sys.executable, "-m", "tasks", "selftest.alloc", "--config-json",
+                          json.dumps(cfg), "--store", uri], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 3, res.stderr
+    assert "error: task selftest.alloc ran out of memory (MemoryError)" in res.stderr
+    with pytest.raises(TaskOutOfMemoryError, match=r"selftest.alloc ran out of memory \(no "
+                                                   r"limit set: the machine's memory\)"):
+        launch("selftest.alloc", cfg, uri, "subprocess")
+    assert not open_store(uri).exists("runs/t/oom/manifest.json")
+
+    # in-process: the same failure, named, with the way to get a limit
+    def oom(*_args, **_kw):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't "
+                           "allocate memory: you tried to allocate 2097152000 bytes")
+
+    monkeypatch.setattr("flows.launcher.run_task", oom)
+    with pytest.raises(TaskOutOfMemoryError, match="ran out of memory .* --launcher subprocess"):
+        launch("selftest.alloc", cfg, uri, "local")
+
+
+def test_limit_settings_are_validated():
+    from flows.subprocess_launcher import SubprocessOptions
+    from tasks.errors import ConfigError
+    from tasks.limits import parse_size
+
+    assert parse_size("512m") == 512 << 20 and parse_size("1.5g") == 3 << 29
+    assert parse_size("2GiB") == 2 << 30 and parse_size(64 << 20) == 64 << 20
+    opts = SubprocessOptions.from_env({"VF_TASK_TIMEOUT_S": "90", "VF_TASK_MEMORY": "4g"})
+    assert opts.timeout_s == 90 and opts.memory_bytes == 4 << 30
+    assert SubprocessOptions.from_env({}).timeout_s == 6 * 3600
+    assert SubprocessOptions.from_env({"VF_TASK_TIMEOUT_S": "none"}).timeout_s is None
+    with pytest.raises(ConfigError, match="give a unit, e.g. 512m"):
+        SubprocessOptions.from_env({"VF_TASK_MEMORY": "512"})
+    with pytest.raises(ConfigError, match="use a size such as"):
+        SubprocessOptions.from_env({"VF_TASK_MEMORY": "lots"})
+    with pytest.raises(ConfigError, match="timeout_s"):
+        SubprocessOptions.from_env({"VF_TASK_TIMEOUT_S": "-3"})
+
+
+def test_cli_flow_reports_a_task_past_its_budget(tmp_path):
+    """End to end: ``visionflows run --launcher subprocess`` with ``VF_TASK_TIMEOUT_S``; the
+    training that cannot finish in time fails the flow with exit code 2 and one clear line,
+    and leaves no manifest (of the training, nor of the flow)."""
+    store = tmp_path / "store"
+    env = {**os.environ, "VF_TASK_TIMEOUT_S": "25", "PREFECT_HOME": str(tmp_path / "ph")}
+    res = subprocess.run([sys.executable, "-m", "flows.cli", "run", "q1-cnn", "--launcher",
+                          "subprocess", "--store", f"file://{store}", "--set",
+                          "data.n_train=400", "--set", "data.n_test=100", "--set",
+                          "epochs=100000", "--set", "dropouts=[0.0]"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 2, res.stderr[-3000:]
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
+    assert errors and "ran past its time budget of 25s and was stopped" in errors[-1], \
+        res.stderr[-3000:]
+    manifests = [p.relative_to(store).as_posix() for p in store.rglob("manifest.json")]
+    assert manifests and all(m.startswith("data/") for m in manifests), manifests  # fetch only
 
 
 # ---------------------------------------------------------------- bad input, one table
