@@ -13,6 +13,12 @@ the task's config into it as a file, and runs the image's entrypoint
   ``cuda:N`` -> all, so index N exists; ``auto`` -> one GPU when the engine has the NVIDIA
   runtime) unless ``VF_DOCKER_GPUS`` (``none``, ``all``, a count, or ``device=0,1``) says so.
 - Memory, shared memory and CPU limits; a timeout that kills the container and reports it.
+- Locked down: a read-only root filesystem (``VF_DOCKER_READ_ONLY=0`` turns it off) with a
+  tmpfs at ``/tmp`` where every writable directory points (``HOME``, ``XDG_CACHE_HOME``,
+  ``TORCH_HOME``, ``MPLCONFIGDIR``, ``YOLO_CONFIG_DIR``, the task's work folders), the
+  image's non-root user (a ``file://`` store's owner where one is mounted), all
+  capabilities dropped and ``no-new-privileges``. The config goes in and the manifest comes
+  out through a small anonymous volume at ``/vf-io``, removed with the container.
 - The container's output is streamed live, line by line, into the ``visionflows.launcher``
   logger (which Prefect shows in the task run's log), a non-zero exit code becomes a
   ``LaunchError`` with the last log lines, and the container is removed afterwards.
@@ -46,10 +52,18 @@ from tasks.log import get_logger, redact
 from tasks.runtime import Manifest, resolve
 from tasks.store import LocalStore, open_store
 
-CONFIG_DIR = "/tmp"
+# Config in, manifest out: an anonymous volume (writable under a read-only root, readable
+# after the container exits, unlike a tmpfs), with out/ open to whichever uid the task runs as.
+IO_DIR = "/vf-io"
+CONFIG_DIR = IO_DIR
 CONFIG_NAME = "vf-task-config.json"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_NAME}"
-MANIFEST_PATH = "/tmp/vf-task-manifest.json"
+MANIFEST_PATH = f"{IO_DIR}/out/vf-task-manifest.json"
+SCRATCH = "/tmp"
+# Where tools write under a read-only root: all inside the /tmp tmpfs.
+WRITABLE_ENV = {"HOME": SCRATCH, "XDG_CACHE_HOME": f"{SCRATCH}/.cache",
+                "TORCH_HOME": f"{SCRATCH}/.cache/torch", "MPLCONFIGDIR": f"{SCRATCH}/matplotlib",
+                "YOLO_CONFIG_DIR": f"{SCRATCH}/ultralytics"}
 CACHE_MOUNT = "/vf-cache"
 LABEL = "org.visionflows"
 
@@ -89,6 +103,10 @@ class DockerOptions(Config):
     pull: bool = Field(False, description="pull a missing image instead of failing")
     keep: bool = Field(False, description="keep finished containers (debugging)")
     log_tail: int = Field(20, gt=0, description="log lines quoted in a failure")
+    read_only: bool = Field(True, description="read-only root filesystem, tmpfs at /tmp")
+    tmpfs_size: str | None = Field(None, description="size of the /tmp tmpfs, e.g. 8g (default: "
+                                   "the kernel's, half the RAM); it counts toward the memory "
+                                   "limit, so mount a cache (VF_DOCKER_CACHE) for big datasets")
 
     @field_validator("gpus")
     @classmethod
@@ -125,12 +143,14 @@ class DockerOptions(Config):
         for key, name in (("memory", "VF_DOCKER_MEMORY"), ("shm_size", "VF_DOCKER_SHM_SIZE"),
                           ("cpus", "VF_DOCKER_CPUS"), ("timeout_s", "VF_DOCKER_TIMEOUT_S"),
                           ("user", "VF_DOCKER_USER"), ("cache_dir", "VF_DOCKER_CACHE"),
-                          ("log_tail", "VF_DOCKER_LOG_TAIL")):
+                          ("log_tail", "VF_DOCKER_LOG_TAIL"),
+                          ("tmpfs_size", "VF_DOCKER_TMPFS_SIZE")):
             if value := env.get(name, "").strip():
                 data[key] = None if value.lower() in ("none", "off") else value
         if mounts := env.get("VF_DOCKER_MOUNTS", "").strip():
             data["mounts"] = [m.strip() for m in mounts.split(",") if m.strip()]
-        for key, name in (("pull", "VF_DOCKER_PULL"), ("keep", "VF_DOCKER_KEEP")):
+        for key, name in (("pull", "VF_DOCKER_PULL"), ("keep", "VF_DOCKER_KEEP"),
+                          ("read_only", "VF_DOCKER_READ_ONLY")):
             if env.get(name):
                 data[key] = env[name].lower() in ("1", "true", "yes")
         return validate(cls, data, what="docker launcher (VF_DOCKER_* / VF_IMAGE*)")
@@ -193,6 +213,8 @@ def container_spec(task: str, cfg: Mapping[str, Any], store: str, opts: DockerOp
                    env: Mapping[str, str] | None = None, engine_has_gpus: bool = False,
                    name: str | None = None) -> dict[str, Any]:
     """Keyword arguments for ``client.containers.create`` (pure: no engine needed)."""
+    from docker.types import Mount
+
     env = os.environ if env is None else env
     st = open_store(store)
     image = image_for(task, opts)
@@ -214,7 +236,12 @@ def container_spec(task: str, cfg: Mapping[str, Any], store: str, opts: DockerOp
         host, bind = _parse_mount(m)
         volumes[host] = bind
     if user is not None:
-        environment["HOME"] = "/tmp"  # an arbitrary uid has no home in the image
+        environment["HOME"] = SCRATCH  # an arbitrary uid has no home in the image
+    tmpfs = None
+    if opts.read_only:
+        environment.update(WRITABLE_ENV)
+        tmpfs = {SCRATCH: "rw,exec,nosuid,nodev,mode=1777"  # exec: triton/inductor builds
+                 + (f",size={opts.tmpfs_size}" if opts.tmpfs_size else "")}
     name = name or f"vf-{re.sub(r'[^a-zA-Z0-9_.-]', '-', task)}-{secrets.token_hex(4)}"
     spec: dict[str, Any] = {
         "image": image,
@@ -228,6 +255,11 @@ def container_spec(task: str, cfg: Mapping[str, Any], store: str, opts: DockerOp
         "init": True,  # tini as PID 1: signals reach python, DataLoader zombies are reaped
         "detach": True,
         "volumes": volumes,
+        "mounts": [Mount(target=IO_DIR, source=None, type="volume")],
+        "read_only": opts.read_only,
+        "tmpfs": tmpfs,
+        "cap_drop": ["ALL"],  # a task needs no capability, root or not
+        "security_opt": ["no-new-privileges"],
         "user": user,
         "device_requests": gpu_requests(opts.gpus, cfg.get("device"), engine_has_gpus) or None,
         "shm_size": opts.shm_size,
@@ -238,12 +270,17 @@ def container_spec(task: str, cfg: Mapping[str, Any], store: str, opts: DockerOp
     return {k: v for k, v in spec.items() if v not in (None, {})}
 
 
-def _tar_one(name: str, data: bytes) -> bytes:
+def _tar_one(name: str, data: bytes, dirs: Iterable[str] = ()) -> bytes:
+    """A tar of one file (0644) and empty folders anyone may write to (1777)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         info = tarfile.TarInfo(name)
         info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
         tar.addfile(info, io.BytesIO(data))
+        for d in dirs:
+            info = tarfile.TarInfo(d)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o1777, int(time.time())
+            tar.addfile(info)
     return buf.getvalue()
 
 
@@ -373,7 +410,8 @@ def launch_docker(task: str, cfg: Mapping[str, Any], store: str | None,
     timer: threading.Timer | None = None
     tail: deque[str] = deque(maxlen=opts.log_tail)
     try:
-        container.put_archive(CONFIG_DIR, _tar_one(CONFIG_NAME, json.dumps(cfg).encode()))
+        container.put_archive(CONFIG_DIR, _tar_one(CONFIG_NAME, json.dumps(cfg).encode(),
+                                                   dirs=["out"]))
         try:
             container.start()
         except docker.errors.APIError as exc:
@@ -428,7 +466,7 @@ def launch_docker(task: str, cfg: Mapping[str, Any], store: str | None,
             timer.cancel()
         if not opts.keep:
             try:
-                container.remove(force=True)
+                container.remove(force=True, v=True)  # v: the /vf-io volume too
             except docker.errors.NotFound:
                 pass
             except docker.errors.APIError as exc:

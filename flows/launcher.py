@@ -1,25 +1,26 @@
 """Run a task by name, in-process, in a child process or in a container; return its manifest.
 
 ``local`` (the embedded default) calls the task function in this process. ``subprocess``
-runs ``python -m tasks <name>`` in a child process (the same entrypoint containers use)
-and relays its log lines when it ends. ``docker`` runs it in a container of the task image
-(see ``flows/docker_launcher.py``). Flows pick the launcher by a parameter, never by
-code changes.
+runs ``python -m tasks <name>`` in a child process group (the same entrypoint containers
+use) with a time budget and a memory limit (see ``flows/subprocess_launcher.py``).
+``docker`` runs it in a container of the task image (see ``flows/docker_launcher.py``).
+Flows pick the launcher by a parameter, never by code changes.
+
+Limits: ``local`` cannot stop a task that shares its process (Python cannot kill a thread,
+and a memory limit would apply to the flow too), so it enforces neither budget; it reports
+an allocation failure as ``TaskOutOfMemoryError`` and warns once when a budget is asked for.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import subprocess
-import sys
 from typing import Any
 
-from tasks.config import validate
-from tasks.errors import ConfigError, VisionflowsError
-from tasks.log import LOGGER_NAME, get_logger, redact
-from tasks.runtime import Manifest, resolve, run_task
+from tasks.errors import ConfigError, TaskOutOfMemoryError
+from tasks.limits import is_out_of_memory
+from tasks.log import LOGGER_NAME, get_logger
+from tasks.runtime import Manifest, run_task
 
 LAUNCHERS = ("local", "subprocess", "docker")
 
@@ -29,9 +30,11 @@ def launch(task: str, cfg: dict[str, Any], store: str, launcher: str = "local",
     """Run ``task`` with ``cfg`` against the store URI ``store`` using ``launcher``."""
     show_task_logs()
     if launcher == "local":
-        return run_task(task, cfg, store)
+        return _launch_local(task, cfg, store, timeout_s)
     if launcher == "subprocess":
-        return _launch_subprocess(task, cfg, store, timeout_s)
+        from flows.subprocess_launcher import launch_subprocess
+
+        return launch_subprocess(task, cfg, store, timeout_s)
     if launcher == "docker":
         from flows.docker_launcher import launch_docker
 
@@ -47,25 +50,28 @@ def show_task_logs() -> None:
         logger.setLevel(logging.INFO)
 
 
-def _launch_subprocess(task: str, cfg: dict, store: str, timeout_s: float | None) -> Manifest:
-    _func, cfg_cls = resolve(task)
-    validate(cfg_cls, cfg, what=f"task {task!r}")  # fail before starting anything
-    log = get_logger("launcher")
-    cmd = [sys.executable, "-m", "tasks", task, "--config", "-", "--store", store]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+_WARNED: set[str] = set()
+
+
+def _launch_local(task: str, cfg: dict[str, Any], store: str, timeout_s: float | None
+                  ) -> Manifest:
+    asked = [f"{k}={v}" for k, v in (("timeout_s", timeout_s),
+                                     ("VF_TASK_TIMEOUT_S", os.environ.get("VF_TASK_TIMEOUT_S")),
+                                     ("VF_TASK_MEMORY", os.environ.get("VF_TASK_MEMORY"))) if v]
+    if asked and "local" not in _WARNED:
+        _WARNED.add("local")
+        get_logger("launcher").warning(
+            "%s: not enforced by the local launcher (tasks share the flow's process); use "
+            "--launcher subprocess or docker to have tasks stopped at their limits",
+            ", ".join(asked))
     try:
-        out, err = proc.communicate(json.dumps(cfg), timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise VisionflowsError(f"task {task} timed out after {timeout_s:.0f}s and was killed") \
-            from None
-    for line in err.splitlines():
-        log.info("[%s] %s", task, redact(line))
-    if proc.returncode != 0:
-        last = next((ln for ln in reversed(err.splitlines()) if ln.startswith("error:")),
-                    f"exit code {proc.returncode}")
-        raise VisionflowsError(f"task {task} failed in subprocess: {redact(last)}")
-    return Manifest.model_validate(json.loads(out))
+        return run_task(task, cfg, store)
+    except (MemoryError, RuntimeError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise TaskOutOfMemoryError(
+            f"task {task} ran out of memory ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else 'no details'}) in the flow's own "
+            "process, which has no limit of its own; run it with --launcher subprocess and "
+            "VF_TASK_MEMORY (or docker and VF_DOCKER_MEMORY) to have it stopped at a limit, "
+            "or make it smaller (batch size, workers)") from None

@@ -1,17 +1,21 @@
 """``python -m tasks <task-name> --config cfg.json [--store URI]``: run one task.
 
 The same entrypoint serves the in-process launcher's subprocess mode, containers and cluster
-nodes. Prints the manifest as JSON on stdout; exits 2 on a user error, 1 on a crash.
+nodes. Prints the manifest as JSON on stdout; exits 2 on a user error, 3 when the task ran
+out of memory, 1 on any other crash. With ``VF_PARENT_PID`` (set by the ``subprocess``
+launcher) it dies with that process, so a killed launcher leaves no task behind.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from tasks.errors import VisionflowsError
+from tasks.limits import EXIT_OUT_OF_MEMORY, die_with_parent, is_out_of_memory
 from tasks.log import get_logger, redact, setup_cli_logging
 from tasks.runtime import TASKS, run_task
 
@@ -29,7 +33,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="write the manifest JSON to PATH instead of stdout (containers: "
                              "the launcher reads it back, stdout stays a plain log)")
     args = parser.parse_args(argv)
+    die_with_parent()
+    os.environ.pop("VF_PARENT_PID", None)  # not inherited by the task's own children
     setup_cli_logging()
+    oom: str | None = None
     try:
         if args.config_json is not None:
             text = args.config_json
@@ -52,10 +59,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # a crash: report it, redacted, and fail
-        get_logger().exception("task %s crashed", args.task)
-        print(f"error: task {args.task} crashed: {redact(repr(exc))}", file=sys.stderr)
-        return 1
+    except Exception as exc:
+        if not is_out_of_memory(exc):  # a crash: report it, redacted, and fail
+            get_logger().exception("task %s crashed", args.task)
+            print(f"error: task {args.task} crashed: {redact(repr(exc))}", file=sys.stderr)
+            return 1
+        oom = (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+               ).splitlines()[0][:300]
+    if oom is not None:  # reported outside the handler: the traceback's memory is freed
+        print(f"error: task {args.task} ran out of memory ({redact(oom)}); give it more "
+              "memory (VF_TASK_MEMORY / VF_DOCKER_MEMORY) or make it smaller (batch size, "
+              "workers)", file=sys.stderr)
+        return EXIT_OUT_OF_MEMORY
     text = json.dumps(manifest.model_dump(mode="json"), indent=2)
     if args.manifest_out:
         Path(args.manifest_out).write_text(text)

@@ -26,3 +26,15 @@ class DataError(VisionflowsError):
 
 class TaskNotRunError(VisionflowsError):
     """A task's output was asked for, but the task has no manifest (it did not finish)."""
+
+
+class ResourceLimitError(VisionflowsError):
+    """A task ran past its time budget or out of memory, and was stopped."""
+
+
+class TaskTimeoutError(ResourceLimitError):
+    """A task ran past its time budget; it was killed with every process it started."""
+
+
+class TaskOutOfMemoryError(ResourceLimitError):
+    """A task ran out of memory (its limit, or the machine's)."""

@@ -48,6 +48,9 @@ TASKS: dict[str, str] = {
     "yolo.train": "tasks.yolo:train",
     "yolo.evaluate": "tasks.yolo:evaluate",
     "yolo.report": "tasks.yolo_report:render",
+    # diagnostics for the launchers' time and memory limits (docs/reliability.md)
+    "selftest.sleep": "tasks.selftest:sleep",
+    "selftest.alloc": "tasks.selftest:alloc",
 }
 
 

@@ -186,7 +186,7 @@ def test_secret_stays_out_of_inspect_logs_and_manifest(engine, prefect_harness, 
         assert attrs["HostConfig"]["NetworkMode"] == "host"
         assert f"AWS_SECRET_ACCESS_KEY={secret}" in attrs["Config"]["Env"]  # env only
     finally:
-        container.remove(force=True)
+        container.remove(force=True, v=True)
     logs = _flow_logs(state.state_details.flow_run_id)
     assert any(line.startswith("[fashion-mnist.fetch]") for line in logs), logs
     assert not any(secret in line for line in logs)
@@ -205,3 +205,73 @@ def test_secret_stays_out_of_inspect_logs_and_manifest(engine, prefect_harness, 
     logs = _flow_logs(state.state_details.flow_run_id)
     assert any("/no/such/***" in line for line in logs)
     assert not any(secret in line for line in logs)
+
+
+PROBE = r"""
+import json, os
+out = {"uid": os.getuid()}
+for name, path in [("root", "/opt/vf-probe"), ("tmp", "/tmp/vf-probe"),
+                   ("io", "/vf-io/out/vf-probe")] + [
+        (var, os.path.join(os.environ[var], "vf-probe")) for var in
+        ("HOME", "XDG_CACHE_HOME", "TORCH_HOME", "MPLCONFIGDIR", "YOLO_CONFIG_DIR")]:
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as fh:
+            fh.write("x")
+        out[name] = "writable"
+    except OSError as exc:
+        out[name] = exc.strerror
+print(json.dumps(out))
+"""
+
+
+def test_container_root_is_read_only_and_the_user_is_not_root(engine, s3_endpoint):
+    """The launcher's own container spec, with a probe instead of the task: only the tmpfs
+    and the /vf-io volume are writable, and the task runs as the image's non-root user."""
+    import docker
+
+    from flows.docker_launcher import (
+        CONFIG_DIR,
+        CONFIG_NAME,
+        DockerOptions,
+        _tar_one,
+        container_spec,
+    )
+
+    client, image = engine
+    spec = container_spec("fashion-mnist.fetch", {}, _bucket(s3_endpoint), DockerOptions())
+    spec.update(entrypoint=["python", "-c", PROBE], command=[], detach=True)
+    container = client.containers.create(**spec)
+    try:
+        container.put_archive(CONFIG_DIR, _tar_one(CONFIG_NAME, b"{}", dirs=["out"]))  # as launch
+        container.start()
+        assert container.wait()["StatusCode"] == 0, container.logs().decode()
+        probe = json.loads(container.logs().decode().strip().splitlines()[-1])
+        attrs = container.attrs
+    finally:
+        container.remove(force=True, v=True)
+    assert probe.pop("root") == "Read-only file system"
+    assert probe.pop("uid") != 0
+    assert set(probe.values()) == {"writable"}, probe
+    assert attrs["HostConfig"]["ReadonlyRootfs"] is True
+    assert attrs["HostConfig"]["CapDrop"] == ["ALL"]
+    assert client.images.get(image).attrs["Config"]["User"] == "vf"
+    (io_volume,) = [m["Name"] for m in attrs["Mounts"] if m["Destination"] == "/vf-io"]
+    with pytest.raises(docker.errors.NotFound):  # removed with the container
+        client.volumes.get(io_volume)
+
+
+def test_container_out_of_memory_is_reported_and_leaves_no_manifest(engine, s3_endpoint):
+    from flows.docker_launcher import DockerOptions, LaunchError, launch_docker
+
+    uri = _bucket(s3_endpoint)
+    with pytest.raises(LaunchError, match=r"selftest.alloc was killed for memory .*limit 400m"):
+        launch_docker("selftest.alloc", {"out": "runs/t/big", "mib": 3000}, uri,
+                      options=DockerOptions(memory="400m"))
+    st = open_store(uri)
+    assert st.exists("runs/t/big/started.json")
+    assert not st.exists("runs/t/big/manifest.json")
+    # the same task within its limit, in a read-only container, finishes
+    m = launch_docker("selftest.alloc", {"out": "runs/t/small", "mib": 32}, uri,
+                      options=DockerOptions(memory="2g"))
+    assert m.metrics == {"allocated_mib": 32} and st.exists("runs/t/small/manifest.json")

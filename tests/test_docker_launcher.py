@@ -52,7 +52,8 @@ def test_spec_puts_credentials_in_env_only():
     assert spec["environment"]["AWS_ACCESS_KEY_ID"] == "fake-key-id"
     assert spec["environment"]["VF_S3_ENDPOINT_URL"] == "http://127.0.0.1:9000"
     assert "UNRELATED_TOKEN" not in spec["environment"]
-    assert "HOME" not in spec["environment"] and "PATH" not in spec["environment"]
+    # the host's HOME and PATH are not forwarded (HOME is the tmpfs, see the locked-down test)
+    assert spec["environment"].get("HOME") == "/tmp" and "PATH" not in spec["environment"]
     for key in ("command", "labels", "name", "image", "volumes"):
         assert SECRET not in _flat(spec.get(key)), key
         assert "fake-key-id" not in _flat(spec.get(key)), key
@@ -100,6 +101,51 @@ def test_spec_cache_and_extra_mounts(tmp_path):
     assert spec["volumes"][f"{tmp_path}/data"] == {"bind": "/data", "mode": "ro"}
     assert spec["environment"]["VF_CACHE_DIR"] == "/vf-cache"
     assert "user" not in spec  # s3 store: the image's own non-root user
+
+
+def test_spec_is_locked_down_read_only_root_non_root_user_no_secrets(tmp_path):
+    from docker.models.containers import _create_container_args
+
+    spec = container_spec("yolo.train", {"device": "cpu"}, "s3://b/p", DockerOptions(),
+                          env=ENV, name="vf-locked")
+    assert spec["read_only"] is True
+    assert spec["tmpfs"] == {"/tmp": "rw,exec,nosuid,nodev,mode=1777"}
+    env = spec["environment"]
+    for var in ("HOME", "XDG_CACHE_HOME", "TORCH_HOME", "MPLCONFIGDIR", "YOLO_CONFIG_DIR"):
+        assert env[var] == "/tmp" or env[var].startswith("/tmp/"), var  # all on the tmpfs
+    (io_mount,) = spec["mounts"]  # config in, manifest out: an anonymous volume
+    assert (io_mount["Target"], io_mount["Type"], io_mount.get("Source")) == (
+        "/vf-io", "volume", None)
+    assert CONFIG_PATH.startswith("/vf-io/") and MANIFEST_PATH.startswith("/vf-io/out/")
+    assert "user" not in spec  # s3 store: the image's own user (USER vf in the Dockerfile)
+    assert spec["network_mode"] == "host"
+    assert spec["cap_drop"] == ["ALL"] and spec["security_opt"] == ["no-new-privileges"]
+    for key in ("command", "labels", "name", "mounts", "tmpfs", "volumes", "image"):
+        assert SECRET not in _flat(spec.get(key)) and "fake-key-id" not in _flat(
+            spec.get(key)), key
+    # every keyword is one the SDK's containers.create accepts
+    created = _create_container_args({**spec, "version": "1.41"})
+    host = created["host_config"]
+    assert host["ReadonlyRootfs"] is True and host["Tmpfs"] == spec["tmpfs"]
+    assert host["CapDrop"] == ["ALL"] and host["NetworkMode"] == "host"
+    assert host["Mounts"][0]["Target"] == "/vf-io"
+
+    # a file store: its owner's uid, still read-only, the store the only writable bind mount
+    root = tmp_path / "store"
+    root.mkdir()
+    spec = container_spec("fashion-mnist.fetch", FETCH, f"file://{root}", DockerOptions(),
+                          env=ENV)
+    st = root.stat()
+    assert spec["user"] == f"{st.st_uid}:{st.st_gid}" and spec["read_only"] is True
+    assert list(spec["volumes"]) == [str(root)]
+    # configurable: a tmpfs size, or a writable root for images that need one
+    opts = DockerOptions.from_env({"VF_DOCKER_TMPFS_SIZE": "8g"})
+    spec = container_spec("fashion-mnist.fetch", FETCH, "s3://b/p", opts, env=ENV)
+    assert spec["tmpfs"] == {"/tmp": "rw,exec,nosuid,nodev,mode=1777,size=8g"}
+    spec = container_spec("fashion-mnist.fetch", FETCH, "s3://b/p",
+                          DockerOptions.from_env({"VF_DOCKER_READ_ONLY": "0"}), env=ENV)
+    assert spec["read_only"] is False and "tmpfs" not in spec and "HOME" not in spec[
+        "environment"]
 
 
 def test_image_by_family():
@@ -190,6 +236,7 @@ class FakeContainer:
     def __init__(self, spec, script):
         self.spec, self.script = spec, script
         self.archives: dict[str, bytes] = {}
+        self.dirs: dict[str, int] = {}
         self.started = self.removed = False
         self.killed = threading.Event()
         self.attrs = {"State": {"OOMKilled": script.get("oom", False)}}
@@ -197,7 +244,10 @@ class FakeContainer:
     def put_archive(self, path, data):
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             for m in tar.getmembers():
-                self.archives[f"{path}/{m.name}"] = tar.extractfile(m).read()
+                if m.isdir():
+                    self.dirs[f"{path}/{m.name}"] = m.mode
+                else:
+                    self.archives[f"{path}/{m.name}"] = tar.extractfile(m).read()
         return True
 
     def start(self):
@@ -225,8 +275,8 @@ class FakeContainer:
             raise docker.errors.NotFound("no such file")
         return iter([_tar("m.json", json.dumps(self.script["manifest"]).encode())]), {}
 
-    def remove(self, force=False):
-        assert force
+    def remove(self, force=False, v=False):
+        assert force and v  # v: its anonymous /vf-io volume goes too
         self.removed = True
 
 
@@ -271,6 +321,7 @@ def test_success_streams_logs_passes_config_and_removes(creds, caplog):
     assert m.task == "fashion-mnist.fetch" and m.metrics == {"n": 3}
     (c,) = client.created
     assert json.loads(c.archives[CONFIG_PATH]) == FETCH
+    assert c.dirs == {"/vf-io/out": 0o1777}  # where any uid may write the manifest
     assert c.started and c.removed
     msgs = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert ("INFO", "[fashion-mnist.fetch] fetching data") in msgs

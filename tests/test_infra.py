@@ -55,16 +55,32 @@ def test_compose_secrets_come_from_env_file_only(compose):
 
 
 def test_bucket_init_grants_the_tasks_key_only_its_bucket(compose):
-    script = compose["services"]["minio-init"]["command"][0]
+    init = compose["services"]["minio-init"]
+    script = init["command"][0]
     for step in ("mc mb --ignore-existing", "mc admin policy create", "mc admin user add",
                  "mc admin policy attach"):
         assert step in script
+    # the policy file is the one mounted, its BUCKET placeholder becomes the real bucket,
+    # and it is attached to the tasks' key (not the root user)
+    assert "./minio/tasks-policy.json:/etc/visionflows/tasks-policy.json:ro" in init["volumes"]
+    assert 's/BUCKET/$$VF_BUCKET/g' in script
+    assert re.search(r"policy attach local visionflows-tasks --user \"\$\$VF_TASKS_ACCESS_KEY\"",
+                     script)
     policy = json.loads((ROOT / "infra" / "minio" / "tasks-policy.json").read_text())
-    resources = {r for st in policy["Statement"] for r in st["Resource"]}
-    assert resources == {"arn:aws:s3:::BUCKET", "arn:aws:s3:::BUCKET/*"}
-    actions = {a for st in policy["Statement"] for a in st["Action"]}
-    assert not any(a in ("s3:*", "*") or a.startswith("admin:") for a in actions)
-    assert {"s3:GetObject", "s3:PutObject", "s3:ListBucket"} <= actions
+    grants: dict[str, set[str]] = {}
+    for st in policy["Statement"]:
+        assert st["Effect"] == "Allow" and "NotAction" not in st and "NotResource" not in st
+        assert "Principal" not in st and "Condition" not in st
+        for r in st["Resource"]:
+            grants.setdefault(r, set()).update(st["Action"])
+    # the bucket itself: list it, nothing else (no policy, ACL, lifecycle or delete)
+    assert grants["arn:aws:s3:::BUCKET"] == {"s3:GetBucketLocation", "s3:ListBucket",
+                                              "s3:ListBucketMultipartUploads"}
+    # its objects: read, write, delete, multipart housekeeping; no ACLs, retention, tagging
+    assert grants["arn:aws:s3:::BUCKET/*"] == {"s3:GetObject", "s3:PutObject",
+                                                "s3:DeleteObject", "s3:AbortMultipartUpload",
+                                                "s3:ListMultipartUploadParts"}
+    assert set(grants) == {"arn:aws:s3:::BUCKET", "arn:aws:s3:::BUCKET/*"}  # no other bucket
 
 
 def _compose_cli() -> list[str] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,8 +13,12 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
 
 import boto3
+import numpy as np
 import pytest
 import torch
 
@@ -110,6 +115,137 @@ def test_killed_training_resumes_to_the_same_result(tmp_path):
                                                           rel=1e-5)
 
 
+# ---------------------------------------------------------------- time and memory limits
+
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` has ended (a zombie waiting for its reaper counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _gone(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_task_past_its_time_budget_is_killed_with_its_children(tmp_path, monkeypatch):
+    from flows.launcher import launch
+    from tasks.errors import TaskTimeoutError
+
+    uri = f"file://{tmp_path}/store"
+    monkeypatch.setenv("VF_TASK_TIMEOUT_S", "2")
+    started = time.monotonic()
+    with pytest.raises(TaskTimeoutError) as exc:
+        launch("selftest.sleep", {"out": "runs/t/sleep", "seconds": 300, "spawn": True}, uri,
+               "subprocess")
+    elapsed = time.monotonic() - started
+    assert 2.0 <= elapsed < 20, elapsed
+    msg = str(exc.value)
+    assert "task selftest.sleep ran past its time budget of 2s and was stopped" in msg
+    assert "VF_TASK_TIMEOUT_S" in msg and "sleeping 300s" in msg  # the fix, the last lines
+    st = open_store(uri)
+    pids = st.get_json("runs/t/sleep/started.json")  # it did start, and wrote outputs...
+    assert not st.exists("runs/t/sleep/manifest.json")  # ...but never counted as finished
+    assert _wait_gone(pids["pid"]) and _wait_gone(pids["child_pid"])  # nothing left running
+    # within the budget, the same task finishes
+    monkeypatch.setenv("VF_TASK_TIMEOUT_S", "60")
+    m = launch("selftest.sleep", {"out": "runs/t/quick", "seconds": 0.1}, uri, "subprocess")
+    assert m.metrics == {"slept_s": 0.1} and st.exists("runs/t/quick/manifest.json")
+
+
+def test_task_past_its_memory_limit_is_stopped_and_reported(tmp_path, monkeypatch):
+    from flows.launcher import launch
+    from tasks.errors import TaskOutOfMemoryError
+
+    uri = f"file://{tmp_path}/store"
+    monkeypatch.setenv("VF_TASK_MEMORY", "1g")  # python + torch (provenance) need ~0.45 GiB
+    with pytest.raises(TaskOutOfMemoryError) as exc:
+        launch("selftest.alloc", {"out": "runs/t/big", "mib": 6000}, uri, "subprocess")
+    msg = str(exc.value)
+    assert re.search(r"task selftest\.alloc ran out of memory \(limit 1024 MiB; it reached "
+                     r"1\d{3} MiB\) and was stopped", msg), msg
+    assert "VF_TASK_MEMORY" in msg
+    st = open_store(uri)
+    pid = st.get_json("runs/t/big/started.json")["pid"]
+    assert not st.exists("runs/t/big/manifest.json")
+    assert _wait_gone(pid)
+    m = launch("selftest.alloc", {"out": "runs/t/small", "mib": 64}, uri, "subprocess")
+    assert m.metrics == {"allocated_mib": 64}
+
+
+def test_running_out_of_memory_inside_the_task_is_reported_as_such(tmp_path, monkeypatch):
+    """No limit of ours: the task itself gets MemoryError (here: a simulated small machine);
+    the task CLI exits 3 and the launchers say 'ran out of memory', not 'crashed'."""
+    from flows.launcher import launch
+    from tasks.errors import TaskOutOfMemoryError
+
+    uri = f"file://{tmp_path}/store"
+    cfg = {"out": "runs/t/oom", "mib": 2000, "headroom_mib": 200}
+    res = subprocess.run([sys.executable, "-m", "tasks", "selftest.alloc", "--config-json",
+                          json.dumps(cfg), "--store", uri], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 3, res.stderr
+    assert "error: task selftest.alloc ran out of memory (MemoryError)" in res.stderr
+    with pytest.raises(TaskOutOfMemoryError, match=r"selftest.alloc ran out of memory \(no "
+                                                   r"limit set: the machine's memory\)"):
+        launch("selftest.alloc", cfg, uri, "subprocess")
+    assert not open_store(uri).exists("runs/t/oom/manifest.json")
+
+    # in-process: the same failure, named, with the way to get a limit
+    def oom(*_args, **_kw):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't "
+                           "allocate memory: you tried to allocate 2097152000 bytes")
+
+    monkeypatch.setattr("flows.launcher.run_task", oom)
+    with pytest.raises(TaskOutOfMemoryError, match="ran out of memory .* --launcher subprocess"):
+        launch("selftest.alloc", cfg, uri, "local")
+
+
+def test_limit_settings_are_validated():
+    from flows.subprocess_launcher import SubprocessOptions
+    from tasks.errors import ConfigError
+    from tasks.limits import parse_size
+
+    assert parse_size("512m") == 512 << 20 and parse_size("1.5g") == 3 << 29
+    assert parse_size("2GiB") == 2 << 30 and parse_size(64 << 20) == 64 << 20
+    opts = SubprocessOptions.from_env({"VF_TASK_TIMEOUT_S": "90", "VF_TASK_MEMORY": "4g"})
+    assert opts.timeout_s == 90 and opts.memory_bytes == 4 << 30
+    assert SubprocessOptions.from_env({}).timeout_s == 6 * 3600
+    assert SubprocessOptions.from_env({"VF_TASK_TIMEOUT_S": "none"}).timeout_s is None
+    with pytest.raises(ConfigError, match="give a unit, e.g. 512m"):
+        SubprocessOptions.from_env({"VF_TASK_MEMORY": "512"})
+    with pytest.raises(ConfigError, match="use a size such as"):
+        SubprocessOptions.from_env({"VF_TASK_MEMORY": "lots"})
+    with pytest.raises(ConfigError, match="timeout_s"):
+        SubprocessOptions.from_env({"VF_TASK_TIMEOUT_S": "-3"})
+
+
+def test_cli_flow_reports_a_task_past_its_budget(tmp_path):
+    """End to end: ``visionflows run --launcher subprocess`` with ``VF_TASK_TIMEOUT_S``; the
+    training that cannot finish in time fails the flow with exit code 2 and one clear line,
+    and leaves no manifest (of the training, nor of the flow)."""
+    store = tmp_path / "store"
+    env = {**os.environ, "VF_TASK_TIMEOUT_S": "25", "PREFECT_HOME": str(tmp_path / "ph")}
+    res = subprocess.run([sys.executable, "-m", "flows.cli", "run", "q1-cnn", "--launcher",
+                          "subprocess", "--store", f"file://{store}", "--set",
+                          "data.n_train=400", "--set", "data.n_test=100", "--set",
+                          "epochs=100000", "--set", "dropouts=[0.0]"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 2, res.stderr[-3000:]
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
+    assert errors and "ran past its time budget of 25s and was stopped" in errors[-1], \
+        res.stderr[-3000:]
+    manifests = [p.relative_to(store).as_posix() for p in store.rglob("manifest.json")]
+    assert manifests and all(m.startswith("data/") for m in manifests), manifests  # fetch only
+
+
 # ---------------------------------------------------------------- bad input, one table
 
 def _mirror(tmp_path, damage: str) -> str:
@@ -124,59 +260,176 @@ def _mirror(tmp_path, damage: str) -> str:
     if damage == "checksum":  # a .gz that is not the official file
         (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(
             files["test_labels"].read_bytes())
+    if damage == "image-size":  # valid IDX files, but 32x32 images
+        from tasks.data.fashion_mnist import write_idx
+
+        write_idx(tmp_path / "big.gz", np.zeros((30, 32, 32), dtype=np.uint8))
+        (folder / "train-images-idx3-ubyte").write_bytes(
+            gzip.decompress((tmp_path / "big.gz").read_bytes()))
     return str(folder)
 
 
+def _stl10_mirror(tmp_path, damage: str) -> str:
+    from tasks.data.stl10 import generate_files as stl10_files
+
+    folder = tmp_path / "stl10"
+    files = stl10_files(folder, 20, 20, n_unlabeled=0)
+    if damage == "truncated":
+        path = files["train_x"]
+        path.write_bytes(path.read_bytes()[:-1000])
+        return str(folder)
+    archive = folder / "stl10_binary.tar.gz"  # "archive": not a gzip at all
+    archive.write_bytes(b"\x1f\x8b" + os.urandom(4000))
+    return str(archive)
+
+
+def _stl10_corrupt_in_store(tmp_path, store_uri: str) -> None:
+    """Fetch q2's smoke STL10 into the store, then flip bytes of its stored train_X.bin."""
+    from tasks.experiments import resolve_config
+
+    data = resolve_config("q2-transfer", "smoke").data.model_dump()
+    m = run_task("stl10.fetch", data, store_uri)
+    path = open_store(store_uri).local_path(m.output_key("train_x"))
+    raw = bytearray(path.read_bytes())
+    raw[100:200] = bytes(100)
+    path.write_bytes(bytes(raw))
+
+
+def _broken_yolo_export(tmp_path) -> str:
+    from tasks.data.shapes import generate_export
+
+    root = generate_export(tmp_path / "export", n_train=6, n_valid=3, image_size=64,
+                           max_objects=2, seed=3)
+    label = next(p for p in sorted((root / "train" / "labels").glob("*.txt")) if p.read_text())
+    label.write_text("0 0.5 1.7 0.2 0.2\n" + label.read_text())  # y centre off the image
+    return str(root)
+
+
+class Case(NamedTuple):
+    """One bad (or odd) input: the CLI arguments, and the message the last ``error:`` line
+    must hold (None: the run must succeed). ``detail`` must appear somewhere in stderr;
+    ``setup`` prepares the store; ``keep`` names steps that legitimately finished before the
+    bad input was read (their manifests are whole results)."""
+
+    id: str
+    args: Callable[[Path, str], list[str]]
+    message: str | None
+    detail: str | None = None
+    setup: Callable[[Path, str], None] | None = None
+    keep: tuple[str, ...] = ()
+    store: str = "file"  # "file": a fresh folder; "s3": a fresh bucket on moto or MinIO
+    env: dict[str, str] = {}
+
+
+TINY_Q1 = ["--set", "data.n_train=200", "--set", "data.n_test=100", "--set", "epochs=1",
+           "--set", "batch_sizes=[64]", "--set", 'activations=["relu"]', "--set",
+           'losses=["mse"]']
+NEEDS_MINIO = pytest.mark.skipif(not os.environ.get("VF_TEST_S3_ENDPOINT"),
+                                 reason="moto accepts any credentials; needs a real MinIO "
+                                        "(VF_TEST_S3_ENDPOINT)")
+
 BAD_INPUT = [
-    # (id, command builder, expected message)
-    ("truncated-idx", lambda t, s: ["run", "q1-mlp", "--profile", "full", "--set",
-                                    f"data.mirror={_mirror(t, 'truncated')}"],
-     "truncated or corrupt"),
-    ("checksum-mismatch", lambda t, s: ["run", "q1-mlp", "--profile", "full", "--set",
-                                        f"data.mirror={_mirror(t, 'checksum')}"],
-     "does not match the published"),
-    ("unknown-key", lambda t, s: ["run", "q1-mlp", "--set", "nope=1"], "unknown key 'nope'"),
-    ("zero-batch", lambda t, s: ["run", "q1-mlp", "--set", "batch_sizes=[0]"], "batch_sizes"),
-    ("negative-size", lambda t, s: ["run", "q1-cnn", "--set", "data.n_train=-5"],
-     "data.n_train"),
-    ("bad-dropout", lambda t, s: ["run", "q1-cnn", "--set", "dropouts=[1.5]"], "dropouts"),
-    ("missing-mirror", lambda t, s: ["run", "q1-mlp", "--profile", "full", "--set",
-                                     f"data.mirror={t}/nowhere"], "is not a folder"),
-    ("missing-bucket", lambda t, s: ["run", "q1-mlp", "--store", "s3://no-such-bucket-vf/x"],
-     "bucket 'no-such-bucket-vf' does not exist"),
-    ("bad-scheme", lambda t, s: ["run", "q1-mlp", "--store", "gs://bucket/x"],
-     "unsupported store scheme"),
-    ("unknown-profile", lambda t, s: ["run", "q1-mlp", "--profile", "huge"], "unknown profile"),
-    ("set-without-value", lambda t, s: ["run", "q1-mlp", "--set", "epochs"], "KEY=VALUE"),
-    ("unreachable-prefect", lambda t, s: ["run", "q1-mlp", "--store", s], "Prefect API"),
+    # Fashion-MNIST files
+    Case("truncated-idx", lambda t, s: ["run", "q1-mlp", "--profile", "full", "--set",
+                                        f"data.mirror={_mirror(t, 'truncated')}"],
+         "truncated or corrupt"),
+    Case("checksum-mismatch", lambda t, s: ["run", "q1-mlp", "--profile", "full", "--set",
+                                            f"data.mirror={_mirror(t, 'checksum')}"],
+         "does not match the published"),
+    Case("wrong-image-size", lambda t, s: ["run", "q1-mlp", "--profile", "full", "--set",
+                                           f"data.mirror={_mirror(t, 'image-size')}"],
+         "images are 32x32, Fashion-MNIST images are 28x28"),
+    Case("missing-mirror", lambda t, s: ["run", "q1-mlp", "--profile", "full", "--set",
+                                         f"data.mirror={t}/nowhere"], "is not a folder"),
+    # STL10 files (q2's weights step, pretrained=false in smoke, finishes first: kept)
+    Case("stl10-truncated", lambda t, s: ["run", "q2-transfer", "--set", "data.source=download",
+                                          "--set", f"data.mirror={_stl10_mirror(t, 'truncated')}"],
+         "the mirror copy is corrupt", keep=("weights",)),
+    Case("stl10-corrupt-archive", lambda t, s: ["run", "q2-transfer", "--set",
+                                                "data.source=download", "--set",
+                                                f"data.mirror={_stl10_mirror(t, 'archive')}"],
+         "the archive is corrupt", keep=("weights",)),
+    Case("stl10-stored-copy-checksum", lambda t, s: ["run", "q2-transfer"],
+         "the stored copy is corrupt", setup=_stl10_corrupt_in_store, keep=("weights",)),
+    # a YOLO export with a broken label: every problem named with file:line
+    Case("yolo-broken-labels", lambda t, s: ["run", "q4-yolo", "--set", "data.source=export",
+                                             "--set", f"data.location={_broken_yolo_export(t)}"],
+         "is not a valid YOLO export", detail=r"train/labels/\S+\.txt:1: .*out of range: 1\.7"),
+    # configs
+    Case("unknown-key", lambda t, s: ["run", "q1-mlp", "--set", "nope=1"], "unknown key 'nope'"),
+    Case("unknown-nested-key", lambda t, s: ["run", "q4-yolo", "--set", "data.colour=1"],
+         "unknown key 'data.colour'"),
+    Case("zero-batch", lambda t, s: ["run", "q1-mlp", "--set", "batch_sizes=[0]"],
+         "batch_sizes"),
+    Case("negative-size", lambda t, s: ["run", "q1-cnn", "--set", "data.n_train=-5"],
+         "data.n_train"),
+    Case("zero-image-size", lambda t, s: ["run", "q2-transfer", "--set", "image_size=0"],
+         "image_size: Input should be greater than or equal to 48"),
+    Case("negative-epochs", lambda t, s: ["run", "q4-yolo", "--set", "epochs=-1"], "epochs"),
+    Case("bad-dropout", lambda t, s: ["run", "q1-cnn", "--set", "dropouts=[1.5]"], "dropouts"),
+    Case("unknown-profile", lambda t, s: ["run", "q1-mlp", "--profile", "huge"],
+         "unknown profile"),
+    Case("set-without-value", lambda t, s: ["run", "q1-mlp", "--set", "epochs"], "KEY=VALUE"),
+    # stores and services
+    Case("missing-bucket", lambda t, s: ["run", "q1-mlp", "--store", "s3://no-such-bucket-vf/x"],
+         "bucket 'no-such-bucket-vf' does not exist"),
+    Case("bad-scheme", lambda t, s: ["run", "q1-mlp", "--store", "gs://bucket/x"],
+         "unsupported store scheme"),
+    Case("unreachable-prefect", lambda t, s: ["run", "q1-mlp", "--store", s], "Prefect API",
+         env={"PREFECT_API_URL": "<free port>"}),
+    pytest.param(Case("wrong-credentials", lambda t, s: ["run", "q1-mlp", "--store", s],
+                      "access denied", store="s3",
+                      env={"AWS_SECRET_ACCESS_KEY": "definitely-wrong"}),
+                 marks=NEEDS_MINIO, id="wrong-credentials"),
+    # odd but valid: spaces and non-ASCII in the store prefix work, on both backends
+    Case("unicode-prefix-file", lambda t, s: ["run", "q1-mlp", "--store", s, *TINY_Q1], None,
+         store="file:dir with spaces/ünïcødé ✓"),
+    Case("unicode-prefix-s3", lambda t, s: ["run", "q1-mlp", "--store", s, *TINY_Q1], None,
+         store="s3:runs with spaces/ünïcødé ✓"),
 ]
 
 
-@pytest.mark.parametrize("case", BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
-def test_bad_input_fails_clearly(case, tmp_path, s3_endpoint):
-    name, build, message = case
-    store_dir = tmp_path / "store"
-    env = {**os.environ, "VF_STORE": f"file://{store_dir}"}
-    if name == "unreachable-prefect":
+def _manifests(uri: str) -> set[str]:
+    return {k for k in open_store(uri).list() if k.endswith("manifest.json")}
+
+
+@pytest.mark.parametrize("case", BAD_INPUT, ids=[c.id for c in BAD_INPUT])
+def test_bad_input_fails_clearly(case: Case, tmp_path, s3_endpoint):
+    """Exit code 2, a last ``error:`` line naming the problem and the fix, and no manifest
+    of a step that read the bad input (nor of the flow); odd-but-valid inputs just work."""
+    from tests.conftest import make_bucket
+
+    kind, _, sub = case.store.partition(":")
+    if kind == "s3":
+        store_uri = f"s3://{make_bucket(s3_endpoint)}/{sub or 'vf'}"
+    else:
+        store_uri = f"file://{tmp_path / (sub or 'store')}"
+    # a cache of its own: a verified copy cached by another test must not hide a corrupt one
+    env = {**os.environ, "VF_STORE": store_uri, "VF_OFFLINE": "1",
+           "VF_CACHE_DIR": str(tmp_path / "cache"), **case.env}
+    if env.get("PREFECT_API_URL") == "<free port>":
         env["PREFECT_API_URL"] = f"http://127.0.0.1:{free_port()}/api"
-    args = build(tmp_path, f"file://{store_dir}")
-    res = subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True,
-                         text=True, env=env, timeout=600)
-    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+    if case.setup is not None:
+        case.setup(tmp_path, store_uri)
+    before = _manifests(store_uri) if case.setup else set()
+    res = subprocess.run([sys.executable, "-m", "flows.cli", *case.args(tmp_path, store_uri)],
+                         capture_output=True, text=True, env=env, timeout=900)
+    out = res.stdout[-3000:] + res.stderr[-3000:]
+    after = _manifests(store_uri)
+    if case.message is None:  # must work, and its results are where the URI says
+        assert res.returncode == 0, out
+        assert f"manifest: {store_uri}/runs/q1-mlp/" in res.stdout, out
+        assert any(k.startswith("runs/q1-mlp/") and k.count("/") == 3 for k in after), after
+        return
+    assert res.returncode == 2, out
     # the CLI's last word is one clear line (Prefect may log the failed task's traceback above)
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
-    assert errors and message in errors[-1], res.stderr[-2000:]
-    manifests = list(store_dir.rglob("manifest.json")) if store_dir.exists() else []
-    assert not manifests
-
-
-@pytest.mark.skipif(not os.environ.get("VF_TEST_S3_ENDPOINT"),
-                    reason="moto accepts any credentials; needs a real MinIO "
-                           "(VF_TEST_S3_ENDPOINT)")
-def test_wrong_credentials(s3_uri, monkeypatch):
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "definitely-wrong")
-    with pytest.raises(StoreError, match="access denied"):
-        open_store(s3_uri).put_bytes("x", b"1")
+    assert errors and case.message in errors[-1], out
+    if case.detail:
+        assert re.search(case.detail, res.stderr), out
+    new = {k for k in after - before
+           if not any(k.endswith(f"/{step}/manifest.json") for step in case.keep)}
+    assert not new, new
 
 
 # ---------------------------------------------------------------- secrets

@@ -268,6 +268,7 @@ def fetch(cfg: FetchConfig, store: Store) -> Manifest:
         counts, sha = {}, {}
         for key, path in files.items():
             arr = read_idx(path)
+            check_arrays(key, arr, path.name)
             counts[key] = int(arr.shape[0])
             sha[key] = sha256_file(path)
             run.put_file(key, path)
@@ -276,6 +277,21 @@ def fetch(cfg: FetchConfig, store: Store) -> Manifest:
             raise DataError(f"Fashion-MNIST image/label counts differ: {counts}")
         return run.finish({"counts": counts, "sha256": sha}, dataset=DATASET,
                           version=cfg.version, classes=CLASSES)
+
+
+def check_arrays(key: str, arr: np.ndarray, name: str) -> None:
+    """Images must be ``[N, 28, 28]`` and labels ``[N]`` in 0..9: a valid IDX file of other
+    sizes (an MNIST variant at 32x32, a CIFAR export) is not Fashion-MNIST."""
+    if key.endswith("_images"):
+        if arr.ndim != 3 or arr.shape[1:] != (28, 28):
+            size = "x".join(map(str, arr.shape[1:])) or "scalars"
+            raise DataError(f"{name}: images are {size}, Fashion-MNIST images are 28x28 (shape "
+                            f"{list(arr.shape)}): not a Fashion-MNIST file; fix the mirror")
+    elif arr.ndim != 1 or (arr.size and int(arr.max()) >= len(CLASSES)):
+        raise DataError(f"{name}: labels must be one value 0..{len(CLASSES) - 1} per image, got "
+                        f"shape {list(arr.shape)}"
+                        + (f" with values up to {int(arr.max())}" if arr.size else "")
+                        + ": not a Fashion-MNIST label file; fix the mirror")
 
 
 def load_arrays(store: Store, prefix: str) -> dict[str, np.ndarray]:
