@@ -46,6 +46,9 @@ class Q1MlpConfig(Config):
     device: str = "auto"
     train_limit: int | None = Field(None, gt=0)
     repeats: int = Field(1, ge=1, le=20, description="seeds per cell (seed, seed+1, ...)")
+    amp: Literal["off", "bf16"] = "off"
+    compile: bool = False
+    pin_memory: bool = False
 
     @field_validator("batch_sizes", "hidden")
     @classmethod
@@ -76,8 +79,12 @@ class Q1CnnConfig(Config):
     split_seed: int = 42
     hflip: bool = True
     normalize: bool = True
+    # speed options (bench/q1_options.py; defaults are the measured winners on CPU)
     channels_last: bool = False
     amp: Literal["off", "bf16"] = "off"
+    compile: bool = False
+    pin_memory: bool = False
+    cudnn_benchmark: bool = False
     train_limit: int | None = Field(None, gt=0)
     repeats: int = Field(1, ge=1, le=20, description="seeds per cell (seed, seed+1, ...)")
 
@@ -259,7 +266,8 @@ def q1_mlp_cells(cfg: Q1MlpConfig) -> tuple[dict[str, dict], list[dict]]:
     """
     common = {"model": "mlp", "hidden": list(cfg.hidden), "epochs": cfg.epochs,
               "learning_rate": cfg.learning_rate, "optimizer": cfg.optimizer, "seed": cfg.seed,
-              "device": cfg.device, "train_limit": cfg.train_limit}
+              "device": cfg.device, "train_limit": cfg.train_limit, "amp": cfg.amp,
+              "compile": cfg.compile, "pin_memory": cfg.pin_memory}
     cells: dict[str, dict] = {}
 
     def cell(bs: int, act: str, loss: str) -> str:
@@ -299,7 +307,8 @@ def q1_cnn_cells(cfg: Q1CnnConfig) -> tuple[dict[str, dict], list[dict]]:
               "optimizer": cfg.optimizer, "seed": cfg.seed, "device": cfg.device,
               "batch_size": cfg.batch_size, "dev_fraction": cfg.dev_fraction,
               "split_seed": cfg.split_seed, "hflip": cfg.hflip, "normalize": cfg.normalize,
-              "channels_last": cfg.channels_last, "amp": cfg.amp,
+              "channels_last": cfg.channels_last, "amp": cfg.amp, "compile": cfg.compile,
+              "pin_memory": cfg.pin_memory, "cudnn_benchmark": cfg.cudnn_benchmark,
               "train_limit": cfg.train_limit}
     cells: dict[str, dict] = {}
 
