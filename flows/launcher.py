@@ -25,13 +25,16 @@ LAUNCHERS = ("local", "subprocess", "docker")
 
 
 def launch(task: str, cfg: dict[str, Any], store: str, launcher: str = "local",
-           timeout_s: float | None = None) -> Manifest:
-    """Run ``task`` with ``cfg`` against the store URI ``store`` using ``launcher``."""
+           timeout_s: float | None = None, env: dict[str, str] | None = None) -> Manifest:
+    """Run ``task`` with ``cfg`` against the store URI ``store`` using ``launcher``.
+
+    ``env`` adds environment variables for a ``subprocess`` task (e.g. its thread count).
+    """
     show_task_logs()
     if launcher == "local":
         return run_task(task, cfg, store)
     if launcher == "subprocess":
-        return _launch_subprocess(task, cfg, store, timeout_s)
+        return _launch_subprocess(task, cfg, store, timeout_s, env)
     if launcher == "docker":
         from flows.docker_launcher import launch_docker
 
@@ -47,12 +50,13 @@ def show_task_logs() -> None:
         logger.setLevel(logging.INFO)
 
 
-def _launch_subprocess(task: str, cfg: dict, store: str, timeout_s: float | None) -> Manifest:
+def _launch_subprocess(task: str, cfg: dict, store: str, timeout_s: float | None,
+                       extra_env: dict[str, str] | None = None) -> Manifest:
     _func, cfg_cls = resolve(task)
     validate(cfg_cls, cfg, what=f"task {task!r}")  # fail before starting anything
     log = get_logger("launcher")
     cmd = [sys.executable, "-m", "tasks", task, "--config", "-", "--store", store]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     try:

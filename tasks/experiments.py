@@ -21,6 +21,8 @@ from tasks.segment import SegmentOptions
 
 Activation = Literal["relu", "tanh", "sigmoid"]
 Loss = Literal["cross_entropy", "mse"]
+PARALLEL_HELP = ("sweep packing: train up to N cells at once on the device, each in its own "
+                 "process with 1/N of the CPU threads (1: one after another)")
 
 
 class Q1MlpConfig(Config):
@@ -49,6 +51,7 @@ class Q1MlpConfig(Config):
     amp: Literal["off", "bf16"] = "off"
     compile: bool = False
     pin_memory: bool = False
+    parallel: int = Field(1, ge=1, le=32, description=PARALLEL_HELP)
 
     @field_validator("batch_sizes", "hidden")
     @classmethod
@@ -87,6 +90,7 @@ class Q1CnnConfig(Config):
     cudnn_benchmark: bool = False
     train_limit: int | None = Field(None, gt=0)
     repeats: int = Field(1, ge=1, le=20, description="seeds per cell (seed, seed+1, ...)")
+    parallel: int = Field(1, ge=1, le=32, description=PARALLEL_HELP)
 
     @field_validator("dropouts")
     @classmethod
