@@ -54,7 +54,7 @@ class TrainConfig(Config):
     checkpoint_every: int = Field(1, gt=0)
     channels_last: bool = Field(False, description="NHWC memory format for CNNs")
     amp: Literal["off", "bf16"] = Field("off", description="bf16 autocast (GPU or CPU)")
-    compile: bool = Field(False, description="torch.compile the model (pays only for long runs)")
+    compile: bool = Field(False, description="torch.compile the model (CPU: did not pay)")
     pin_memory: bool = Field(False, description="CUDA: copy the uint8 splits to the device "
                              "from pinned memory, non-blocking")
     cudnn_benchmark: bool = Field(False, description="CUDA: cudnn autotuning of convolutions")
