@@ -1,7 +1,9 @@
 """One Q1 training epoch: our path vs a plain torchvision Dataset + DataLoader loop.
 
 Same model (the Q1 MLP, or ``--model cnn_pool_bn``), batch size, optimizer and data, measured
-in one process, interleaved. Prints each median and the ratio ours / plain (target <= 0.5).
+in one process, interleaved. Ours runs with the speed options its flow uses by default
+(q1-cnn: ``channels_last``; ``--plain-options`` turns them off). Prints each median and the
+ratio ours / plain (target <= 0.5).
 
     python -m bench.q1_epoch [--n 20000] [--batch-size 64] [--model mlp] [--repeats 3]
 """
@@ -19,6 +21,7 @@ import torch
 from bench.common import print_ratios, race
 from tasks.classify import TrainConfig, build_model, make_preprocess
 from tasks.data.fashion_mnist import generate_files, read_idx
+from tasks.experiments import Q1CnnConfig
 from tasks.train import Split, make_loss, train_one_epoch
 
 
@@ -30,6 +33,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers (plain loop)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--plain-options", action="store_true",
+                    help="ours without the flow's default speed options")
     args = ap.parse_args()
 
     from torchvision import transforms
@@ -47,6 +52,11 @@ def main() -> None:
     cnn = args.model != "mlp"
     cfg = TrainConfig(out="bench", data="bench", model=args.model, batch_size=args.batch_size,
                       normalize=cnn, hflip=cnn)
+    plain_cfg = cfg
+    if cnn and not args.plain_options:  # q1-cnn's defaults
+        flow_cfg = Q1CnnConfig()
+        cfg = cfg.model_copy(update={"channels_last": flow_cfg.channels_last,
+                                     "amp": flow_cfg.amp})
     loss_fn = make_loss("cross_entropy", 10)
 
     # ours: whole dataset as a uint8 tensor on the device, batches by index
@@ -73,7 +83,7 @@ def main() -> None:
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True,
                                          num_workers=args.workers)
     torch.manual_seed(0)
-    plain_model = build_model(cfg).to(device)
+    plain_model = build_model(plain_cfg).to(device)
     plain_opt = torch.optim.Adam(plain_model.parameters(), 1e-3)
 
     def plain():
@@ -88,7 +98,8 @@ def main() -> None:
     medians = race({"plain DataLoader loop": plain, "ours (tensors + index batches)": ours},
                    repeats=args.repeats)
     print_ratios(f"Q1 {args.model} epoch, {args.n} samples, batch {args.batch_size}, "
-                 f"{device}, torch threads {torch.get_num_threads()}", medians,
+                 f"{device}, torch threads {torch.get_num_threads()}; ours: channels_last="
+                 f"{cfg.channels_last}, amp={cfg.amp}", medians,
                  "plain DataLoader loop")
     ratio = medians["ours (tensors + index batches)"] / medians["plain DataLoader loop"]
     print(f"RESULT ours/plain = {ratio:.3f} (target <= 0.5)")

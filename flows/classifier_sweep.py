@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextvars
+import os
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 from prefect import get_run_logger
@@ -40,20 +43,21 @@ def run_classifier_sweep(flow: str, cfg: Config, cells: dict[str, dict], groups:
     # progress in epochs: each training counts its epochs, each evaluation one unit
     progress = Progress(sum(c["epochs"] + 1 for c in cells.values()) + 1,
                         f"{flow} {run_id}: {len(cells)} training runs (epochs done / total)")
-    trained, evaluated = {}, {}
-    for cid, fields in cells.items():
-        trained[cid] = run_step(f"train-{cid}", "classifier.train",
-                                {**fields, "out": join(base, f"train-{cid}"),
-                                 "data": data["prefix"]}, st.uri, launcher,
-                                slot=f"{flow}/train-{cid}", refresh=refresh,
-                                progress=progress.slice(fields["epochs"]))
-        progress.advance(fields["epochs"])
-        evaluated[cid] = run_step(f"evaluate-{cid}", "classifier.evaluate",
-                                  {"out": join(base, f"eval-{cid}"),
-                                   "train": trained[cid]["prefix"], "device": eval_device},
-                                  st.uri, launcher, slot=f"{flow}/evaluate-{cid}",
-                                  refresh=refresh)
-        progress.advance(1)
+    parallel = getattr(cfg, "parallel", 1)
+    if parallel > 1 and len(cells) > 1:
+        log.info("packing: up to %d training runs at once (%s launcher, %s threads each)",
+                 parallel, packed_launcher(launcher), packed_env(parallel)["OMP_NUM_THREADS"])
+        trained, evaluated = train_packed(cells, base, data["prefix"], st.uri, launcher,
+                                          parallel=parallel, flow=flow, eval_device=eval_device,
+                                          refresh=refresh, progress=progress)
+    else:
+        trained, evaluated = {}, {}
+        for cid, fields in cells.items():
+            trained[cid], evaluated[cid] = train_and_evaluate(
+                cid, fields, base, data["prefix"], st.uri, launcher, flow=flow,
+                eval_device=eval_device, refresh=refresh,
+                progress=progress.slice(fields["epochs"]))
+            progress.advance(fields["epochs"] + 1)
     report_groups = [{
         "key": g["key"], "title": g["title"], "select_by": g["select_by"],
         "numeric": g.get("numeric", False),
@@ -100,3 +104,78 @@ def run_classifier_sweep(flow: str, cfg: Config, cells: dict[str, dict], groups:
               "groups": report["metrics"]["groups"], "metrics": rows}
     result["manifest"] = write_flow_manifest(st, flow, run_id, result)
     return result
+
+
+def train_and_evaluate(cid: str, fields: dict, base: str, data: str, store: str, launcher: str,
+                       *, flow: str, eval_device: str, refresh: bool | None,
+                       progress: dict | None = None, train_launcher: str | None = None,
+                       env: dict[str, str] | None = None) -> tuple[dict, dict]:
+    """One sweep cell: ``classifier.train`` then ``classifier.evaluate`` on test; manifests."""
+    trained = run_step(f"train-{cid}", "classifier.train",
+                       {**fields, "out": join(base, f"train-{cid}"), "data": data}, store,
+                       train_launcher or launcher, slot=f"{flow}/train-{cid}", refresh=refresh,
+                       progress=progress, env=env)
+    evaluated = run_step(f"evaluate-{cid}", "classifier.evaluate",
+                         {"out": join(base, f"eval-{cid}"), "train": trained["prefix"],
+                          "device": eval_device},
+                         store, launcher, slot=f"{flow}/evaluate-{cid}", refresh=refresh)
+    return trained, evaluated
+
+
+def cpu_threads() -> int:
+    """CPU threads this process may use: ``OMP_NUM_THREADS`` when set, else its CPUs."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def packed_env(parallel: int, total: int | None = None) -> dict[str, str]:
+    """Thread counts for one of ``parallel`` concurrent trainings: a 1/``parallel`` share of
+    the CPU threads (at least one), so the runs do not oversubscribe the cores."""
+    n = str(max(1, (total or cpu_threads()) // parallel))
+    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+
+
+def packed_launcher(launcher: str) -> str:
+    """Concurrent trainings need processes of their own: ``local`` becomes ``subprocess``."""
+    return "subprocess" if launcher == "local" else launcher
+
+
+def train_packed(cells: dict[str, dict], base: str, data: str, store: str, launcher: str, *,
+                 parallel: int, flow: str, eval_device: str, refresh: bool | None,
+                 progress: Progress) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Sweep packing: train up to ``parallel`` cells at once on the same device.
+
+    Each training runs in its own process (``python -m tasks classifier.train`` with its
+    share of the CPU threads; with the docker launcher a container, limited by
+    ``VF_DOCKER_CPUS``); on a GPU the
+    small Q1 models then overlap instead of leaving the device idle between kernels. Each
+    cell's seeds come from its config, so results equal a one-after-another run at the
+    same thread count. The evaluations use the flow's own launcher. The first failure is
+    raised once the runs in flight end; cells not yet started are cancelled.
+    """
+    env = packed_env(parallel)
+    train_launcher = packed_launcher(launcher)
+    results: dict[str, tuple[dict, dict]] = {}
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="vf-pack") as pool:
+        futures = {
+            # each thread carries this flow run's context, so its task runs belong to it
+            pool.submit(contextvars.copy_context().run, train_and_evaluate, cid, fields, base,
+                        data, store, launcher, flow=flow, eval_device=eval_device,
+                        refresh=refresh, train_launcher=train_launcher, env=env): cid
+            for cid, fields in cells.items()}
+        try:
+            for fut in as_completed(futures):
+                cid = futures[fut]
+                results[cid] = fut.result()
+                progress.advance(cells[cid]["epochs"] + 1)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    trained = {cid: results[cid][0] for cid in cells}
+    evaluated = {cid: results[cid][1] for cid in cells}
+    return trained, evaluated

@@ -40,14 +40,14 @@ def refresh_default() -> bool:
 @task(name="run-task", task_run_name="{name}", cache_policy=NO_CACHE, retries=0)
 def run_step(name: str, task_name: str, cfg: dict[str, Any], store: str,
              launcher: str = "local", slot: str | None = None, refresh: bool | None = None,
-             progress: dict | None = None) -> dict[str, Any]:
+             progress: dict | None = None, env: dict[str, str] | None = None) -> dict[str, Any]:
     """One task run in Prefect: launch ``task_name`` and return its manifest as a dict.
 
     With ``slot`` (a stable step name like ``q1-mlp/train-b64-relu-cross_entropy``) and a
     task in ``CACHED_TASKS``, a previous result with the same cache key is reused; a miss is
     logged with the parts that changed. ``refresh`` (or ``VF_REFRESH=1``) recomputes.
     ``progress`` (from ``Progress.slice``) maps the task's own progress onto the flow's
-    progress artifact.
+    progress artifact. ``env`` goes to a ``subprocess`` launcher's child (thread counts).
     """
     log = get_run_logger()
     st = open_store(store)
@@ -72,7 +72,7 @@ def run_step(name: str, task_name: str, cfg: dict[str, Any], store: str,
 
         token = PROGRESS.set(report)
     try:
-        manifest = launch(task_name, cfg, store, launcher)
+        manifest = launch(task_name, cfg, store, launcher, env=env)
     finally:
         if token is not None:
             PROGRESS.reset(token)

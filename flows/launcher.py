@@ -26,15 +26,18 @@ LAUNCHERS = ("local", "subprocess", "docker")
 
 
 def launch(task: str, cfg: dict[str, Any], store: str, launcher: str = "local",
-           timeout_s: float | None = None) -> Manifest:
-    """Run ``task`` with ``cfg`` against the store URI ``store`` using ``launcher``."""
+           timeout_s: float | None = None, env: dict[str, str] | None = None) -> Manifest:
+    """Run ``task`` with ``cfg`` against the store URI ``store`` using ``launcher``.
+
+    ``env`` adds environment variables for a ``subprocess`` task (e.g. its thread count).
+    """
     show_task_logs()
     if launcher == "local":
         return _launch_local(task, cfg, store, timeout_s)
     if launcher == "subprocess":
         from flows.subprocess_launcher import launch_subprocess
 
-        return launch_subprocess(task, cfg, store, timeout_s)
+        return launch_subprocess(task, cfg, store, timeout_s, extra_env=env)
     if launcher == "docker":
         from flows.docker_launcher import launch_docker
 

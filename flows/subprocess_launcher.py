@@ -217,8 +217,12 @@ def _quote(tail: deque[str]) -> str:
 
 def launch_subprocess(task: str, cfg: Mapping[str, Any], store: str | None,
                       timeout_s: float | None = None, *,
-                      options: SubprocessOptions | None = None) -> Manifest:
-    """Run ``task`` in a child process group and return its manifest; see the module doc."""
+                      options: SubprocessOptions | None = None,
+                      extra_env: Mapping[str, str] | None = None) -> Manifest:
+    """Run ``task`` in a child process group and return its manifest; see the module doc.
+
+    ``extra_env`` adds environment variables for the child (e.g. its thread count).
+    """
     _func, cfg_cls = resolve(task)
     validate(cfg_cls, cfg, what=f"task {task!r}")  # fail before starting anything
     opts = options or SubprocessOptions.from_env()
@@ -230,7 +234,8 @@ def launch_subprocess(task: str, cfg: Mapping[str, Any], store: str | None,
         cfg_path.write_text(json.dumps(dict(cfg)))
         cmd = [sys.executable, "-m", "tasks", task, "--config", str(cfg_path),
                *(["--store", store] if store else []), "--manifest-out", str(manifest_path)]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "VF_PARENT_PID": str(os.getpid())}
+        env = {**os.environ, **(extra_env or {}), "PYTHONUNBUFFERED": "1",
+               "VF_PARENT_PID": str(os.getpid())}
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
         limits = ", ".join(filter(None, [budget and f"time budget {budget:g}s",

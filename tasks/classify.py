@@ -8,6 +8,7 @@ uninterrupted run (every random source is re-seeded per epoch from the config).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Literal
 
@@ -53,6 +54,10 @@ class TrainConfig(Config):
     checkpoint_every: int = Field(1, gt=0)
     channels_last: bool = Field(False, description="NHWC memory format for CNNs")
     amp: Literal["off", "bf16"] = Field("off", description="bf16 autocast (GPU or CPU)")
+    compile: bool = Field(False, description="torch.compile the model (CPU: did not pay)")
+    pin_memory: bool = Field(False, description="CUDA: copy the uint8 splits to the device "
+                             "from pinned memory, non-blocking")
+    cudnn_benchmark: bool = Field(False, description="CUDA: cudnn autotuning of convolutions")
 
     @property
     def autocast(self) -> torch.dtype | None:
@@ -96,6 +101,9 @@ def load_splits(cfg: TrainConfig, store: Store, device: torch.device) -> dict[st
         splits["test"] = Split(xte[test_idx], yte[test_idx])
     else:
         splits["test"] = Split(xte, yte)
+    if cfg.pin_memory and device.type == "cuda":
+        # one copy per split (no per-batch copies: batches are indexed on the device)
+        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in splits.items()}
     return {k: v.to(device) for k, v in splits.items()}
 
 
@@ -124,6 +132,27 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
     return model
 
 
+def compiled(cfg: TrainConfig, model: torch.nn.Module) -> torch.nn.Module:
+    """The module that runs forward passes: ``model`` itself, or its ``torch.compile``d
+    wrapper (which shares its parameters; checkpoints keep saving ``model``)."""
+    return torch.compile(model, dynamic=False) if cfg.compile else model
+
+
+@contextlib.contextmanager
+def cudnn_settings(cfg: TrainConfig, device: torch.device):
+    """``cudnn_benchmark`` for this run only (the local launcher runs many tasks in one
+    process)."""
+    if device.type != "cuda":
+        yield
+        return
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = old
+
+
 def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
@@ -147,10 +176,11 @@ def train(cfg: TrainConfig, store: Store) -> Manifest:
     device = resolve_device(cfg.device)
     data_manifest = read_manifest(store, cfg.data)
     with TaskRun("classifier.train", cfg, store, cfg.out,
-                 inputs={"data": store.url(cfg.data)}) as run:
+                 inputs={"data": store.url(cfg.data)}) as run, cudnn_settings(cfg, device):
         splits = load_splits(cfg, store, device)
         torch.manual_seed(cfg.seed)
         model = build_model(cfg).to(device)
+        net = compiled(cfg, model)
         optimizer = build_optimizer(cfg, model)
         loss_fn = make_loss(cfg.loss, NUM_CLASSES)
         preprocess = make_preprocess(cfg)
@@ -180,14 +210,14 @@ def train(cfg: TrainConfig, store: Store) -> Manifest:
         for epoch in range(start_epoch, cfg.epochs + 1):
             torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout/flip: resumable
             gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
-            tr = train_one_epoch(model, splits["train"], batch_size=cfg.batch_size,
+            tr = train_one_epoch(net, splits["train"], batch_size=cfg.batch_size,
                                  optimizer=optimizer, loss_fn=loss_fn, preprocess=preprocess,
                                  generator=gen, autocast=cfg.autocast)
             row = {"epoch": epoch, "train/loss": tr["loss"], "train/accuracy": tr["accuracy"],
                    "train/time_s": tr["time_s"]}
             for name in ("dev", "test"):
                 if name in splits:
-                    ev = eval_loop(model, splits[name], batch_size=1000, loss_fn=loss_fn,
+                    ev = eval_loop(net, splits[name], batch_size=1000, loss_fn=loss_fn,
                                    preprocess=preprocess, autocast=cfg.autocast)
                     row[f"{name}/loss"] = ev["loss"]
                     row[f"{name}/accuracy"] = ev["accuracy"]
@@ -209,6 +239,7 @@ def train(cfg: TrainConfig, store: Store) -> Manifest:
         metrics["epochs"] = len(history)
         metrics["params"] = sum(p.numel() for p in model.parameters())
         metrics["device"] = str(device)
+        metrics["threads"] = torch.get_num_threads()  # float sums depend on it
         if "dev" in splits:
             best = max(history, key=lambda h: h["dev/accuracy"])
             metrics["best_epoch"] = best["epoch"]

@@ -21,6 +21,8 @@ from tasks.segment import SegmentOptions
 
 Activation = Literal["relu", "tanh", "sigmoid"]
 Loss = Literal["cross_entropy", "mse"]
+PARALLEL_HELP = ("sweep packing: train up to N cells at once on the device, each in its own "
+                 "process with 1/N of the CPU threads (1: one after another)")
 
 
 class Q1MlpConfig(Config):
@@ -46,6 +48,10 @@ class Q1MlpConfig(Config):
     device: str = "auto"
     train_limit: int | None = Field(None, gt=0)
     repeats: int = Field(1, ge=1, le=20, description="seeds per cell (seed, seed+1, ...)")
+    amp: Literal["off", "bf16"] = "off"
+    compile: bool = False
+    pin_memory: bool = False
+    parallel: int = Field(1, ge=1, le=32, description=PARALLEL_HELP)
 
     @field_validator("batch_sizes", "hidden")
     @classmethod
@@ -76,10 +82,17 @@ class Q1CnnConfig(Config):
     split_seed: int = 42
     hflip: bool = True
     normalize: bool = True
-    channels_last: bool = False
+    # speed options, measured by bench/q1_options.py (bench/README.md). channels_last: one
+    # (d) epoch 0.78x, (c) 1.07x on CPU; the sweep is 6 (d) cells to 1 (c): 0.86x overall.
+    # bf16 is faster (0.73x) but costs accuracy on (c), compile does not pay on CPU: off.
+    channels_last: bool = True
     amp: Literal["off", "bf16"] = "off"
+    compile: bool = False
+    pin_memory: bool = False
+    cudnn_benchmark: bool = False
     train_limit: int | None = Field(None, gt=0)
     repeats: int = Field(1, ge=1, le=20, description="seeds per cell (seed, seed+1, ...)")
+    parallel: int = Field(1, ge=1, le=32, description=PARALLEL_HELP)
 
     @field_validator("dropouts")
     @classmethod
@@ -260,7 +273,8 @@ def q1_mlp_cells(cfg: Q1MlpConfig) -> tuple[dict[str, dict], list[dict]]:
     """
     common = {"model": "mlp", "hidden": list(cfg.hidden), "epochs": cfg.epochs,
               "learning_rate": cfg.learning_rate, "optimizer": cfg.optimizer, "seed": cfg.seed,
-              "device": cfg.device, "train_limit": cfg.train_limit}
+              "device": cfg.device, "train_limit": cfg.train_limit, "amp": cfg.amp,
+              "compile": cfg.compile, "pin_memory": cfg.pin_memory}
     cells: dict[str, dict] = {}
 
     def cell(bs: int, act: str, loss: str) -> str:
@@ -300,7 +314,8 @@ def q1_cnn_cells(cfg: Q1CnnConfig) -> tuple[dict[str, dict], list[dict]]:
               "optimizer": cfg.optimizer, "seed": cfg.seed, "device": cfg.device,
               "batch_size": cfg.batch_size, "dev_fraction": cfg.dev_fraction,
               "split_seed": cfg.split_seed, "hflip": cfg.hflip, "normalize": cfg.normalize,
-              "channels_last": cfg.channels_last, "amp": cfg.amp,
+              "channels_last": cfg.channels_last, "amp": cfg.amp, "compile": cfg.compile,
+              "pin_memory": cfg.pin_memory, "cudnn_benchmark": cfg.cudnn_benchmark,
               "train_limit": cfg.train_limit}
     cells: dict[str, dict] = {}
 
