@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 import os
 import re
 import secrets
@@ -40,15 +39,16 @@ import tarfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from flows import images
+from flows.launcher import iter_lines, quote_tail, relay
 from tasks.config import Config, validate
 from tasks.errors import VisionflowsError
-from tasks.log import get_logger, redact
+from tasks.log import get_logger
 from tasks.runtime import Manifest, resolve
 from tasks.store import LocalStore, open_store
 
@@ -74,9 +74,6 @@ FORWARD_ENV = (
     "AWS_REGION", "VF_S3_ENDPOINT_URL", "VF_S3_REGION", "VF_S3_MAX_ATTEMPTS", "VF_OFFLINE",
     "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
 )
-
-_LEVEL_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) (.*)$")
-
 
 class LaunchError(VisionflowsError):
     """A task container could not be started, failed, or ran past its timeout."""
@@ -292,28 +289,6 @@ def _untar_one(chunks: Iterable[bytes]) -> bytes:
         return fh.read()
 
 
-def iter_lines(chunks: Iterable[bytes]) -> Iterator[str]:
-    """Split a byte stream (arbitrary chunking) into decoded lines; ``\\r`` counts as a break."""
-    buf = b""
-    for chunk in chunks:
-        buf += chunk
-        *lines, buf = re.split(rb"\r\n|\n|\r", buf)
-        for line in lines:
-            if line.strip():
-                yield line.decode("utf-8", "replace")
-    if buf.strip():
-        yield buf.decode("utf-8", "replace")
-
-
-def emit(log: logging.Logger, task: str, line: str) -> None:
-    """Log one container line at its own level when it carries one (our CLI's format)."""
-    m = _LEVEL_LINE.match(line)
-    if m:
-        log.log(logging.getLevelName(m.group(1)), "[%s] %s", task, m.group(2))
-    else:
-        log.info("[%s] %s", task, line)
-
-
 def engine_has_gpus(client) -> bool:
     """Whether the engine can hand out NVIDIA GPUs (NVIDIA runtime or CDI devices)."""
     try:
@@ -376,9 +351,7 @@ def preflight(task: str = "classifier.train") -> str:
 
 
 def _failure(task: str, what: str, tail: Iterable[str]) -> LaunchError:
-    lines = list(tail)
-    last = "\n".join(f"  | {ln}" for ln in lines) or "  | (no output)"
-    return LaunchError(f"task {task} {what}. Last {len(lines)} log lines:\n{last}")
+    return LaunchError(f"task {task} {what}. {quote_tail(tail)}")
 
 
 def launch_docker(task: str, cfg: Mapping[str, Any], store: str | None,
@@ -435,10 +408,7 @@ def launch_docker(task: str, cfg: Mapping[str, Any], store: str | None,
             timer.daemon = True
             timer.start()
         # Logged from this thread, so Prefect attributes the lines to the running task.
-        for line in iter_lines(container.logs(stream=True, follow=True)):
-            line = redact(line)
-            tail.append(line)
-            emit(log, task, line)
+        relay(iter_lines(container.logs(stream=True, follow=True)), log, task, tail)
         code = container.wait().get("StatusCode", -1)
         if timer is not None:
             timer.cancel()

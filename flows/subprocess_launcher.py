@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
-import re
 import selectors
 import signal
 import subprocess
@@ -37,20 +35,20 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, field_validator
 
+from flows.launcher import iter_lines, quote_tail, relay
 from tasks.config import Config, validate
 from tasks.errors import TaskOutOfMemoryError, TaskTimeoutError, VisionflowsError
 from tasks.limits import EXIT_OUT_OF_MEMORY, mib, parse_size
-from tasks.log import get_logger, redact
+from tasks.log import get_logger
 from tasks.runtime import Manifest, resolve
 
 DEFAULT_TIMEOUT_S = 6 * 3600.0
-_LEVEL_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) (.*)$")
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -167,20 +165,10 @@ class _Watchdog(threading.Thread):
         self._stop.set()
 
 
-def _emit(log, task: str, line: str) -> None:
-    m = _LEVEL_LINE.match(line)
-    if m:
-        log.log(logging.getLevelName(m.group(1)), "[%s] %s", task, m.group(2))
-    else:
-        log.info("[%s] %s", task, line)
-
-
-def _relay(proc: subprocess.Popen, watchdog: _Watchdog, log, task: str,
-           tail: deque[str]) -> None:
-    """Relay the child's output line by line until it ends (or is killed and gone)."""
+def _chunks(proc: subprocess.Popen, watchdog: _Watchdog) -> Iterator[bytes]:
+    """The child's output as it comes, until it ends (or is killed and gone)."""
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
-    buf = b""
     exited_at: float | None = None
     with selectors.DefaultSelector() as sel:
         sel.register(fd, selectors.EVENT_READ)
@@ -188,31 +176,13 @@ def _relay(proc: subprocess.Popen, watchdog: _Watchdog, log, task: str,
             if sel.select(timeout=0.5):
                 chunk = os.read(fd, 1 << 16)
                 if not chunk:
-                    break
-                buf += chunk
-                *lines, buf = re.split(rb"\r\n|\n|\r", buf)
-            else:
-                lines = []
-                if proc.poll() is not None:
-                    # exited, but something it started still holds the pipe: stop waiting
-                    exited_at = exited_at or time.monotonic()
-                    if watchdog.reason or time.monotonic() - exited_at > 2.0:
-                        break
-            for raw in lines:
-                line = redact(raw.decode("utf-8", "replace").rstrip())
-                if line.strip():
-                    tail.append(line)
-                    _emit(log, task, line)
-    if buf.strip():
-        line = redact(buf.decode("utf-8", "replace").rstrip())
-        tail.append(line)
-        _emit(log, task, line)
-
-
-def _quote(tail: deque[str]) -> str:
-    lines = list(tail)
-    return f"Last {len(lines)} log lines:\n" + ("\n".join(f"  | {ln}" for ln in lines)
-                                                 or "  | (no output)")
+                    return
+                yield chunk
+            elif proc.poll() is not None:
+                # exited, but something it started still holds the pipe: stop waiting
+                exited_at = exited_at or time.monotonic()
+                if watchdog.reason or time.monotonic() - exited_at > 2.0:
+                    return
 
 
 def launch_subprocess(task: str, cfg: Mapping[str, Any], store: str | None,
@@ -245,7 +215,7 @@ def launch_subprocess(task: str, cfg: Mapping[str, Any], store: str | None,
         watchdog.start()
         tail: deque[str] = deque(maxlen=opts.log_tail)
         try:
-            _relay(proc, watchdog, log, task, tail)
+            relay(iter_lines(_chunks(proc, watchdog)), log, task, tail)
             code = proc.wait()
         finally:
             watchdog.stop()
@@ -258,13 +228,13 @@ def launch_subprocess(task: str, cfg: Mapping[str, Any], store: str | None,
             raise TaskTimeoutError(
                 f"task {task} ran past its time budget of {budget:g}s and was stopped, with "
                 "every process it started; it left no manifest. Give it more time with "
-                f"VF_TASK_TIMEOUT_S=SECONDS ('none': no budget). {_quote(tail)}")
+                f"VF_TASK_TIMEOUT_S=SECONDS ('none': no budget). {quote_tail(tail)}")
         if watchdog.reason == "memory":
             raise TaskOutOfMemoryError(
                 f"task {task} ran out of memory (limit {mib(limit or 0)} MiB; it reached "
                 f"{mib(watchdog.peak)} MiB) and was stopped, with every process it started; "
                 "it left no manifest. Raise VF_TASK_MEMORY (e.g. 8g) or make the task "
-                f"smaller (batch size, workers). {_quote(tail)}")
+                f"smaller (batch size, workers). {quote_tail(tail)}")
         if code == EXIT_OUT_OF_MEMORY:
             where = f"limit {mib(limit)} MiB" if limit else "no limit set: the machine's memory"
             raise TaskOutOfMemoryError(
@@ -275,14 +245,14 @@ def launch_subprocess(task: str, cfg: Mapping[str, Any], store: str | None,
             hint = (" -- with no limit of ours reached, most likely the kernel's out-of-memory "
                     "killer: set VF_TASK_MEMORY below the machine's memory to have it stopped "
                     "and reported first") if code == -signal.SIGKILL else ""
-            raise VisionflowsError(f"task {task} was killed by {name}{hint}. {_quote(tail)}")
+            raise VisionflowsError(f"task {task} was killed by {name}{hint}. {quote_tail(tail)}")
         if code != 0:
             raise VisionflowsError(f"task {task} failed in subprocess: {_last_error(tail, code)}")
         try:
             data = json.loads(manifest_path.read_text())
         except (OSError, json.JSONDecodeError):
             raise VisionflowsError(f"task {task} exited 0 but wrote no manifest. "
-                                   f"{_quote(tail)}") from None
+                                   f"{quote_tail(tail)}") from None
     return Manifest.model_validate(data)
 
 
