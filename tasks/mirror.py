@@ -436,13 +436,14 @@ def mirror(store: Store, questions: Iterable[str] | str | None = None, *,
 
 # ---------------------------------------------------------------- resolvers' side
 
-def lookup(store: Store | None, name: str) -> tuple[Path | None, str]:
+def lookup(store: Store | None, name: str, url: str | None = None) -> tuple[Path | None, str]:
     """A local, sha256-verified file of mirror entry ``name``, or None and why not.
 
     Returns ``(path, location)`` when found (``location`` names the store object) and
     ``(None, reason)`` otherwise; the reason reads well in a resolver's list of places
-    tried. A local store's object is used in place; an S3 one is copied into the cache
-    (``$VF_CACHE_DIR/mirror/<sha>/``) once.
+    tried. With ``url`` (public form, no query string), the entry must have been mirrored
+    from that URL. A local store's object is used in place; an S3 one is copied into the
+    cache (``$VF_CACHE_DIR/mirror/<sha>/``) once.
     """
     if store is None:
         return None, "mirror index: no store given"
@@ -453,6 +454,9 @@ def lookup(store: Store | None, name: str) -> tuple[Path | None, str]:
         return None, f"mirror index {where}: unreadable ({exc})"
     if record is None:
         return None, f"mirror index {where}: no entry {name}"
+    if url is not None and record.get("url") != url:
+        return None, (f"mirror index {where}: {name} was mirrored from {record.get('url')}, "
+                      f"not {url}")
     key, want = record.get("key") or f"{PREFIX}/{name}", record.get("sha256", "")
     obj = store.url(key)
     local = store.local_path(key)

@@ -449,14 +449,11 @@ def _from_url(location: str, store: Store, workdir: Path, log) -> tuple[Path, st
     """An export given by URL: the store's mirror index (an entry mirrored from the same
     URL, query string aside), then the local cache, then the download."""
     shown = public_location(location)
-    path, where = mirror_index.lookup(store, mirror_index.Q4_EXPORT_NAME)
-    record = mirror_index.read_index(store).get(mirror_index.Q4_EXPORT_NAME) \
-        if path is not None else None
-    if path is not None and record is not None and record.get("url") == shown:
+    path, where = mirror_index.lookup(store, mirror_index.Q4_EXPORT_NAME, url=shown)
+    if path is not None:
         log.info("export %s from the store's mirror index: %s", shown, where)
         return path, "mirror-index"
-    tried = [where if path is None else
-             f"{where}: mirrored from {record.get('url') if record else '?'}, not {shown}"]
+    tried = [where]
     cached = _url_cache(location)
     if cached.is_file() and zipfile.is_zipfile(cached):
         log.info("export %s from the local cache %s", shown, cached)
