@@ -502,3 +502,16 @@ def offline_fix(questions: Iterable[str], store: Store | None = None,
     """The sentence every resolver ends its failure with."""
     return (f"on a connected machine run `{mirror_command(questions, store, q4_export)}` "
             "and make that store reachable here (copy the folder, or sync the bucket)")
+
+
+def tried_list(tried: Iterable[str]) -> str:
+    """The places a resolver tried, numbered on one line: ``(1) ...; (2) ...``."""
+    return "; ".join(f"({i}) {t}" for i, t in enumerate(tried, 1))
+
+
+def unavailable_offline(what: str, tried: Iterable[str], questions: Iterable[str],
+                        store: Store | None, alternative: str, q4_export: bool = False) -> str:
+    """The message of a resolver that found nothing and may not download (``VF_OFFLINE=1``):
+    what is missing, every place tried, the ``mirror`` command, then ``alternative``."""
+    return (f"{what} is not available offline (VF_OFFLINE=1). Tried: {tried_list(tried)}. "
+            f"Fix: {offline_fix(questions, store, q4_export)}{alternative}")

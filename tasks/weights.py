@@ -179,7 +179,7 @@ def resolve_weights(weights: str, *, mirror: str | None = None, store: Store | N
             transient = True
     raise WeightsError(
         f"pretrained weights {weights} ({name}) are not available. Tried: "
-        + "; ".join(f"({i}) {t}" for i, t in enumerate(tried, 1))
+        + mirror_index.tried_list(tried)
         + f". Fix: {mirror_index.offline_fix(['q2-transfer'], store)}; or put {name} in a "
         "folder (or a store prefix) and pass --set weights_mirror=DIR, "
         f"or copy it to {cached.parent}, or run where {member.url} is reachable. To train from "

@@ -228,11 +228,10 @@ def _resolve_official(dest: Path, store: Store, log) -> tuple[dict[str, Path], s
         tried.append(f"cache {raw}: not there")
     # 3. the internet
     if offline():
-        raise DataError(
-            "Fashion-MNIST (" + ", ".join(FILES.values()) + ") is not available offline "
-            "(VF_OFFLINE=1). Tried: " + "; ".join(f"({i}) {t}" for i, t in enumerate(tried, 1))
-            + ". Fix: " + mirror_index.offline_fix(mirror_index.FASHION_MNIST_QUESTIONS, store)
-            + ", or pass a folder holding the four files with --set data.mirror=DIR")
+        raise DataError(mirror_index.unavailable_offline(
+            "Fashion-MNIST (" + ", ".join(FILES.values()) + ")", tried,
+            mirror_index.FASHION_MNIST_QUESTIONS, store,
+            ", or pass a folder holding the four files with --set data.mirror=DIR"))
     from torchvision.datasets import FashionMNIST
 
     log.info("downloading Fashion-MNIST through torchvision into %s", root)

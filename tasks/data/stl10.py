@@ -300,11 +300,10 @@ def _resolve_official(dest: Path, include_unlabeled: bool, store: Store, log
             tried.append(f"cache {candidate}: not there")
     # 3. the internet
     if offline():
-        raise DataError(
-            f"STL10 ({TGZ}) is not available offline (VF_OFFLINE=1). Tried: "
-            + "; ".join(f"({i}) {t}" for i, t in enumerate(tried, 1)) + ". Fix: "
-            + mirror_index.offline_fix(["q2-transfer"], store) + ", or pass a folder holding "
-            f"{FOLDER}/ or the {TGZ} archive with --set data.mirror=/data/stl10")
+        raise DataError(mirror_index.unavailable_offline(
+            f"STL10 ({TGZ})", tried, ["q2-transfer"], store,
+            f", or pass a folder holding {FOLDER}/ or the {TGZ} archive with "
+            "--set data.mirror=/data/stl10"))
     from torchvision.datasets import STL10
 
     log.info("downloading STL10 through torchvision into %s (2.6 GB archive)", root)

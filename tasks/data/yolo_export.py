@@ -460,13 +460,11 @@ def _from_url(location: str, store: Store, workdir: Path, log) -> tuple[Path, st
         return cached, "cache"
     tried.append(f"cache {cached}: not there")
     if offline():
-        raise DataError(
-            f"the Q4 export {shown} is not available offline (VF_OFFLINE=1). Tried: "
-            + "; ".join(f"({i}) {t}" for i, t in enumerate(tried, 1)) + ". Fix: "
-            + mirror_index.offline_fix(["q4-yolo"], store, q4_export=True)
-            + f" with URL = {shown}" + (" and its query string" if "?" in location else "")
+        raise DataError(mirror_index.unavailable_offline(
+            f"the Q4 export {shown}", tried, ["q4-yolo"], store,
+            f" with URL = {shown}" + (" and its query string" if "?" in location else "")
             + ", or download the export and pass its path or a store key "
-            "(--set data.location=store:KEY)")
+            "(--set data.location=store:KEY)", q4_export=True))
     # ${VAR} in a URL is read from the environment (e.g. ?key=${ROBOFLOW_API_KEY}), so a
     # Roboflow key need not appear in configs, flow parameters or manifests
     zpath = _download(os.path.expandvars(location), workdir / "export.zip", log)
