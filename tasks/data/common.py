@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -34,3 +36,24 @@ def cache_dir(sub: str = "") -> Path:
 def offline() -> bool:
     """Whether network downloads are forbidden (``VF_OFFLINE=1``)."""
     return os.environ.get("VF_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def from_local_cache(candidates: Iterable[Path], load: Callable[[Path], Any], tried: list[str],
+                     log, what: str, present: Callable[[Path], bool] = Path.exists
+                     ) -> tuple[Any, str] | None:
+    """A resolver's local-cache step: ``load`` the first candidate that is ``present`` and
+    loads, returning ``(result, "cache:<path>")``; each miss is added to ``tried``."""
+    from tasks.errors import DataError
+
+    for path in candidates:
+        if not present(path):
+            tried.append(f"cache {path}: not there")
+            continue
+        try:
+            result = load(path)
+        except DataError as exc:
+            tried.append(f"cache {path}: {exc}")
+            continue
+        log.info("%s from the local cache %s", what, path)
+        return result, f"cache:{path}"
+    return None

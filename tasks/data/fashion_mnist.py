@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 
 from tasks import mirror as mirror_index
 from tasks.config import Config, config_hash
-from tasks.data.common import cache_dir, md5_file, offline, sha256_file
+from tasks.data.common import cache_dir, from_local_cache, md5_file, offline, sha256_file
 from tasks.errors import ConfigError, DataError
 from tasks.runtime import Manifest, TaskRun, find_manifest, read_manifest
 from tasks.store import Store
@@ -217,15 +217,10 @@ def _resolve_official(dest: Path, store: Store, log) -> tuple[dict[str, Path], s
     # 2. the local cache: what torchvision downloaded before
     root = cache_dir("torchvision")
     raw = root / "FashionMNIST" / "raw"
-    if _complete(raw):
-        try:
-            files = _from_mirror(str(raw), dest, log)
-            log.info("Fashion-MNIST from the local cache %s", raw)
-            return files, f"cache:{raw}"
-        except DataError as exc:
-            tried.append(f"cache {raw}: {exc}")
-    else:
-        tried.append(f"cache {raw}: not there")
+    cached = from_local_cache([raw], lambda p: _from_mirror(str(p), dest, log), tried, log,
+                              "Fashion-MNIST", present=_complete)
+    if cached is not None:
+        return cached
     # 3. the internet
     if offline():
         raise DataError(mirror_index.unavailable_offline(

@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 
 from tasks import mirror as mirror_index
 from tasks.config import Config, config_hash
-from tasks.data.common import cache_dir, md5_file, offline, sha256_file
+from tasks.data.common import cache_dir, from_local_cache, md5_file, offline, sha256_file
 from tasks.errors import ConfigError, DataError
 from tasks.runtime import Manifest, TaskRun, find_manifest, read_manifest
 from tasks.store import Store
@@ -288,16 +288,11 @@ def _resolve_official(dest: Path, include_unlabeled: bool, store: Store, log
     tried.append(where)
     # 2. the local cache: what torchvision downloaded (and extracted) before
     root = cache_dir("torchvision")
-    for candidate in (root / FOLDER, root / TGZ):
-        if candidate.exists():
-            try:
-                files = _from_mirror(str(candidate), dest, include_unlabeled, log)
-                log.info("STL10 from the local cache %s", candidate)
-                return files, f"cache:{candidate}"
-            except DataError as exc:
-                tried.append(f"cache {candidate}: {exc}")
-        else:
-            tried.append(f"cache {candidate}: not there")
+    cached = from_local_cache([root / FOLDER, root / TGZ],
+                              lambda p: _from_mirror(str(p), dest, include_unlabeled, log),
+                              tried, log, "STL10")
+    if cached is not None:
+        return cached
     # 3. the internet
     if offline():
         raise DataError(mirror_index.unavailable_offline(
