@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--project-repeats", type=int, default=1)
     args = ap.parse_args(argv)
 
-    from tasks.store import join, open_store
+    from tasks.core.store import join, open_store
 
     st = open_store(args.store)
     run_id = args.run_id or st.get_json(join("runs", args.flow, "latest.json"))["run_id"]

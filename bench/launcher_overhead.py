@@ -16,7 +16,7 @@ import itertools
 import tempfile
 
 from bench.common import print_ratios, race
-from flows.launcher import launch
+from flows.launchers import launch
 
 
 def main() -> None:

@@ -31,22 +31,23 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect.testing.utilities import prefect_test_harness
 
-    import flows.launcher
+    import flows.launchers.local
     from flows.q1_mlp import q1_mlp
-    from tasks import runtime
-    from tasks.experiments import q1_mlp_cells, resolve_config
-    from tasks.store import join
+    from tasks import registry
+    from tasks.core.store import join
+    from tasks.plans import resolve_config
+    from tasks.q1.plan import q1_mlp_cells
 
     inside = {"s": 0.0}  # seconds spent in the task functions themselves
 
     def run_task(*a, **k):
         start = time.perf_counter()
         try:
-            return runtime.run_task(*a, **k)
+            return registry.run_task(*a, **k)
         finally:
             inside["s"] += time.perf_counter() - start
 
-    flows.launcher.run_task = run_task  # the local launcher's call, timed the same way
+    flows.launchers.local.run_task = run_task  # the local launcher's call, timed the same way
 
     cfg = resolve_config("q1-mlp", "smoke", OVERRIDES)
     cells, groups = q1_mlp_cells(cfg)

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from bench.common import print_ratios, race
-from tasks.classify import TrainConfig, build_model, make_preprocess
-from tasks.data.fashion_mnist import generate_files, read_idx
-from tasks.experiments import Q1CnnConfig
-from tasks.train import Split, make_loss, train_one_epoch
+from tasks.ml.loop import Split, make_loss, train_one_epoch
+from tasks.q1.data import generate_files, read_idx
+from tasks.q1.plan import Q1CnnConfig
+from tasks.q1.train import TrainConfig, build_model, make_preprocess
 
 
 def main() -> None:

@@ -34,10 +34,11 @@ def main() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
     from flows.classifier_sweep import packed_env
-    from flows.cli import load_flow
-    from tasks.config import parse_sets
-    from tasks.experiments import q1_cnn_cells, q1_mlp_cells, resolve_config
-    from tasks.runtime import run_task
+    from flows.registry import load_flow
+    from tasks.core.config import parse_sets
+    from tasks.plans import resolve_config
+    from tasks.q1.plan import q1_cnn_cells, q1_mlp_cells
+    from tasks.registry import run_task
 
     overrides = parse_sets(args.set)
     widths = [int(w) for w in args.parallel.split(",") if w.strip()]

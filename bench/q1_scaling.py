@@ -13,9 +13,9 @@ import argparse
 import torch
 
 from bench.common import race
-from tasks.classify import TrainConfig, build_model, make_preprocess
-from tasks.data.fashion_mnist import generate_arrays
-from tasks.train import Split, make_loss, train_one_epoch
+from tasks.ml.loop import Split, make_loss, train_one_epoch
+from tasks.q1.data import generate_arrays
+from tasks.q1.train import TrainConfig, build_model, make_preprocess
 
 
 def main() -> None:

@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 
 from bench.common import print_ratios, race
-from tasks.data.common import md5_file
-from tasks.data.stl10 import generate_files, read_images, read_labels, torchvision_dataset
-from tasks.train import Split, make_loss, train_one_epoch
-from tasks.transfer import (
+from tasks.core.files import md5_file
+from tasks.ml.loop import Split, make_loss, train_one_epoch
+from tasks.q2.data import generate_files, read_images, read_labels, torchvision_dataset
+from tasks.q2.transfer import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     adapt,

@@ -35,7 +35,7 @@ def main() -> None:
     raw = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     raw.create_bucket(Bucket=bucket)
 
-    from tasks.store import S3Store
+    from tasks.core.store import S3Store
 
     ours = S3Store(bucket, "bench", endpoint_url=endpoint)
     tmp = Path(tempfile.mkdtemp(prefix="vf-bench-"))

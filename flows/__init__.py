@@ -1,1 +1,8 @@
-"""visionflows flows: Prefect orchestration only (which tasks, in what order, with what configs)."""
+"""visionflows flows: Prefect orchestration only (which tasks, in what order, with what configs).
+
+One flow module per question (``q1_mlp``, ``q1_cnn`` through ``classifier_sweep``,
+``q2_transfer``, ``q3_segmentation``, ``q4_yolo``) and the final ``report``; ``registry``
+names them for the ``cli`` and the ``deployments``; ``common`` runs one task under Prefect
+(cache, retries, progress, artifacts); ``launchers`` run a task in this process, a child
+process or a container.
+"""

@@ -18,18 +18,18 @@ from flows.common import (
     run_step,
     write_flow_manifest,
 )
-from tasks.config import Config
-from tasks.store import join, open_store
+from tasks.core.config import Config
+from tasks.core.store import join, open_store
 
 
 def run_classifier_sweep(flow: str, cfg: Config, cells: dict[str, dict], groups: list[dict],
                          *, profile: str, store: str | None, launcher: str,
                          run_id: str | None, title: str, intro: list[str],
-                         eval_device: str, primary: str, refresh: bool | None = None
+                         eval_fields: dict, primary: str, refresh: bool | None = None
                          ) -> dict[str, Any]:
     """Run every training cell once, evaluate it on test, and render the question's report.
 
-    ``cells`` and ``groups`` come from the question's planner in ``tasks.experiments``.
+    ``cells`` and ``groups`` come from the question's planner in ``tasks.plans``.
     Returns the flow result (also written as the flow's manifest).
     """
     log = get_run_logger()
@@ -48,14 +48,14 @@ def run_classifier_sweep(flow: str, cfg: Config, cells: dict[str, dict], groups:
         log.info("packing: up to %d training runs at once (%s launcher, %s threads each)",
                  parallel, packed_launcher(launcher), packed_env(parallel)["OMP_NUM_THREADS"])
         trained, evaluated = train_packed(cells, base, data["prefix"], st.uri, launcher,
-                                          parallel=parallel, flow=flow, eval_device=eval_device,
+                                          parallel=parallel, flow=flow, eval_fields=eval_fields,
                                           refresh=refresh, progress=progress)
     else:
         trained, evaluated = {}, {}
         for cid, fields in cells.items():
             trained[cid], evaluated[cid] = train_and_evaluate(
                 cid, fields, base, data["prefix"], st.uri, launcher, flow=flow,
-                eval_device=eval_device, refresh=refresh,
+                eval_fields=eval_fields, refresh=refresh,
                 progress=progress.slice(fields["epochs"]))
             progress.advance(fields["epochs"] + 1)
     report_groups = [{
@@ -107,7 +107,7 @@ def run_classifier_sweep(flow: str, cfg: Config, cells: dict[str, dict], groups:
 
 
 def train_and_evaluate(cid: str, fields: dict, base: str, data: str, store: str, launcher: str,
-                       *, flow: str, eval_device: str, refresh: bool | None,
+                       *, flow: str, eval_fields: dict, refresh: bool | None,
                        progress: dict | None = None, train_launcher: str | None = None,
                        env: dict[str, str] | None = None) -> tuple[dict, dict]:
     """One sweep cell: ``classifier.train`` then ``classifier.evaluate`` on test; manifests."""
@@ -116,8 +116,8 @@ def train_and_evaluate(cid: str, fields: dict, base: str, data: str, store: str,
                        train_launcher or launcher, slot=f"{flow}/train-{cid}", refresh=refresh,
                        progress=progress, env=env)
     evaluated = run_step(f"evaluate-{cid}", "classifier.evaluate",
-                         {"out": join(base, f"eval-{cid}"), "train": trained["prefix"],
-                          "device": eval_device},
+                         {**eval_fields, "out": join(base, f"eval-{cid}"),
+                          "train": trained["prefix"]},
                          store, launcher, slot=f"{flow}/evaluate-{cid}", refresh=refresh)
     return trained, evaluated
 
@@ -146,7 +146,7 @@ def packed_launcher(launcher: str) -> str:
 
 
 def train_packed(cells: dict[str, dict], base: str, data: str, store: str, launcher: str, *,
-                 parallel: int, flow: str, eval_device: str, refresh: bool | None,
+                 parallel: int, flow: str, eval_fields: dict, refresh: bool | None,
                  progress: Progress) -> tuple[dict[str, dict], dict[str, dict]]:
     """Sweep packing: train up to ``parallel`` cells at once on the same device.
 
@@ -165,7 +165,7 @@ def train_packed(cells: dict[str, dict], base: str, data: str, store: str, launc
         futures = {
             # each thread carries this flow run's context, so its task runs belong to it
             pool.submit(contextvars.copy_context().run, train_and_evaluate, cid, fields, base,
-                        data, store, launcher, flow=flow, eval_device=eval_device,
+                        data, store, launcher, flow=flow, eval_fields=eval_fields,
                         refresh=refresh, train_launcher=train_launcher, env=env): cid
             for cid, fields in cells.items()}
         try:

@@ -14,24 +14,15 @@ Without ``PREFECT_API_URL`` Prefect runs the flow against a temporary local serv
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
 import sys
 
-from tasks.errors import VisionflowsError
+from flows.registry import FLOWS, load_flow
+from tasks.core.errors import VisionflowsError
 
-LAUNCHER_CHOICES = ("local", "subprocess", "docker")  # flows.launcher.LAUNCHERS, unimported
-
-FLOWS: dict[str, str] = {
-    "q1-mlp": "flows.q1_mlp:q1_mlp",
-    "q1-cnn": "flows.q1_cnn:q1_cnn",
-    "q2-transfer": "flows.q2_transfer:q2_transfer",
-    "q3-segmentation": "flows.q3_segmentation:q3_segmentation",
-    "q4-yolo": "flows.q4_yolo:q4_yolo",
-}
-REPORT_FLOW = "flows.report:report"
+LAUNCHER_CHOICES = ("local", "subprocess", "docker")  # flows.launchers.LAUNCHERS, unimported
 
 
 def prefect_env() -> None:
@@ -58,18 +49,8 @@ def check_prefect_api() -> None:
             "temporary local server") from None
 
 
-def load_flow(name: str):
-    if name == "report":
-        module, attr = REPORT_FLOW.split(":")
-        return getattr(importlib.import_module(module), attr)
-    if name not in FLOWS:
-        raise VisionflowsError(f"unknown flow {name!r}; known flows: {', '.join(FLOWS)}")
-    module, attr = FLOWS[name].split(":")
-    return getattr(importlib.import_module(module), attr)
-
-
 def _open_checked_store(uri: str | None):
-    from tasks.store import open_store
+    from tasks.core.store import open_store
 
     store = open_store(uri)
     if hasattr(store, "check"):
@@ -98,8 +79,8 @@ def _run_report(store, failures: dict[str, str] | None = None) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from tasks.config import parse_sets
-    from tasks.experiments import resolve_config
+    from tasks.core.config import parse_sets
+    from tasks.plans import resolve_config
 
     if args.offline:  # read by every resolver, here and in subprocess/docker tasks
         os.environ["VF_OFFLINE"] = "1"
@@ -114,7 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise VisionflowsError(f"unknown launcher {args.launcher!r} (from VF_LAUNCHER?); use "
                                f"one of: {', '.join(LAUNCHER_CHOICES)}")
     if args.launcher == "docker":
-        from flows.docker_launcher import preflight
+        from flows.launchers.container import preflight
 
         preflight()  # engine reachable, image for this code built
     store = _open_checked_store(args.store)
@@ -186,8 +167,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_mirror(args: argparse.Namespace) -> int:
-    from tasks.data.common import offline
-    from tasks.mirror import INDEX_KEY, catalog, mirror
+    from tasks.catalog import catalog, mirror
+    from tasks.core.files import offline
+    from tasks.inputs.mirror_index import INDEX_KEY
 
     if offline():
         raise VisionflowsError("visionflows mirror downloads: it cannot run with VF_OFFLINE=1 "
@@ -274,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tasks.log import redact, setup_cli_logging
+    from tasks.core.log import redact, setup_cli_logging
 
     args = build_parser().parse_args(argv)
     if args.command != "run":  # under a flow, Prefect's handlers show our logger

@@ -17,12 +17,14 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
-from flows.launcher import launch
-from tasks import cache
-from tasks.runtime import PROGRESS
-from tasks.store import Store, join, open_store
+from flows.launchers import launch
+from tasks.core import cache
+from tasks.core.errors import is_transient
+from tasks.core.runtime import PROGRESS
+from tasks.core.store import Store, join, open_store
+from tasks.registry import task_module
 
-# Steps cached across runs by tasks.cache (config + imported source + inputs + versions).
+# Steps cached across runs by tasks.core.cache (config + imported source + inputs + versions).
 # Fetches are cached by dataset version instead (their output prefix is the version).
 CACHED_TASKS = {"classifier.train", "classifier.evaluate", "transfer.train", "transfer.finetune",
                 "yolo.train", "yolo.evaluate"}
@@ -54,7 +56,7 @@ def run_step(name: str, task_name: str, cfg: dict[str, Any], store: str,
     refresh = refresh_default() if refresh is None else refresh
     parts = None
     if slot and task_name in CACHED_TASKS:
-        parts = cache.components(task_name, cfg, st)
+        parts = cache.components(task_module(task_name), cfg, st)
         if refresh:
             log.info("cache skipped for %s (--refresh)", slot)
         else:
@@ -83,25 +85,23 @@ def run_step(name: str, task_name: str, cfg: dict[str, Any], store: str,
     return manifest.model_dump(mode="json")
 
 
-def _worth_retrying(_task, _task_run, state) -> bool:
-    """Retry store/network trouble; a bad input or config fails the same way every time."""
-    from tasks.errors import StoreError, VisionflowsError
-
+def worth_retrying(_task, _task_run, state) -> bool:
+    """The one retry rule of every flow (Prefect's ``retry_condition_fn``): retry what may
+    pass (store or network trouble, a crash), never a bad input or config. The error is the
+    same class with the same ``transient`` under every launcher (tasks.core.errors)."""
     try:
         state.result()
-    except StoreError:
-        return True
-    except VisionflowsError:
-        return False
-    except Exception:  # noqa: BLE001 - unknown failures (network, crashes) get their retries
-        return True
+    except BaseException as exc:  # noqa: BLE001 - the failed task's own error, judged below
+        return is_transient(exc)
     return False
 
 
-def io_step(name: str):
-    """``run_step`` with retries, for fetches and other I/O-bound steps."""
-    return run_step.with_options(retries=2, retry_delay_seconds=5, task_run_name=name,
-                                 retry_condition_fn=_worth_retrying)
+def io_step(name: str, retries: int = 2, delay_s: float | None = None):
+    """``run_step`` with retries under the one retry rule, for fetches, weights and other
+    I/O-bound steps (``VF_RETRY_DELAY_S``, default 5 s, between attempts)."""
+    delay = float(os.environ.get("VF_RETRY_DELAY_S", "5")) if delay_s is None else delay_s
+    return run_step.with_options(retries=retries, retry_delay_seconds=delay,
+                                 task_run_name=name, retry_condition_fn=worth_retrying)
 
 
 class Progress:

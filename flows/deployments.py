@@ -35,7 +35,7 @@ def build_deployments(flows: list[str], parameters: dict, paused: bool = False):
     """``RunnerDeployment`` objects for ``prefect.serve``."""
     from prefect.client.schemas.schedules import CronSchedule
 
-    from flows.cli import load_flow
+    from flows.registry import load_flow
 
     out = []
     for name in flows:

@@ -11,7 +11,7 @@ import os
 import secrets
 from dataclasses import dataclass
 
-from tasks.errors import VisionflowsError
+from tasks.core.errors import VisionflowsError
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,8 @@ def check_prefect() -> Check:
 def check_store(uri: str | None) -> Check:
     """The store: reachable, bucket present, and writable (a probe object is written, read
     back and deleted)."""
-    from tasks.log import redact
-    from tasks.store import S3Store, open_store
+    from tasks.core.log import redact
+    from tasks.core.store import S3Store, open_store
 
     try:
         st = open_store(uri)
@@ -80,8 +80,8 @@ def check_store(uri: str | None) -> Check:
 
 def check_docker() -> list[Check]:
     """The Docker engine, the task image for this code, and GPU support in the engine."""
-    from flows import images
-    from flows.docker_launcher import DockerOptions, LaunchError, connect, engine_has_gpus
+    from flows.launchers import images
+    from flows.launchers.container import DockerOptions, LaunchError, connect, engine_has_gpus
 
     try:
         client = connect()

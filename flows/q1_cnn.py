@@ -7,7 +7,9 @@ from typing import Any
 from prefect import flow
 
 from flows.classifier_sweep import run_classifier_sweep
-from tasks.experiments import Q1CnnConfig, q1_cnn_cells, resolve_config
+from tasks.plans import resolve_config
+from tasks.q1 import plan
+from tasks.q1.plan import Q1CnnConfig, q1_cnn_cells
 
 FLOW = "q1-cnn"
 
@@ -33,4 +35,4 @@ def q1_cnn(profile: str = "smoke", store: str | None = None,
     return run_classifier_sweep(
         FLOW, cfg, cells, groups, profile=profile, store=store, launcher=launcher,
         run_id=run_id, title="Q1-CNN: convolutional classifiers on Fashion-MNIST",
-        intro=intro, eval_device=cfg.device, primary="dev/accuracy", refresh=refresh)
+        intro=intro, eval_fields=plan.eval_fields(cfg), primary="dev/accuracy", refresh=refresh)

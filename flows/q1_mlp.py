@@ -7,7 +7,9 @@ from typing import Any
 from prefect import flow
 
 from flows.classifier_sweep import run_classifier_sweep
-from tasks.experiments import Q1MlpConfig, q1_mlp_cells, resolve_config
+from tasks.plans import resolve_config
+from tasks.q1 import plan
+from tasks.q1.plan import Q1MlpConfig, q1_mlp_cells
 
 FLOW = "q1-mlp"
 
@@ -28,4 +30,4 @@ def q1_mlp(profile: str = "smoke", store: str | None = None,
     return run_classifier_sweep(
         FLOW, cfg, cells, groups, profile=profile, store=store, launcher=launcher,
         run_id=run_id, title="Q1-MLP: fully connected classifier on Fashion-MNIST",
-        intro=intro, eval_device=cfg.device, primary="test/accuracy", refresh=refresh)
+        intro=intro, eval_fields=plan.eval_fields(cfg), primary="test/accuracy", refresh=refresh)

@@ -16,17 +16,12 @@ from flows.common import (
     run_step,
     write_flow_manifest,
 )
-from tasks.experiments import Q2TransferConfig, resolve_config
-from tasks.store import join, open_store
-from tasks.weights import WeightsError
+from tasks.core.store import join, open_store
+from tasks.plans import resolve_config
+from tasks.q2 import plan
+from tasks.q2.plan import Q2TransferConfig
 
 FLOW = "q2-transfer"
-
-
-def _worth_retrying(_task, _task_run, state) -> bool:
-    """Retry a failed download, not a checkpoint that is missing or corrupt."""
-    exc = state.data
-    return not isinstance(exc, WeightsError) or exc.transient
 
 
 @flow(name=FLOW, log_prints=True)
@@ -44,35 +39,24 @@ def q2_transfer(profile: str = "smoke", store: str | None = None,
     progress = Progress(3 + 2 * len(cfg.models) + 1, f"q2-transfer {run_id}")
 
     # the weights first: a full run without them stops before a 2.6 GB download
-    weights = run_step.with_options(
-        retries=2, retry_delay_seconds=5, retry_condition_fn=_worth_retrying,
-        task_run_name="weights")("weights", "transfer.weights", {
-        "out": join(base, "weights"), "archs": list(cfg.models), "pretrained": cfg.pretrained,
-        "weights_mirror": cfg.weights_mirror}, st.uri, launcher)
+    weights = io_step("weights")("weights", "transfer.weights",
+                                 plan.weights_config(cfg, join(base, "weights")), st.uri,
+                                 launcher)
     progress.advance()
     data = io_step("fetch-stl10")("fetch-stl10", "stl10.fetch", cfg.data.model_dump(), st.uri,
                                   launcher)
     progress.advance()
-    explore = run_step("explore", "transfer.explore", {
-        "out": join(base, "explore"), "data": data["prefix"], "samples": cfg.samples,
-        "seed": cfg.seed}, st.uri, launcher)
+    explore = run_step("explore", "transfer.explore", plan.explore_config(
+        cfg, join(base, "explore"), data["prefix"]), st.uri, launcher)
     progress.advance()
     trained, tuned = {}, {}
     for arch in cfg.models:
-        trained[arch] = run_step(f"train-{arch}", "transfer.train", {
-            "out": join(base, f"train-{arch}"), "data": data["prefix"], "arch": arch,
-            "pretrained": cfg.pretrained, "weights_mirror": cfg.weights_mirror,
-            "image_size": cfg.image_size, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
-            "optimizer": cfg.optimizer, "learning_rate": cfg.learning_rate,
-            "augment": cfg.augment, "feature_batch_size": cfg.feature_batch_size,
-            "seed": cfg.seed, "device": cfg.device}, st.uri, launcher,
+        trained[arch] = run_step(f"train-{arch}", "transfer.train", plan.train_config(
+            cfg, arch, join(base, f"train-{arch}"), data["prefix"]), st.uri, launcher,
             slot=f"{FLOW}/train-{arch}", refresh=refresh)
         progress.advance()
-        tuned[arch] = run_step(f"finetune-{arch}", "transfer.finetune", {
-            "out": join(base, f"finetune-{arch}"), "train": trained[arch]["prefix"],
-            "grid_size": cfg.grid_size, "grid_seed": cfg.grid_seed,
-            "epochs": cfg.finetune_epochs, "learning_rate": cfg.finetune_lr,
-            "eval_test": cfg.finetune_eval_test, "device": cfg.device}, st.uri, launcher,
+        tuned[arch] = run_step(f"finetune-{arch}", "transfer.finetune", plan.finetune_config(
+            cfg, join(base, f"finetune-{arch}"), trained[arch]["prefix"]), st.uri, launcher,
             slot=f"{FLOW}/finetune-{arch}", refresh=refresh)
         progress.advance()
     weights_note = ("ImageNet weights (torchvision IMAGENET1K_V1)" if cfg.pretrained else

@@ -15,10 +15,11 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.common import Progress, io_step, new_run_id, publish, run_step, write_flow_manifest
-from tasks.experiments import Q3SegmentationConfig, resolve_config
-from tasks.images import InputsRejectedError
-from tasks.segment import SegmentOptions
-from tasks.store import join, open_store
+from tasks.core.store import join, open_store
+from tasks.plans import resolve_config
+from tasks.q3 import plan
+from tasks.q3.images import InputsRejectedError
+from tasks.q3.plan import Q3SegmentationConfig
 
 FLOW = "q3-segmentation"
 
@@ -50,14 +51,11 @@ def q3_segmentation(profile: str = "smoke", store: str | None = None,
     progress = Progress(n + 2, f"q3-segmentation {run_id}: {n} image(s)")
 
     ingest = io_step("ingest-images")(
-        "ingest-images", "images.ingest",
-        {"out": join(base, "inputs"), "images": list(cfg.images),
-         "max_download_mb": cfg.max_download_mb, "timeout_s": cfg.timeout_s},
+        "ingest-images", "images.ingest", plan.ingest_config(cfg, join(base, "inputs")),
         st.uri, launcher)
     progress.advance()
-    options = cfg.model_dump(mode="json", include=set(SegmentOptions.model_fields))
     seg = run_step("segment", "segment.images",
-                   {**options, "out": join(base, "segment"), "ingest": ingest["prefix"]},
+                   plan.segment_config(cfg, join(base, "segment"), ingest["prefix"]),
                    st.uri, launcher, progress=progress.slice(n))
     progress.advance(n)
     report = run_step("report", "segment.report",

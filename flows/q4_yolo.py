@@ -16,23 +16,14 @@ from flows.common import (
     run_step,
     write_flow_manifest,
 )
-from tasks.experiments import Q4YoloConfig, resolve_config
-from tasks.store import join, open_store
-from tasks.yolo import model_label, model_slug, reference_key
+from tasks.core.store import join, open_store
+from tasks.plans import resolve_config
+from tasks.q4 import plan
+from tasks.q4.plan import Q4YoloConfig
+from tasks.q4.yolo import model_label, model_slug, reference_key
 
 FLOW = "q4-yolo"
 METRICS = ("precision", "recall", "mAP50", "mAP50-95")
-
-
-def train_config(cfg: Q4YoloConfig, model: str, out: str, data: str) -> dict[str, Any]:
-    """The ``yolo.train`` config of one model (flow fields that are training fields)."""
-    return {"out": out, "data": data, "model": model, "weights": cfg.weights_mirror,
-            "epochs": cfg.epochs, "imgsz": cfg.imgsz, "batch": cfg.batch, "nbs": cfg.nbs,
-            "optimizer": cfg.optimizer, "lr0": cfg.lr0, "warmup_epochs": cfg.warmup_epochs,
-            "mosaic": cfg.mosaic, "close_mosaic": cfg.close_mosaic, "patience": cfg.patience,
-            "cache": cfg.cache, "workers": cfg.workers, "device": cfg.device, "seed": cfg.seed,
-            "amp": cfg.amp, "plots": cfg.plots, "checkpoint_every": cfg.checkpoint_every,
-            "train_args": dict(cfg.train_args)}
 
 
 @flow(name=FLOW, log_prints=True)
@@ -40,7 +31,7 @@ def q4_yolo(profile: str = "smoke", store: str | None = None,
             overrides: dict[str, Any] | None = None, launcher: str = "local",
             run_id: str | None = None, refresh: bool = False) -> dict[str, Any]:
     """Q4: train each YOLO model on the detection export, evaluate it, report vs reference."""
-    # task INFO lines reach the run log: flows.launcher.show_task_logs (called by launch)
+    # task INFO lines reach the run log: flows.launchers.show_task_logs (called by launch)
     return _run(profile, store, overrides, launcher, run_id, refresh)
 
 
@@ -60,16 +51,14 @@ def _run(profile: str, store: str | None, overrides: dict[str, Any] | None, laun
     trained, evaluated = {}, {}
     for model in cfg.models:
         slug = model_slug(model)
-        trained[model] = run_step(f"train-{slug}", "yolo.train", train_config(
+        trained[model] = run_step(f"train-{slug}", "yolo.train", plan.train_config(
             cfg, model, join(base, f"train-{slug}"), data["prefix"]), st.uri, launcher,
             slot=f"{FLOW}/train-{slug}", refresh=refresh)
         progress.advance()
     for model in cfg.models:
         slug = model_slug(model)
-        evaluated[model] = run_step(f"evaluate-{slug}", "yolo.evaluate", {
-            "out": join(base, f"eval-{slug}"), "train": trained[model]["prefix"],
-            "batch": cfg.eval_batch, "conf": cfg.conf, "samples": cfg.samples,
-            "device": cfg.device, "plots": cfg.plots}, st.uri, launcher,
+        evaluated[model] = run_step(f"evaluate-{slug}", "yolo.evaluate", plan.eval_config(
+            cfg, join(base, f"eval-{slug}"), trained[model]["prefix"]), st.uri, launcher,
             slot=f"{FLOW}/evaluate-{slug}", refresh=refresh)
         progress.advance()
     report = run_step("report", "yolo.report", {
@@ -91,9 +80,9 @@ def _run(profile: str, store: str | None, overrides: dict[str, Any] | None, laun
                      **{k: round(em[f"val/{k}"], 4) for k in METRICS},
                      "train_time_s": round(tm.get("train/time_s") or 0.0, 1),
                      "epochs": tm.get("epochs")})
-    from tasks.reference import REFERENCE
+    from tasks.q4.reference import REFERENCE
 
-    for key, ref in REFERENCE["q4-yolo"].items():
+    for key, ref in REFERENCE.items():
         rows.append({"model": key, "source": "reference", **{k: ref[k] for k in METRICS},
                      "train_time_s": ref["train_time_s"], "epochs": 100})
     per_class = [{"model": model_label(m), "class": c, **{

@@ -10,8 +10,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from flows.common import new_run_id, run_step
-from tasks.final_report import QUESTIONS
-from tasks.store import join, open_store
+from tasks.core.store import join, open_store
+from tasks.reporting.final import QUESTIONS
 
 FLOW = "report"
 

@@ -78,7 +78,7 @@ fi
 
 # 2. the project wheel, its requirements, and the constraints that pin them.
 t=$SECONDS
-VERSION=$("$PYTHON" -m flows.images version)
+VERSION=$("$PYTHON" -m flows.launchers.images version)
 WHEEL="dist/visionflows-$VERSION-py3-none-any.whl"
 rm -rf "$WHEEL" build/lib build/bdist.*
 "$PYTHON" -m pip wheel --no-deps --no-build-isolation -q -w dist . 2>/dev/null \

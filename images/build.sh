@@ -12,14 +12,14 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 export DOCKER_BUILDKIT=0
 
-VERSION=$("$PYTHON" -m flows.images version)
+VERSION=$("$PYTHON" -m flows.launchers.images version)
 WHEEL="dist/visionflows-$VERSION-py3-none-any.whl"
 # Build the wheel, then name the image after what the wheel really contains.
 rm -rf "$WHEEL" build/lib build/bdist.*
 "$PYTHON" -m pip wheel --no-deps --no-build-isolation -q -w dist . 2>/dev/null \
   || "$PYTHON" -m pip wheel --no-deps -q -w dist .
 [ -f "$WHEEL" ] || { echo "build.sh: $WHEEL was not built" >&2; exit 1; }
-TAG=$("$PYTHON" -m flows.images wheel-tag "$WHEEL")
+TAG=$("$PYTHON" -m flows.launchers.images wheel-tag "$WHEEL")
 HASH=${TAG#"$VERSION"-}
 REPO=${VF_IMAGE_REPOSITORY:-visionflows-tasks}
 IMAGE="$REPO:$TAG"

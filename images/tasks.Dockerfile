@@ -37,7 +37,7 @@ RUN python -c "import importlib.metadata as m; print('torch==' + m.version('torc
     python -m pip install ${VF_PIP_ARGS} -c /tmp/vf/keep-torch.txt \
         /tmp/vf/visionflows-${VF_VERSION}-py3-none-any.whl \
  && rm -rf /tmp/vf \
- && python -c "import tasks.runtime, flows.launcher, torch; print('visionflows ok, torch', torch.__version__)"
+ && python -c "import tasks.core.runtime, flows.launchers, torch; print('visionflows ok, torch', torch.__version__)"
 
 # A non-root user with a fixed uid (1000 when free) for the task processes.
 RUN if ! id -u vf >/dev/null 2>&1; then \

@@ -2,8 +2,11 @@
 
 The same entrypoint serves the in-process launcher's subprocess mode, containers and cluster
 nodes. Prints the manifest as JSON on stdout; exits 2 on a user error, 3 when the task ran
-out of memory, 1 on any other crash. With ``VF_PARENT_PID`` (set by the ``subprocess``
-launcher) it dies with that process, so a killed launcher leaves no task behind.
+out of memory, 1 on any other crash. With ``--error-out FILE`` a failure is also written
+there as a record (class, message, fields such as ``transient``: see
+:mod:`tasks.core.errors`), from which the launcher raises the same error. With
+``VF_PARENT_PID`` (set by the ``subprocess`` launcher) it dies with that process, so a
+killed launcher leaves no task behind.
 """
 
 from __future__ import annotations
@@ -14,10 +17,10 @@ import os
 import sys
 from pathlib import Path
 
-from tasks.errors import VisionflowsError
-from tasks.limits import EXIT_OUT_OF_MEMORY, die_with_parent, is_out_of_memory
-from tasks.log import get_logger, redact, setup_cli_logging
-from tasks.runtime import TASKS, run_task
+from tasks.core.errors import VisionflowsError, error_record
+from tasks.core.limits import EXIT_OUT_OF_MEMORY, die_with_parent, is_out_of_memory
+from tasks.core.log import get_logger, redact, setup_cli_logging
+from tasks.registry import TASKS, run_task
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifest-out", default=None, metavar="PATH",
                         help="write the manifest JSON to PATH instead of stdout (containers: "
                              "the launcher reads it back, stdout stays a plain log)")
+    parser.add_argument("--error-out", default=None, metavar="PATH",
+                        help="on failure, write the error's class, message and fields as JSON "
+                             "to PATH (launchers raise the same error from it)")
     args = parser.parse_args(argv)
     die_with_parent()
     os.environ.pop("VF_PARENT_PID", None)  # not inherited by the task's own children
@@ -55,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest = run_task(args.task, cfg, args.store)
     except VisionflowsError as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)
+        _write_error(args.error_out, exc)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -63,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         if not is_out_of_memory(exc):  # a crash: report it, redacted, and fail
             get_logger().exception("task %s crashed", args.task)
             print(f"error: task {args.task} crashed: {redact(repr(exc))}", file=sys.stderr)
+            _write_error(args.error_out, exc, f"task {args.task} crashed: {redact(repr(exc))}")
             return 1
         oom = (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                ).splitlines()[0][:300]
@@ -79,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(text)
     return 0
+
+
+def _write_error(path: str | None, exc: BaseException, message: str | None = None) -> None:
+    if path:
+        record = error_record(exc, redact(str(exc) if message is None else message))
+        Path(path).write_text(json.dumps(record))
 
 
 if __name__ == "__main__":

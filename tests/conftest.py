@@ -133,3 +133,27 @@ def q1_cnn_run(smoke_store):
     from flows.q1_cnn import q1_cnn
 
     return smoke_store, q1_cnn(profile="smoke", store=smoke_store, overrides=Q1_CNN_SMALL)
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    """A Docker client and the task image for this code; skip with the reason otherwise."""
+    try:
+        import docker
+
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:  # no SDK, no socket, engine down
+        pytest.skip(f"no Docker engine reachable ({type(exc).__name__}): start one, e.g. "
+                    "`dockerd --bridge=none --iptables=false &`, to run the container tests")
+    from flows.launchers.container import DockerOptions, image_for
+
+    image = image_for("classifier.train", DockerOptions.from_env())
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        pytest.skip(f"task image {image} (this code) is not built: run "
+                    "images/build-local-base.sh (no registry) or images/build.sh")
+    yield client, image
+    leftovers = client.containers.list(all=True, filters={"label": "org.visionflows.launcher"})
+    assert not leftovers, f"containers left behind: {[c.name for c in leftovers]}"

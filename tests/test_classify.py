@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tasks.classify import split_indices
-from tasks.models import build_classifier, summarize
-from tasks.runtime import run_task
-from tasks.store import open_store
-from tasks.train import Split, make_loss, train_one_epoch
+from tasks.core.store import open_store
+from tasks.ml.loop import Split, make_loss, train_one_epoch
+from tasks.ml.summary import summarize
+from tasks.q1.models import build_classifier
+from tasks.q1.train import split_indices
+from tasks.registry import run_task
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def test_resume_after_crash_matches_uninterrupted(data_store, monkeypatch):
            "model": "mlp", "dropout": 0.2}
     full = run_task("classifier.train", {**cfg, "out": "r/full"}, uri)
 
-    import tasks.classify as classify
+    import tasks.q1.train as classify
 
     real = classify.train_one_epoch
     calls = {"n": 0}
@@ -87,7 +88,7 @@ def test_same_seed_same_metrics(data_store):
 
 def test_bad_config_writes_nothing(tmp_path):
     uri = f"file://{tmp_path}/s"
-    from tasks.errors import ConfigError
+    from tasks.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="batch_size"):
         run_task("classifier.train", {"out": "r/x", "data": "d", "batch_size": 0}, uri)

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.cli import FLOWS, REPORT_FLOW
 from flows.deployments import DEPLOYMENT, NIGHTLY, TIMEZONE
+from flows.registry import FLOWS, REPORT_FLOW
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -129,7 +129,7 @@ def nightly_run(prefect_server, tmp_path_factory):
 def test_deployment_run_completes_with_artifacts_and_champion(nightly_run):
     import httpx
 
-    from tasks.store import open_store
+    from tasks.core.store import open_store
 
     runs = nightly_run["runs"]
     assert len(runs) == 1 and runs[0]["state"]["type"] == "COMPLETED"

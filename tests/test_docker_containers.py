@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tasks.store import open_store
+from tasks.core.store import open_store
 
 pytestmark = pytest.mark.docker
 
@@ -26,27 +26,8 @@ ONE_CELL = {"data": {"n_train": 600, "n_test": 200}, "epochs": 2, "batch_sizes":
 
 
 @pytest.fixture(scope="module")
-def engine():
-    """A Docker client and the task image for this code; skip with the reason otherwise."""
-    try:
-        import docker
-
-        client = docker.from_env()
-        client.ping()
-    except Exception as exc:  # no SDK, no socket, engine down
-        pytest.skip(f"no Docker engine reachable ({type(exc).__name__}): start one, e.g. "
-                    "`dockerd --bridge=none --iptables=false &`, to run the container tests")
-    from flows.docker_launcher import DockerOptions, image_for
-
-    image = image_for("classifier.train", DockerOptions.from_env())
-    try:
-        client.images.get(image)
-    except docker.errors.ImageNotFound:
-        pytest.skip(f"task image {image} (this code) is not built: run "
-                    "images/build-local-base.sh (no registry) or images/build.sh")
-    yield client, image
-    leftovers = client.containers.list(all=True, filters={"label": "org.visionflows.launcher"})
-    assert not leftovers, f"containers left behind: {[c.name for c in leftovers]}"
+def engine(docker_engine):
+    return docker_engine
 
 
 def _bucket(endpoint: str) -> str:
@@ -149,7 +130,7 @@ def test_nonzero_exit_fails_the_prefect_task_with_last_lines(engine, prefect_har
 
 def test_timeout_kills_fails_the_task_and_leaves_no_manifest(engine, prefect_harness,
                                                              s3_endpoint, monkeypatch):
-    from flows.launcher import launch
+    from flows.launchers import launch
 
     uri = _bucket(s3_endpoint)
     data = launch("fashion-mnist.fetch", {"source": "generate", "n_train": 600, "n_test": 100},
@@ -230,7 +211,7 @@ def test_container_root_is_read_only_and_the_user_is_not_root(engine, s3_endpoin
     and the /vf-io volume are writable, and the task runs as the image's non-root user."""
     import docker
 
-    from flows.docker_launcher import (
+    from flows.launchers.container import (
         CONFIG_DIR,
         CONFIG_NAME,
         DockerOptions,
@@ -262,7 +243,7 @@ def test_container_root_is_read_only_and_the_user_is_not_root(engine, s3_endpoin
 
 
 def test_container_out_of_memory_is_reported_and_leaves_no_manifest(engine, s3_endpoint):
-    from flows.docker_launcher import DockerOptions, LaunchError, launch_docker
+    from flows.launchers.container import DockerOptions, LaunchError, launch_docker
 
     uri = _bucket(s3_endpoint)
     with pytest.raises(LaunchError, match=r"selftest.alloc was killed for memory .*limit 400m"):

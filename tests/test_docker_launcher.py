@@ -16,8 +16,8 @@ import time
 import docker
 import pytest
 
-from flows import images
-from flows.docker_launcher import (
+from flows.launchers import LAUNCHERS, images, launch
+from flows.launchers.container import (
     CONFIG_PATH,
     MANIFEST_PATH,
     DockerOptions,
@@ -28,8 +28,7 @@ from flows.docker_launcher import (
     launch_docker,
     parse_gpus,
 )
-from flows.launcher import LAUNCHERS, launch
-from tasks.errors import ConfigError, VisionflowsError
+from tasks.core.errors import ConfigError, VisionflowsError
 
 SECRET = "fake-secret-Zq81x"
 ENV = {"AWS_ACCESS_KEY_ID": "fake-key-id", "AWS_SECRET_ACCESS_KEY": SECRET,
@@ -407,7 +406,7 @@ def test_launch_dispatches_and_lists_docker(monkeypatch):
         seen.update(task=task, timeout_s=timeout_s)
         return "manifest"
 
-    monkeypatch.setattr("flows.docker_launcher.launch_docker", fake)
+    monkeypatch.setattr("flows.launchers.container.launch_docker", fake)
     assert launch("fashion-mnist.fetch", FETCH, "s3://b/p", "docker", timeout_s=7) == "manifest"
     assert seen == {"task": "fashion-mnist.fetch", "timeout_s": 7}
 

@@ -6,16 +6,16 @@ import shutil
 import numpy as np
 import pytest
 
-from tasks.data.fashion_mnist import (
+from tasks.core.errors import DataError
+from tasks.core.store import open_store
+from tasks.q1.data import (
     FILES,
     generate_files,
     load_arrays,
     read_idx,
     write_idx,
 )
-from tasks.errors import DataError
-from tasks.runtime import run_task
-from tasks.store import open_store
+from tasks.registry import run_task
 
 
 def test_generated_files_load_through_torchvision(tmp_path):

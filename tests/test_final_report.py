@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 
-from tasks.reference import REFERENCE
-from tasks.runtime import run_task
-from tasks.store import open_store
+from tasks.core.store import open_store
+from tasks.q1.reference import REFERENCE
+from tasks.registry import run_task
 
 
 @pytest.fixture(scope="module")

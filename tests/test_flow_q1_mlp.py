@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tasks.store import open_store
+from tasks.core.store import open_store
 from tests.conftest import Q1_MLP_SMALL as SMALL
 
 
@@ -82,11 +82,12 @@ def test_second_run_reuses_fetch_and_cached_training(q1_run, s3_endpoint):
     for obj in s3.list_objects_v2(Bucket=src_bucket).get("Contents", []):
         s3.copy_object(Bucket=uri.split("/")[2], Key=obj["Key"],
                        CopySource={"Bucket": src_bucket, "Key": obj["Key"]})
-    second = q1_mlp(profile="smoke", store=uri, overrides=SMALL)
     st = open_store(uri)
+    fetched = st.get_json(first["data"] + "/manifest.json")
+    second = q1_mlp(profile="smoke", store=uri, overrides=SMALL)
     assert second["data"] == first["data"]
-    data_manifest = st.get_json(first["data"] + "/manifest.json")
-    assert data_manifest["finished_at"]  # written once: the fetch was reused
+    # the fetch was reused: its manifest (and every file it lists) is untouched
+    assert st.get_json(first["data"] + "/manifest.json") == fetched
     assert second["train"] == first["train"]  # cache hits point at the first run's outputs
     champ = st.get_json("models/q1-mlp-smoke/champion.json")
     assert champ["metric"] == "test/accuracy"
@@ -101,7 +102,8 @@ def test_repeats_report_mean_and_std(prefect_harness, tmp_path):
     import statistics
 
     from flows.q1_mlp import q1_mlp
-    from tasks.experiments import q1_mlp_cells, resolve_config
+    from tasks.plans import resolve_config
+    from tasks.q1.plan import q1_mlp_cells
 
     overrides = {**SMALL, "batch_sizes": [64], "activations": ["relu", "tanh"],
                  "losses": ["cross_entropy"], "repeats": 3}

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import parse_sets
-from tasks.experiments import resolve_config
+from tasks.core.config import parse_sets
+from tasks.plans import resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.sh"

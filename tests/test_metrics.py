@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.metrics import classification_metrics, confusion_matrix
+from tasks.ml.metrics import classification_metrics, confusion_matrix
 
 
 def direct(y_true, y_pred, k):

@@ -11,7 +11,6 @@ Everything else (the catalog's structure, the URLs' paths, the layouts) is the r
 
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
 import logging
@@ -19,23 +18,25 @@ import os
 import shutil
 import socket
 import tarfile
-import threading
+import urllib.parse
 import zipfile
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from tasks import mirror as M
-from tasks import weights as W
-from tasks.data import fashion_mnist as FM
-from tasks.data import stl10 as S10
-from tasks.data.common import cache_dir, md5_file, sha256_file
-from tasks.errors import ConfigError, DataError
-from tasks.runtime import read_manifest, run_task
-from tasks.store import open_store
-from tasks.torch_weights import WeightsSpec
+from tasks import catalog as M
+from tasks.core.errors import ConfigError, DataError
+from tasks.core.files import cache_dir, md5_file, sha256_file
+from tasks.core.runtime import read_manifest
+from tasks.core.store import open_store
+from tasks.inputs import mirror_index as MI
+from tasks.inputs import weights as W
+from tasks.q1 import data as FM
+from tasks.q2 import data as S10
+from tasks.q4.data import EXPORT_MIRROR_NAME
+from tasks.registry import run_task
+from tests.http_support import file_server
 
 LOG = logging.getLogger("test-mirror")
 FASHION_URL_DIR = "/"  # FashionMNIST.mirrors[0] is a host root
@@ -67,7 +68,7 @@ def served(tmp_path_factory):
 
     Requests are recorded (path, Range header); ``ranges`` switches HTTP Range support.
     """
-    from tasks.data.shapes import generate_export
+    from tasks.q4.shapes import generate_export
 
     root = tmp_path_factory.mktemp("published")
     fashion = FM.generate_files(root, n_train=300, n_test=100, seed=5)
@@ -93,54 +94,20 @@ def served(tmp_path_factory):
             if p.is_file():
                 zf.write(p, p.relative_to(export_dir).as_posix())
 
-    requests: list[tuple[str, str | None]] = []
-    state = {"ranges": True}
-
-    class Handler(SimpleHTTPRequestHandler):
-        def log_message(self, *args):  # quiet
-            pass
-
-        def do_GET(self):  # noqa: N802 - http.server's naming
-            requests.append((self.path, self.headers.get("Range")))
-            path = Path(self.translate_path(self.path))
-            if not path.is_file():
-                self.send_error(404)
-                return
-            data = path.read_bytes()
-            start, rng = 0, self.headers.get("Range")
-            if rng and state["ranges"]:
-                start = int(rng.split("=")[1].split("-")[0])
-                if start >= len(data):
-                    self.send_response(416)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-            else:
-                self.send_response(200)
-            self.send_header("Content-Length", str(len(data) - start))
-            self.end_headers()
-            self.wfile.write(data[start:])
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0),
-                                 functools.partial(Handler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    yield SimpleNamespace(
-        base=base, root=root, requests=requests, state=state, fashion=fashion,
-        stl_files=stl_files, stl_src=stl_src, tgz=tgz, resnet=resnet, vgg=vgg, deeplab=deeplab,
-        yolo=yolo, export=export, export_url=f"{base}/ds/export.zip?key={SECRET}")
-    server.shutdown()
-    server.server_close()
+    with file_server(root) as srv:
+        base = srv.base
+        yield SimpleNamespace(
+            base=base, root=root, requests=srv.requests, state=srv.state, fashion=fashion,
+            stl_files=stl_files, stl_src=stl_src, tgz=tgz, resnet=resnet, vgg=vgg,
+            deeplab=deeplab, yolo=yolo, export=export,
+            export_url=f"{base}/ds/export.zip?key={SECRET}")
 
 
 @pytest.fixture(autouse=True)
 def published(served, monkeypatch, tmp_path):
     """The generated files stand in for the published ones (see the module docstring); each
     test gets its own cache and torch hub folder, and downloads allowed unless it says."""
-    from tasks import segment
+    import torchvision.models
 
     for name, path in ((p.name, p) for p in served.fashion.values()):
         monkeypatch.setitem(FM.MD5, name, md5_file(path))
@@ -148,12 +115,11 @@ def published(served, monkeypatch, tmp_path):
         if path.name in S10.MD5:
             monkeypatch.setitem(S10.MD5, path.name, md5_file(path))
     monkeypatch.setattr(S10, "TGZ_MD5", md5_file(served.tgz))
-    urls = {"ResNet18_Weights.IMAGENET1K_V1": served.resnet.name,
-            "VGG16_Weights.IMAGENET1K_V1": served.vgg.name}
-    monkeypatch.setattr(W, "weights_enum", lambda name: SimpleNamespace(
-        url=f"https://download.pytorch.org/models/{urls[name]}"))
-    monkeypatch.setattr(segment, "weights_spec", lambda arch: WeightsSpec(
-        name=f"{arch} TEST", url=f"https://download.pytorch.org/models/{served.deeplab.name}"))
+    files = {"ResNet18_Weights.IMAGENET1K_V1": served.resnet.name,
+             "VGG16_Weights.IMAGENET1K_V1": served.vgg.name,
+             "DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1": served.deeplab.name}
+    monkeypatch.setattr(torchvision.models, "get_weight", lambda name: SimpleNamespace(
+        url=f"https://download.pytorch.org/models/{files[name]}"))
     monkeypatch.setenv("VF_CACHE_DIR", str(tmp_path / "vf-cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.delenv("VF_OFFLINE", raising=False)
@@ -205,9 +171,9 @@ def test_catalog_comes_from_the_libraries_metadata(monkeypatch):
         e = entries[f"weights/ultralytics/{n}"]
         assert e.url == f"https://github.com/ultralytics/assets/releases/download/v8.4.0/{n}"
         assert e.check == "torch" and e.md5 is None
-    assert len(entries) == 10 and M.Q4_EXPORT_NAME not in entries  # the export needs a URL
+    assert len(entries) == 10 and EXPORT_MIRROR_NAME not in entries  # the export needs a URL
     with_export = M.catalog("q4-yolo", "https://example.org/ds/x?key=k")
-    assert [e.name for e in with_export][-1] == M.Q4_EXPORT_NAME
+    assert [e.name for e in with_export][-1] == EXPORT_MIRROR_NAME
     assert [e.name for e in M.catalog("q1-cnn,q3-segmentation")] == [
         *(f"fashion-mnist/{f}" for f in FM.FILES.values()), deeplab.name]
     with pytest.raises(ConfigError, match="unknown question.*q9"):
@@ -222,7 +188,7 @@ def test_mirror_writes_index_skips_then_refetches_corrupt(store_uri, served):
     store = open_store(store_uri)
     results = _mirror(store, None, served, q4_export_url=served.export_url)
     assert [r.status for r in results] == ["fetched"] * 11, results
-    index = store.get_json(M.INDEX_KEY)
+    index = store.get_json(MI.INDEX_KEY)
     assert index["version"] == 1 and len(index["entries"]) == 11
     for r in results:
         rec = index["entries"][r.name]
@@ -235,9 +201,9 @@ def test_mirror_writes_index_skips_then_refetches_corrupt(store_uri, served):
                           "train-images-idx3-ubyte.gz")  # the published URL ...
     assert rec["fetched_from"].startswith(served.base)  # ... and where it came from here
     assert rec["md5"] == FM.MD5["train-images-idx3-ubyte.gz"] and "published" in rec["verified"]
-    export = index["entries"][M.Q4_EXPORT_NAME]
+    export = index["entries"][EXPORT_MIRROR_NAME]
     assert export["url"] == f"{served.base}/ds/export.zip"  # no query string, no key
-    assert SECRET not in store.get_text(M.INDEX_KEY)
+    assert SECRET not in store.get_text(MI.INDEX_KEY)
     assert len(served.requests) == 11
 
     # a second run verifies what is stored and downloads nothing
@@ -271,7 +237,7 @@ def test_a_file_failing_its_checksum_is_not_stored(tmp_path, served, monkeypatch
     assert "failed" in out.out and "does not match the published 000" in out.out
     assert "1 of 4 failed" in out.err
     store = open_store(uri)
-    entries = M.read_index(store)
+    entries = MI.read_index(store)
     assert sorted(entries) == sorted(f"fashion-mnist/{f}" for f in FM.FILES.values()
                                      if f != "t10k-labels-idx1-ubyte.gz")
     assert not store.exists("mirror/fashion-mnist/t10k-labels-idx1-ubyte.gz")
@@ -282,7 +248,7 @@ def test_a_file_failing_its_checksum_is_not_stored(tmp_path, served, monkeypatch
     served.requests.clear()
     assert main(["mirror", "--store", uri, "--questions", "q1-mlp,q1-cnn", "--no-progress"]) == 0
     assert [p for p, _ in served.requests] == ["/t10k-labels-idx1-ubyte.gz"]
-    assert "index: " + store.url(M.INDEX_KEY) in capsys.readouterr().out
+    assert "index: " + store.url(MI.INDEX_KEY) in capsys.readouterr().out
     monkeypatch.setenv("VF_OFFLINE", "1")  # mirror downloads: refused offline, by name
     assert main(["mirror", "--store", uri]) == 2
     assert "cannot run with VF_OFFLINE=1" in capsys.readouterr().err
@@ -293,7 +259,7 @@ def test_interrupted_download_resumes(tmp_path, served):
     partial file that is not a prefix of the real one fails the check and starts over; a
     server without Range support sends the whole file."""
     store = open_store(f"file://{tmp_path / 'store'}")
-    entry = next(e for e in M.catalog("q2-transfer") if e.name == M.STL10_NAME)
+    entry = next(e for e in M.catalog("q2-transfer") if e.name == "stl10/stl10_binary.tar.gz")
     whole = served.tgz.read_bytes()
     part = cache_dir("mirror-partial") / "stl10__stl10_binary.tar.gz.part"
     part.write_bytes(whole[: len(whole) // 2])
@@ -321,23 +287,23 @@ def test_interrupted_download_resumes(tmp_path, served):
 def test_lookup_verifies_and_explains(store_uri, served):
     store = open_store(store_uri)
     name = f"weights/torchvision/{served.resnet.name}"
-    path, why = M.lookup(store, name)
-    assert path is None and why == f"mirror index {store.url(M.INDEX_KEY)}: no entry {name}"
+    path, why = MI.lookup(store, name)
+    assert path is None and why == f"mirror index {store.url(MI.INDEX_KEY)}: no entry {name}"
     _mirror(store, "q2-transfer", served)
-    path, where = M.lookup(store, name)
+    path, where = MI.lookup(store, name)
     assert path.read_bytes() == served.resnet.read_bytes() and where == store.url(f"mirror/{name}")
     if store_uri.startswith("s3://"):  # copied into the cache once, reused afterwards
         assert path.is_relative_to(cache_dir("mirror"))
-        assert M.lookup(store, name)[1].endswith("(cached copy)")
+        assert MI.lookup(store, name)[1].endswith("(cached copy)")
     store.put_bytes(f"mirror/{name}", b"tampered")
     if store_uri.startswith("s3://"):
         path.unlink()
-    path, why = M.lookup(store, name)
+    path, why = MI.lookup(store, name)
     assert path is None and "is corrupt" in why and "visionflows mirror" in why
     store.delete(f"mirror/{name}")
-    path, why = M.lookup(store, name)
+    path, why = MI.lookup(store, name)
     assert path is None and "is missing" in why
-    assert M.lookup(None, name) == (None, "mirror index: no store given")
+    assert MI.lookup(None, name) == (None, "mirror index: no store given")
 
 
 # ---------------------------------------------------------------- resolvers, per input kind
@@ -360,7 +326,7 @@ def test_fashion_mnist_order_and_offline_message(tmp_path, served, monkeypatch):
 
     assert source(mirror=str(explicit)) == f"mirror:{explicit}"      # 1. explicit location
     assert source() == f"mirror-index:{store.url('mirror/fashion-mnist')}"  # 2. the index
-    store.delete(M.INDEX_KEY)
+    store.delete(MI.INDEX_KEY)
     assert source() == f"cache:{raw}"                                # 3. the local cache
     shutil.rmtree(raw)
     monkeypatch.setenv("VF_OFFLINE", "1")
@@ -369,7 +335,7 @@ def test_fashion_mnist_order_and_offline_message(tmp_path, served, monkeypatch):
     msg = str(err.value)
     assert msg.startswith("Fashion-MNIST (train-images-idx3-ubyte.gz") and "VF_OFFLINE=1" in msg
     assert f"`visionflows mirror --questions q1-mlp,q1-cnn --store {store.uri}`" in msg
-    assert f"mirror index {store.url(M.INDEX_KEY)}: no entry fashion-mnist/" in msg
+    assert f"mirror index {store.url(MI.INDEX_KEY)}: no entry fashion-mnist/" in msg
     assert "data.mirror=DIR" in msg
     monkeypatch.delenv("VF_OFFLINE")
     with pytest.raises(DataError, match="download failed"):          # 4. the internet (refused
@@ -379,7 +345,7 @@ def test_fashion_mnist_order_and_offline_message(tmp_path, served, monkeypatch):
 def test_stl10_order_and_offline_message(tmp_path, served, monkeypatch):
     store = open_store(f"file://{tmp_path / 'store'}")
     _mirror(store, None, served, entries=[e for e in M.catalog("q2-transfer")
-                                          if e.name == M.STL10_NAME])
+                                          if e.name == "stl10/stl10_binary.tar.gz"])
     cached = cache_dir("torchvision") / S10.FOLDER
     shutil.copytree(served.stl_src / S10.FOLDER, cached)
 
@@ -388,10 +354,10 @@ def test_stl10_order_and_offline_message(tmp_path, served, monkeypatch):
         return run_task("stl10.fetch", {"source": "download", **cfg}, store).inputs["source"]
 
     assert source(mirror=str(served.stl_src)) == f"mirror:{served.stl_src}"
-    assert source() == f"mirror-index:{store.url('mirror/' + M.STL10_NAME)}"
+    assert source() == f"mirror-index:{store.url('mirror/stl10/stl10_binary.tar.gz')}"
     m = read_manifest(store, "data/stl10/official")
     assert m.metrics["counts"] == {"train": 20, "test": 20}
-    store.delete(M.INDEX_KEY)
+    store.delete(MI.INDEX_KEY)
     assert source() == f"cache:{cached}"
     shutil.rmtree(cached)
     monkeypatch.setenv("VF_OFFLINE", "1")
@@ -403,104 +369,57 @@ def test_stl10_order_and_offline_message(tmp_path, served, monkeypatch):
     assert "data.mirror=" in msg
 
 
-def test_q2_weights_order_and_offline_message(tmp_path, served, monkeypatch):
-    name = "ResNet18_Weights.IMAGENET1K_V1"
+@pytest.mark.parametrize("kind", ["q2", "q3", "q4"])
+def test_weights_order_and_offline_message(kind, tmp_path, served, monkeypatch):
+    """The one resolver, for each question's weights: the explicit location, the store's
+    mirror index, the cache, a real download (from the loopback server), then offline the
+    message naming every place and the mirror command."""
+    from tasks.q2.transfer import weights_spec as q2_spec
+    from tasks.q3.segment import weights_spec as q3_spec
+    from tasks.q4 import yolo
+
+    question, file, spec = {
+        "q2": ("q2-transfer", served.resnet, q2_spec("resnet18")),
+        "q3": ("q3-segmentation", served.deeplab, q3_spec("deeplabv3_resnet50")),
+        "q4": ("q4-yolo", served.yolo["yolov5su.pt"], yolo.weights_spec("yolov5s.pt")),
+    }[kind]
+    assert spec.filename == file.name and spec.questions == (question,)
     store = open_store(f"file://{tmp_path / 'store'}")
-    _mirror(store, None, served, entries=[e for e in M.catalog("q2-transfer")
+    _mirror(store, None, served, entries=[e for e in M.catalog(question)
                                           if e.name.startswith("weights/")])
     explicit = tmp_path / "explicit"
     explicit.mkdir()
-    shutil.copyfile(served.resnet, explicit / served.resnet.name)
-    hub = W.hub_checkpoints()
-    hub.mkdir(parents=True)
-    shutil.copyfile(served.resnet, hub / served.resnet.name)
-    downloads = []
-    monkeypatch.setattr(W, "_download", lambda url, dest, n: (
-        downloads.append(url), shutil.copyfile(served.resnet, dest)))
-
-    assert W.resolve_weights(name, mirror=str(explicit), store=store).source == "mirror-folder"
-    got = W.resolve_weights(name, store=store)
-    assert (got.source, got.location) == (
-        "mirror-index", store.url(f"mirror/weights/torchvision/{served.resnet.name}"))
+    shutil.copyfile(file, explicit / file.name)
+    got = W.resolve_weights(spec, str(explicit), store)
+    assert (got.source, got.path) == ("mirror-folder", str(explicit / file.name))
+    got = W.resolve_weights(spec, None, store)
+    assert (got.source, got.location) == ("mirror-index", store.url(f"mirror/{spec.index_name}"))
     other = open_store(f"file://{tmp_path / 'no-mirror'}")
-    assert W.resolve_weights(name, store=other).source == "hub-cache"
-    (hub / served.resnet.name).unlink()
-    assert W.resolve_weights(name, store=other).source == "download" and len(downloads) == 1
-    (hub / served.resnet.name).unlink()
+    served_spec = W.WeightsSpec(spec.name, served.base + urllib.parse.urlparse(spec.url).path,
+                                spec.kind, spec.questions, spec.aliases)
+    served.requests.clear()
+    got = W.resolve_weights(served_spec, None, other)
+    assert got.source == "download" and len(served.requests) == 1
+    assert Path(got.path).read_bytes() == file.read_bytes()
+    assert W.resolve_weights(served_spec, None, other).source == "cache"
+    assert len(served.requests) == 1  # no second download
+    Path(got.path).unlink()
     monkeypatch.setenv("VF_OFFLINE", "1")
     with pytest.raises(W.WeightsError) as err:
-        W.resolve_weights(name, store=other)
+        W.resolve_weights(served_spec, None, other)
     msg = str(err.value)
-    assert served.resnet.name in msg and "refused (VF_OFFLINE=1)" in msg
-    assert f"no entry weights/torchvision/{served.resnet.name}" in msg
-    assert f"`visionflows mirror --questions q2-transfer --store {other.uri}`" in msg
-    assert len(downloads) == 1
-
-
-def test_q3_weights_order_and_offline_message(tmp_path, served, monkeypatch):
-    from tasks import segment
-    from tasks.torch_weights import WeightsError, hub_checkpoint, resolve_weights
-
-    store = open_store(f"file://{tmp_path / 'store'}")
-    _mirror(store, "q3-segmentation", served)
-    # the published name, served here by the loopback server, so step 4 really downloads
-    spec = WeightsSpec("deeplab TEST", f"{served.base}/models/{served.deeplab.name}")
-    assert spec.filename == segment.weights_spec("deeplabv3_resnet50").filename
-
-    assert resolve_weights(spec, str(served.deeplab), store).source == "mirror"
-    got = resolve_weights(spec, None, store)
-    assert (got.source, got.path.read_bytes()) == ("mirror-index", served.deeplab.read_bytes())
-    other = open_store(f"file://{tmp_path / 'no-mirror'}")
-    served.requests.clear()
-    assert resolve_weights(spec, None, other).source == "download"
-    assert served.requests == [(f"/models/{served.deeplab.name}", None)]
-    assert resolve_weights(spec, None, other).source == "hub-cache"
-    hub_checkpoint(spec).unlink()
-    monkeypatch.setenv("VF_OFFLINE", "1")
-    with pytest.raises(WeightsError) as err:
-        resolve_weights(spec, None, other)
-    msg = str(err.value)
-    assert served.deeplab.name in msg and "1. mirror: not set" in msg
-    assert f"2. mirror index {other.url(M.INDEX_KEY)}: no entry" in msg
-    assert "3. torch hub cache" in msg and "4. download" in msg and "VF_OFFLINE" in msg
-    assert f"`visionflows mirror --questions q3-segmentation --store {other.uri}`" in msg
-
-
-def test_yolo_weights_order_and_offline_message(tmp_path, served, monkeypatch):
-    from tasks import yolo
-
-    store = open_store(f"file://{tmp_path / 'store'}")
-    _mirror(store, None, served, entries=[e for e in M.catalog("q4-yolo")
-                                          if e.name.startswith("weights/")])
-    explicit = served.yolo["yolov5su.pt"].parent
-    path, where = yolo.resolve_weights("yolov5s.pt", str(explicit), store, LOG)
-    assert where == f"mirror:{explicit / 'yolov5su.pt'}"
-    path, where = yolo.resolve_weights("yolov5s.pt", None, store, LOG)
-    assert where == f"mirror-index:{store.url('mirror/weights/ultralytics/yolov5su.pt')}"
-    assert path.read_bytes() == served.yolo["yolov5su.pt"].read_bytes()
-    other = open_store(f"file://{tmp_path / 'no-mirror'}")
-    monkeypatch.setattr(yolo, "WEIGHTS_URL", served.base + YOLO_DIR + "/{name}")
-    served.requests.clear()
-    path, where = yolo.resolve_weights("yolov5x.pt", None, other, LOG)
-    assert where.startswith("download:") and len(served.requests) == 1
-    path, where = yolo.resolve_weights("yolov5x.pt", None, other, LOG)
-    assert where == f"cache:{path}" and len(served.requests) == 1
-    monkeypatch.setenv("VF_OFFLINE", "1")
-    with pytest.raises(DataError) as err:
-        yolo.resolve_weights("yolov5s.pt", None, other, LOG)
-    msg = str(err.value)
-    assert "yolov5su.pt" in msg and "offline (VF_OFFLINE=1)" in msg
-    assert "no entry weights/ultralytics/yolov5su.pt" in msg
-    assert f"`visionflows mirror --questions q4-yolo --store {other.uri}`" in msg
+    assert file.name in msg and "refused (VF_OFFLINE=1)" in msg and not err.value.transient
+    assert f"(2) mirror index {other.url(MI.INDEX_KEY)}: no entry {spec.index_name}" in msg
+    assert f"`visionflows mirror --questions {question} --store {other.uri}`" in msg
     assert len(served.requests) == 1
 
 
 def test_yolo_export_url_order_and_offline_message(tmp_path, served, monkeypatch):
-    from tasks.data.yolo_export import acquire
+    from tasks.q4.data import acquire
 
     store = open_store(f"file://{tmp_path / 'store'}")
     _mirror(store, None, served, entries=[
-        e for e in M.catalog("q4-yolo", served.export_url) if e.name == M.Q4_EXPORT_NAME])
+        e for e in M.catalog("q4-yolo", served.export_url) if e.name == EXPORT_MIRROR_NAME])
     served.requests.clear()
     # the mirrored export answers for its URL, whatever the query string (keys rotate)
     root, source = acquire(f"{served.base}/ds/export.zip?key=other", store, tmp_path / "a", LOG)
@@ -529,8 +448,9 @@ def test_yolo_export_url_order_and_offline_message(tmp_path, served, monkeypatch
 def test_standard_layout_folders_and_files_work_as_mirrors(tmp_path, served, monkeypatch):
     """Explicit locations in the standard layouts, including the ``mirror/`` folders of a
     ``file://`` store that ``visionflows mirror`` filled (they keep the published names)."""
-    from tasks import yolo
-    from tasks.torch_weights import resolve_weights
+    from tasks.q2.transfer import weights_spec as q2_spec
+    from tasks.q3.segment import weights_spec as q3_spec
+    from tasks.q4 import yolo
 
     store = open_store(f"file://{tmp_path / 'mirrored'}")
     _mirror(store, None, served)
@@ -551,24 +471,24 @@ def test_standard_layout_folders_and_files_work_as_mirrors(tmp_path, served, mon
         m = run_task("stl10.fetch", {"source": "download", "mirror": str(folder)}, runs)
         assert m.inputs["source"] == f"mirror:{folder}" and m.metrics["counts"]["test"] == 20
     weights_dir = mirrored / "weights" / "torchvision"
-    got = W.resolve_weights("VGG16_Weights.IMAGENET1K_V1", mirror=str(weights_dir), store=runs)
+    vgg, resnet = q2_spec("vgg16"), q2_spec("resnet18")
+    got = W.resolve_weights(vgg, str(weights_dir), runs)
     assert (got.source, got.path) == ("mirror-folder", str(weights_dir / served.vgg.name))
-    got = W.resolve_weights("VGG16_Weights.IMAGENET1K_V1", mirror=str(served.vgg), store=runs)
+    got = W.resolve_weights(vgg, str(served.vgg), runs)
     assert (got.source, got.path) == ("mirror-file", str(served.vgg))
-    # one .pth serves the model it is the weights of; the other model looks further (and,
-    # offline, finds nothing)
-    monkeypatch.setenv("VF_OFFLINE", "1")
+    # one .pth is the weights of one model: given for another, it is an error that says so
+    # (an explicit location that fails never falls back to anything else)
     with pytest.raises(W.WeightsError, match=f"mirror file .*: not {served.resnet.name}"):
-        W.resolve_weights("ResNet18_Weights.IMAGENET1K_V1", mirror=str(served.vgg), store=runs)
-    monkeypatch.delenv("VF_OFFLINE")
-    spec = WeightsSpec("deeplab TEST", f"https://download.pytorch.org/models/"
-                                       f"{served.deeplab.name}")
-    assert resolve_weights(spec, str(weights_dir), runs).path == weights_dir / spec.filename
-    assert resolve_weights(spec, str(served.deeplab), runs).path == served.deeplab
+        W.resolve_weights(resnet, str(served.vgg), runs)
+    deeplab = q3_spec("deeplabv3_resnet50")
+    assert W.resolve_weights(deeplab, str(weights_dir), runs).path == str(
+        weights_dir / deeplab.filename)
+    assert W.resolve_weights(deeplab, str(served.deeplab), runs).path == str(served.deeplab)
     for mirror in (str(mirrored / "weights" / "ultralytics"),
                    str(mirrored / "weights" / "ultralytics" / "yolov5xu.pt")):
         path, where = yolo.resolve_weights("yolov5x.pt", mirror, runs, LOG)
-        assert where == f"mirror:{mirrored / 'weights' / 'ultralytics' / 'yolov5xu.pt'}"
+        source = "mirror-folder" if mirror.endswith("ultralytics") else "mirror-file"
+        assert where == f"{source}:{mirrored / 'weights' / 'ultralytics' / 'yolov5xu.pt'}"
 
 
 # ---------------------------------------------------------------- no network at all

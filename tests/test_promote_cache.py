@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 
 import pytest
 
-from tasks import cache
-from tasks.errors import DataError
-from tasks.promote import champion_key, history, read_champion
-from tasks.runtime import run_task
-from tasks.store import open_store
+from tasks.core import cache
+from tasks.core.errors import DataError
+from tasks.core.promote import champion_key, history, read_champion
+from tasks.core.store import open_store
+from tasks.registry import run_task
 
 
 def promote(uri, run_id, value, question="q1-mlp", metric="test/accuracy"):
@@ -66,27 +67,78 @@ def data_prefix(tmp_path_factory):
 
 
 def test_source_modules_follow_imports():
-    files = dict(cache.source_modules("tasks.classify"))
-    assert "tasks/train.py" in files and "tasks/models.py" in files
-    assert "tasks/promote.py" not in files  # not imported by training
+    files = dict(cache.source_modules("tasks.q1.train"))
+    assert "tasks/ml/loop.py" in files and "tasks/q1/models.py" in files
+    assert "tasks/core/promote.py" not in files  # not imported by training
+    # a question's key never covers another question's code
+    for module in ("tasks.q1.train", "tasks.q2.transfer", "tasks.q3.segment", "tasks.q4.yolo"):
+        own = module.split(".")[1]
+        others = [f for f in dict(cache.source_modules(module))
+                  if f.startswith("tasks/q") and not f.startswith(f"tasks/{own}/")]
+        assert others == [], (module, others)
+
+
+def _source_in_copy(root, module: str = "tasks.q1.train") -> dict[str, str]:
+    """``source`` of ``module``'s cache key, computed on the copy of the tree at ``root``."""
+    import subprocess
+    import sys
+
+    code = ("import json; from tasks.core import cache; "
+            f"print(json.dumps(dict(cache.source_modules({module!r}))))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": str(root)})
+    return json.loads(out.stdout)
+
+
+def test_cache_keys_see_only_the_code_a_task_runs(tmp_path):
+    """Another question's edit -> hit; a comment or docstring edit in Q1's own training code
+    -> hit; a real change in it -> a miss that names the file."""
+    import shutil
+    from pathlib import Path
+
+    import tasks
+
+    root = tmp_path / "tree"
+    shutil.copytree(Path(tasks.__file__).parent, root / "tasks",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    before = _source_in_copy(root)
+    assert "tasks/q1/train.py" in before and "tasks/q4/yolo.py" not in before
+
+    yolo = root / "tasks" / "q4" / "yolo.py"
+    yolo.write_text(yolo.read_text() + "\n\ndef added_to_q4():\n    return 4\n")
+    assert _source_in_copy(root) == before  # Q4's code does not touch Q1's key
+
+    train = root / "tasks" / "q1" / "train.py"
+    text = train.read_text()
+    edited = text.replace('"""Train one classifier;', '"""Train one classifier (reworded);', 1)
+    edited = edited.replace("def build_optimizer(", "# a comment\ndef build_optimizer(", 1)
+    assert edited != text
+    train.write_text(edited)
+    assert _source_in_copy(root) == before  # comments and docstrings are not code
+
+    train.write_text(edited.replace("lr=cfg.learning_rate)", "lr=cfg.learning_rate * 2)", 1))
+    after = _source_in_copy(root)
+    reasons = cache.explain({"config": {}, "source": before, "inputs": {}, "versions": {}},
+                            {"config": {}, "source": after, "inputs": {}, "versions": {}})
+    assert reasons == ["tasks/q1/train.py changed"]
 
 
 def test_cache_components_and_explanations(data_prefix):
     uri, data = data_prefix
     st = open_store(uri)
     cfg = {"out": "runs/a/train", "data": data, "epochs": 2}
-    parts = cache.components("classifier.train", cfg, st)
+    parts = cache.components("tasks.q1.train", cfg, st)
     assert "out" not in parts["config"] and parts["inputs"]["data"]
-    same = cache.components("classifier.train", {**cfg, "out": "runs/b/train"}, st)
+    same = cache.components("tasks.q1.train", {**cfg, "out": "runs/b/train"}, st)
     assert cache.cache_key(parts) == cache.cache_key(same)
     changed = json.loads(json.dumps(parts))
     changed["config"]["epochs"] = 5
-    changed["source"]["tasks/train.py"] = "0" * 16
+    changed["source"]["tasks/ml/loop.py"] = "0" * 16
     changed["inputs"]["data"] = "f" * 16
     changed["versions"]["torch"] = "9.9"
     reasons = cache.explain(parts, changed)
     assert "config changed: epochs 2 -> 5" in reasons
-    assert "tasks/train.py changed" in reasons
+    assert "tasks/ml/loop.py changed" in reasons
     assert "dataset sha changed" in reasons
     assert any(r.startswith("torch version changed") for r in reasons)
     assert cache.explain(None, parts) == ["never run before"]
@@ -96,13 +148,13 @@ def test_cache_lookup_hit_and_miss(data_prefix):
     uri, data = data_prefix
     st = open_store(uri)
     cfg = {"out": "runs/c/train", "data": data, "epochs": 1, "device": "cpu"}
-    parts = cache.components("classifier.train", cfg, st)
+    parts = cache.components("tasks.q1.train", cfg, st)
     hit, reasons = cache.lookup(st, "classifier.train", "q/train-x", parts)
     assert hit is None and reasons == ["never run before"]
     m = run_task("classifier.train", cfg, uri)
     cache.record(st, "classifier.train", "q/train-x", parts, m.prefix)
     hit, _ = cache.lookup(st, "classifier.train", "q/train-x", parts)
     assert hit is not None and hit.prefix == "runs/c/train"
-    other = cache.components("classifier.train", {**cfg, "epochs": 2}, st)
+    other = cache.components("tasks.q1.train", {**cfg, "epochs": 2}, st)
     hit, reasons = cache.lookup(st, "classifier.train", "q/train-x", other)
     assert hit is None and reasons == ["config changed: epochs 1 -> 2"]

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from flows.classifier_sweep import cpu_threads, packed_env, packed_launcher
-from tasks.errors import ConfigError
-from tasks.experiments import resolve_config
-from tasks.store import open_store
+from tasks.core.errors import ConfigError
+from tasks.core.store import open_store
+from tasks.plans import resolve_config
 
 # 2 batch sizes x 2 seeds = 4 cells, one epoch on tiny data
 SMALL = {"data": {"n_train": 400, "n_test": 200}, "epochs": 1, "batch_sizes": [32, 64],

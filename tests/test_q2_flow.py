@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tasks.store import open_store
+from tasks.core.store import open_store
 
 SMALL = {"data": {"n_train": 100, "n_test": 50}, "epochs": 3, "finetune_epochs": 2}
 PNG = b"\x89PNG\r\n\x1a\n"

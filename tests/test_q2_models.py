@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from tasks.models import format_summary, summarize
-from tasks.train import Split, make_loss, train_one_epoch
-from tasks.transfer import (
+from tasks.ml.loop import Split, make_loss, train_one_epoch
+from tasks.ml.summary import format_summary, summarize
+from tasks.q2.transfer import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     TransferError,
@@ -125,7 +125,7 @@ def test_imagenet_normalisation_range_resize_and_flip():
 
 
 def test_unknown_arch_is_a_clear_error():
-    from tasks.errors import ConfigError
+    from tasks.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown arch 'alexnet'"):
         build_imagenet_model("alexnet")
@@ -134,7 +134,7 @@ def test_unknown_arch_is_a_clear_error():
 
 
 def test_augmentation_recomputes_features_every_epoch(tmp_path):
-    from tasks.runtime import run_task
+    from tasks.registry import run_task
 
     uri = f"file://{tmp_path}/s"
     data = run_task("stl10.fetch", {"source": "generate", "n_train": 20, "n_test": 10}, uri)

@@ -3,13 +3,16 @@ paths (mirror, archive, download) and their failures."""
 
 from __future__ import annotations
 
+import socket
 import tarfile
 
 import numpy as np
 import pytest
 
-from tasks.data.common import md5_file
-from tasks.data.stl10 import (
+from tasks.core.errors import DataError
+from tasks.core.files import md5_file
+from tasks.core.store import open_store
+from tasks.q2.data import (
     CLASSES,
     FOLDER,
     generate_arrays,
@@ -19,9 +22,7 @@ from tasks.data.stl10 import (
     read_labels,
     torchvision_dataset,
 )
-from tasks.errors import DataError
-from tasks.runtime import run_task
-from tasks.store import open_store
+from tasks.registry import run_task
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +132,10 @@ def test_download_refused_offline_and_failing_clearly(tmp_path, monkeypatch):
         run_task("stl10.fetch", {"source": "download"}, store)
     monkeypatch.delenv("VF_OFFLINE")
 
-    def no_network(*_a, **_k):
-        raise OSError("simulated: no route to host")
-
-    monkeypatch.setattr("torchvision.datasets.stl10.download_and_extract_archive", no_network)
-    with pytest.raises(DataError, match="download failed.*no route to host.*data.mirror"):
+    with socket.socket() as s:  # a port nothing listens on: the download is refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr("torchvision.datasets.STL10.url", f"http://127.0.0.1:{port}/x.tar.gz")
+    monkeypatch.setattr("tasks.inputs.download.time.sleep", lambda s: None)
+    with pytest.raises(DataError, match="download failed.*Connection refused.*data.mirror"):
         run_task("stl10.fetch", {"source": "download"}, store)

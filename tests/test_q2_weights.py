@@ -1,22 +1,22 @@
-"""Weights resolution: mirror folder -> store mirror -> torch hub cache -> download, checked
-hashes, and the clear failure of a ``full`` run that cannot get them. No test downloads: the
-downloader is replaced or refused (and the network guard refuses any connection anyway)."""
+"""Q2 and its weights: a ``full`` run that cannot get them fails before anything is written
+(and before the 2.6 GB data download), and training records and uses the checkpoint the
+resolver found. The resolver itself is tested in ``test_weights.py`` and ``test_mirror.py``."""
 
 from __future__ import annotations
 
 import hashlib
 import shutil
-import urllib.error
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from tasks import weights as W
-from tasks.experiments import resolve_config
-from tasks.runtime import read_manifest, run_task
-from tasks.store import open_store
-from tasks.transfer import adapt, build_imagenet_model, fingerprint
+from tasks.core.runtime import read_manifest
+from tasks.core.store import open_store
+from tasks.inputs import weights as W
+from tasks.plans import resolve_config
+from tasks.q2.transfer import adapt, build_imagenet_model, fingerprint
+from tasks.registry import run_task
 
 
 @pytest.fixture(scope="module")
@@ -35,84 +35,17 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture
 def env(tmp_path, monkeypatch, checkpoint):
-    """Fresh hub cache and visionflows cache; our checkpoint stands in for torchvision's;
-    downloads are recorded, never made."""
+    """Fresh hub cache and visionflows cache; our checkpoint stands in for torchvision's
+    ResNet18 (its URL names our file); nothing is downloaded (the network guard refuses)."""
+    import torchvision.models
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("VF_CACHE_DIR", str(tmp_path / "vf-cache"))
     monkeypatch.delenv("VF_OFFLINE", raising=False)
-    real_enum = W.weights_enum
-    monkeypatch.setattr(W, "weights_enum", lambda name: SimpleNamespace(url=checkpoint.url)
-                        if name.startswith("ResNet18") else real_enum(name))
-    calls = []
-
-    def fake_download(url, dest, name):
-        calls.append(url)
-        shutil.copyfile(checkpoint.path, dest)
-
-    monkeypatch.setattr(W, "_download", fake_download)
-    return SimpleNamespace(tmp=tmp_path, calls=calls, hub=tmp_path / "torch" / "hub" /
-                           "checkpoints")
-
-
-def test_resolution_order(env, checkpoint, tmp_path):
-    name = "ResNet18_Weights.IMAGENET1K_V1"
-    mirror = tmp_path / "mirror"
-    mirror.mkdir()
-    shutil.copyfile(checkpoint.path, mirror / checkpoint.name)
-    env.hub.mkdir(parents=True)
-    shutil.copyfile(checkpoint.path, env.hub / checkpoint.name)
-    store = open_store(f"file://{tmp_path}/store")
-    store.put_file(f"mirrors/weights/{checkpoint.name}", checkpoint.path)
-
-    # 1. a local mirror folder comes first, even when the hub cache has the file too
-    r = W.resolve_weights(name, mirror=str(mirror), store=store)
-    assert (r.source, r.path, r.sha256) == ("mirror-folder", str(mirror / checkpoint.name),
-                                            checkpoint.sha256)
-    # 1b. a mirror that is a store prefix (air-gapped GPU boxes); a second call uses the copy
-    r = W.resolve_weights(name, mirror="mirrors/weights", store=store)
-    assert r.source == "mirror-store" and r.location.endswith(checkpoint.name)
-    r = W.resolve_weights(name, mirror="mirrors/weights", store=store)
-    assert r.location.endswith("(cached copy)")
-    # 2. no mirror, or a mirror without the file: the torch hub cache
-    assert W.resolve_weights(name, store=store).source == "hub-cache"
-    assert W.resolve_weights(name, mirror="mirrors/none", store=store).source == "hub-cache"
-    # 3. nothing cached: download into the hub cache
-    (env.hub / checkpoint.name).unlink()
-    r = W.resolve_weights(name, store=store)
-    assert r.source == "download" and env.calls == [checkpoint.url]
-    assert (env.hub / checkpoint.name).is_file()
-    assert W.resolve_weights(name, store=store).source == "hub-cache"  # no second download
-    assert len(env.calls) == 1
-
-
-def test_corrupt_copy_is_rejected_by_its_hash(env, checkpoint, tmp_path):
-    mirror = tmp_path / "bad"
-    mirror.mkdir()
-    (mirror / checkpoint.name).write_bytes(b"not a checkpoint")
-    with pytest.raises(W.WeightsError, match=f"does not start with {checkpoint.sha256[:8]}"):
-        W.resolve_weights("ResNet18_Weights.IMAGENET1K_V1", mirror=str(mirror))
-
-
-def test_offline_refuses_download_and_says_how_to_fix(env, monkeypatch):
-    monkeypatch.setenv("VF_OFFLINE", "1")
-    with pytest.raises(W.WeightsError) as info:
-        W.resolve_weights("VGG16_Weights.IMAGENET1K_V1", mirror=str(env.tmp / "nowhere"))
-    msg = str(info.value)
-    assert "vgg16-397923af.pth" in msg and "refused (VF_OFFLINE=1)" in msg
-    assert "mirror" in msg and "torch hub cache" in msg and "weights_mirror" in msg
-    assert "pretrained=false" in msg and not info.value.transient
-    assert env.calls == []
-
-
-def test_network_failure_is_clear_and_transient(env, monkeypatch):
-    def no_network(url, dest, name):
-        env.calls.append(url)
-        raise urllib.error.URLError("simulated: network unreachable")
-
-    monkeypatch.setattr(W, "_download", no_network)
-    with pytest.raises(W.WeightsError, match="failed \\(URLError.*network unreachable") as info:
-        W.resolve_weights("VGG16_Weights.IMAGENET1K_V1")
-    assert info.value.transient and len(env.calls) == 1
+    real = torchvision.models.get_weight
+    monkeypatch.setattr(torchvision.models, "get_weight", lambda name: SimpleNamespace(
+        url=checkpoint.url) if name.startswith("ResNet18") else real(name))
+    return SimpleNamespace(tmp=tmp_path)
 
 
 def test_full_profile_fails_before_anything_is_written(env, monkeypatch, tmp_path):

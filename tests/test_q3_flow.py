@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.images import PACKAGED_IMAGES, InputsRejectedError, package_file
-from tasks.store import open_store
+from tasks.core.store import open_store
+from tasks.q3.images import PACKAGED_IMAGES, InputsRejectedError, package_file
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"arch": "deeplabv3_mobilenet_v3_large", "resize_size": 32}

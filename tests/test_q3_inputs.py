@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.images import (
+from tasks.core.store import open_store
+from tasks.q3.images import (
     PACKAGED_IMAGES,
     InputError,
     decode_image,
@@ -19,7 +20,6 @@ from tasks.images import (
     read_source,
     source_name,
 )
-from tasks.store import open_store
 
 GRACE = package_file("package:matplotlib/mpl-data/sample_data/grace_hopper.jpg")
 
@@ -247,7 +247,7 @@ def test_url_download_over_loopback(tmp_path):
 
 def test_one_bad_image_does_not_lose_the_others(tmp_path):
     """ingest + segment with every bad kind in one batch: good images get all outputs."""
-    from tasks.segment import IngestConfig, SegmentConfig, ingest, segment
+    from tasks.q3.segment import IngestConfig, SegmentConfig, ingest, segment
 
     st = open_store(f"file://{tmp_path / 'store'}")
     files = {}

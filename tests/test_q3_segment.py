@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from tasks.config import ConfigError
-from tasks.experiments import resolve_config
-from tasks.images import PACKAGED_IMAGES
-from tasks.segment import (
+from tasks.core.config import ConfigError
+from tasks.plans import resolve_config
+from tasks.q3.images import PACKAGED_IMAGES
+from tasks.q3.segment import (
     NUM_CLASSES,
     PALETTE,
     VOC_CLASSES,

@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.data.shapes import CLASSES, generate_export
-from tasks.data.yolo_export import (
+from tasks.core.errors import ConfigError, DataError, MissingKeyError
+from tasks.core.store import open_store
+from tasks.inputs.download import public_url
+from tasks.q4.data import (
     YoloDataConfig,
     fetch,
     materialize,
-    public_location,
     validate_export,
 )
-from tasks.errors import ConfigError, DataError, MissingKeyError
-from tasks.store import open_store
+from tasks.q4.shapes import CLASSES, generate_export
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +275,7 @@ def test_url_offline_and_bad_locations_fail_clearly(tmp_path, monkeypatch):
         _fetch("store:uploads/none.zip", uri)
     with pytest.raises(ConfigError, match="data.location is required"):
         YoloDataConfig(source="export")
-    assert public_location("https://u:p@host/x.zip?api_key=1") == "https://host/x.zip"
+    assert public_url("https://u:p@host/x.zip?api_key=1") == "https://host/x.zip"
 
 
 def test_generated_fetch_is_reused(tmp_path):

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tasks.store import open_store
+from tasks.core.store import open_store
 from tests.q4_support import GUARD, attempts
 
 # The smoke profile, shrunk: tiny images and epochs; the two smoke models.

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from tasks.data.common import cache_dir
-from tasks.data.yolo_export import YoloDataConfig, fetch
-from tasks.errors import ConfigError, DataError
-from tasks.experiments import resolve_config
-from tasks.runtime import find_manifest, run_task
-from tasks.store import open_store
-from tasks.yolo import YoloTrainConfig, model_label, reference_key, resolve_weights, weights_name
+from tasks.core.errors import ConfigError, DataError
+from tasks.core.files import cache_dir
+from tasks.core.runtime import find_manifest
+from tasks.core.store import open_store
+from tasks.plans import resolve_config
+from tasks.q4.data import YoloDataConfig, fetch
+from tasks.q4.yolo import YoloTrainConfig, model_label, reference_key, resolve_weights, weights_name
+from tasks.registry import run_task
 from tests.q4_support import attempts, install_child_guard
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,28 +93,34 @@ def _fake_weights(path: Path) -> Path:
 
 
 def test_weights_resolution_order(tmp_path, monkeypatch):
+    """Q4 uses the one resolver (tasks.inputs.weights): its mirror, a store prefix, the
+    cache; an explicit mirror that lacks the file is an error, never a fallback."""
+    monkeypatch.setattr("tasks.inputs.download.time.sleep", lambda s: None)
     st = open_store(f"file://{tmp_path / 'store'}")
     log = __import__("logging").getLogger("test")
     mirror = tmp_path / "mirror"
     _fake_weights(mirror / "yolov5su.pt")
     path, where = resolve_weights("yolov5s.pt", str(mirror), st, log)
-    assert path == mirror / "yolov5su.pt" and where.startswith("mirror:")
+    assert path == mirror / "yolov5su.pt" and where == f"mirror-folder:{mirror / 'yolov5su.pt'}"
     st.put_file("weights/yolov5su.pt", mirror / "yolov5su.pt")
     path, where = resolve_weights("yolov5s.pt", "store:weights", st, log)
-    assert where == f"mirror:{st.uri}/weights/yolov5su.pt" and path.read_bytes()[:2] == b"PK"
+    assert where == f"mirror-store:{st.uri}/weights/yolov5su.pt" and path.read_bytes()[:2] == b"PK"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="not at the location given by weights_mirror="):
+        resolve_weights("yolov5x.pt", str(tmp_path / "empty"), st, log)
     _fake_weights(cache_dir("weights/ultralytics") / "yolov5xu.pt")
-    path, where = resolve_weights("yolov5x.pt", str(tmp_path / "empty"), st, log)
+    path, where = resolve_weights("yolov5x.pt", None, st, log)
     assert where.startswith("cache:")
-    # nothing in the mirror or the cache: the download is tried, refused by the test
+    # nothing in the mirror index or the cache: the download is tried, refused by the test
     # network guard, and the error says what was tried and how to fix it
     with pytest.raises(DataError) as err:
-        resolve_weights("yolov5m.pt", str(tmp_path / "empty"), st, log)
+        resolve_weights("yolov5m.pt", None, st, log)
     msg = str(err.value)
-    assert "yolov5mu.pt" in msg and "mirror" in msg and "cache" in msg
-    assert "download https://github.com/ultralytics/assets" in msg
+    assert "yolov5mu.pt" in msg and "mirror index" in msg and "cache" in msg
+    assert "download from https://github.com/ultralytics/assets" in msg
     assert "never falls back to random weights" in msg
     monkeypatch.setenv("VF_OFFLINE", "1")
-    with pytest.raises(DataError, match="offline"):
+    with pytest.raises(DataError, match="VF_OFFLINE"):
         resolve_weights("yolov5l.pt", None, st, log)
 
 
@@ -131,7 +138,8 @@ def test_pretrained_model_without_weights_fails_clearly(tiny_data, monkeypatch):
     uri, data = tiny_data
     monkeypatch.setenv("VF_OFFLINE", "1")
     cfg = {**TINY, "model": "yolov5s.pt", "out": "runs/t/pre", "data": data, "epochs": 1}
-    with pytest.raises(DataError, match="cannot get pretrained weights yolov5su.pt"):
+    with pytest.raises(DataError, match="pretrained weights ultralytics yolov5su.pt .* not "
+                                         "available"):
         run_task("yolo.train", cfg, uri)
     assert find_manifest(open_store(uri), "runs/t/pre") is None
 

@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.data.fashion_mnist import generate_files
-from tasks.errors import StoreError
-from tasks.log import RedactingFilter, redact
-from tasks.runtime import run_task
-from tasks.store import S3Store, open_store
+from tasks.core.errors import StoreError
+from tasks.core.log import RedactingFilter, redact
+from tasks.core.store import S3Store, open_store
+from tasks.q1.data import generate_files
+from tasks.registry import run_task
 
 
 def free_port() -> int:
@@ -136,8 +136,8 @@ def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
 
 
 def test_task_past_its_time_budget_is_killed_with_its_children(tmp_path, monkeypatch):
-    from flows.launcher import launch
-    from tasks.errors import TaskTimeoutError
+    from flows.launchers import launch
+    from tasks.core.errors import TaskTimeoutError
 
     uri = f"file://{tmp_path}/store"
     monkeypatch.setenv("VF_TASK_TIMEOUT_S", "2")
@@ -161,8 +161,8 @@ def test_task_past_its_time_budget_is_killed_with_its_children(tmp_path, monkeyp
 
 
 def test_task_past_its_memory_limit_is_stopped_and_reported(tmp_path, monkeypatch):
-    from flows.launcher import launch
-    from tasks.errors import TaskOutOfMemoryError
+    from flows.launchers import launch
+    from tasks.core.errors import TaskOutOfMemoryError
 
     uri = f"file://{tmp_path}/store"
     monkeypatch.setenv("VF_TASK_MEMORY", "1g")  # python + torch (provenance) need ~0.45 GiB
@@ -183,8 +183,8 @@ def test_task_past_its_memory_limit_is_stopped_and_reported(tmp_path, monkeypatc
 def test_running_out_of_memory_inside_the_task_is_reported_as_such(tmp_path, monkeypatch):
     """No limit of ours: the task itself gets MemoryError (here: a simulated small machine);
     the task CLI exits 3 and the launchers say 'ran out of memory', not 'crashed'."""
-    from flows.launcher import launch
-    from tasks.errors import TaskOutOfMemoryError
+    from flows.launchers import launch
+    from tasks.core.errors import TaskOutOfMemoryError
 
     uri = f"file://{tmp_path}/store"
     cfg = {"out": "runs/t/oom", "mib": 2000, "headroom_mib": 200}
@@ -203,15 +203,15 @@ def test_running_out_of_memory_inside_the_task_is_reported_as_such(tmp_path, mon
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't "
                            "allocate memory: you tried to allocate 2097152000 bytes")
 
-    monkeypatch.setattr("flows.launcher.run_task", oom)
+    monkeypatch.setattr("flows.launchers.local.run_task", oom)
     with pytest.raises(TaskOutOfMemoryError, match="ran out of memory .* --launcher subprocess"):
         launch("selftest.alloc", cfg, uri, "local")
 
 
 def test_limit_settings_are_validated():
-    from flows.subprocess_launcher import SubprocessOptions
-    from tasks.errors import ConfigError
-    from tasks.limits import parse_size
+    from flows.launchers.child_process import SubprocessOptions
+    from tasks.core.errors import ConfigError
+    from tasks.core.limits import parse_size
 
     assert parse_size("512m") == 512 << 20 and parse_size("1.5g") == 3 << 29
     assert parse_size("2GiB") == 2 << 30 and parse_size(64 << 20) == 64 << 20
@@ -261,7 +261,7 @@ def _mirror(tmp_path, damage: str) -> str:
         (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(
             files["test_labels"].read_bytes())
     if damage == "image-size":  # valid IDX files, but 32x32 images
-        from tasks.data.fashion_mnist import write_idx
+        from tasks.q1.data import write_idx
 
         write_idx(tmp_path / "big.gz", np.zeros((30, 32, 32), dtype=np.uint8))
         (folder / "train-images-idx3-ubyte").write_bytes(
@@ -270,7 +270,7 @@ def _mirror(tmp_path, damage: str) -> str:
 
 
 def _stl10_mirror(tmp_path, damage: str) -> str:
-    from tasks.data.stl10 import generate_files as stl10_files
+    from tasks.q2.data import generate_files as stl10_files
 
     folder = tmp_path / "stl10"
     files = stl10_files(folder, 20, 20, n_unlabeled=0)
@@ -285,7 +285,7 @@ def _stl10_mirror(tmp_path, damage: str) -> str:
 
 def _stl10_corrupt_in_store(tmp_path, store_uri: str) -> None:
     """Fetch q2's smoke STL10 into the store, then flip bytes of its stored train_X.bin."""
-    from tasks.experiments import resolve_config
+    from tasks.plans import resolve_config
 
     data = resolve_config("q2-transfer", "smoke").data.model_dump()
     m = run_task("stl10.fetch", data, store_uri)
@@ -296,7 +296,7 @@ def _stl10_corrupt_in_store(tmp_path, store_uri: str) -> None:
 
 
 def _broken_yolo_export(tmp_path) -> str:
-    from tasks.data.shapes import generate_export
+    from tasks.q4.shapes import generate_export
 
     root = generate_export(tmp_path / "export", n_train=6, n_valid=3, image_size=64,
                            max_objects=2, seed=3)

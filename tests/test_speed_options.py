@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tasks.classify import TrainConfig, cudnn_settings
-from tasks.experiments import q1_cnn_cells, q1_mlp_cells, resolve_config
-from tasks.runtime import run_task
-from tasks.store import open_store
+from tasks.core.store import open_store
+from tasks.plans import resolve_config
+from tasks.q1.plan import q1_cnn_cells, q1_mlp_cells
+from tasks.q1.train import TrainConfig, cudnn_settings
+from tasks.registry import run_task
 
 
 @pytest.fixture(scope="module")

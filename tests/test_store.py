@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from tasks.errors import ConfigError, MissingKeyError, StoreError
-from tasks.store import LocalStore, S3Store, open_store
+from tasks.core.errors import ConfigError, MissingKeyError, StoreError
+from tasks.core.store import LocalStore, S3Store, open_store
 
 
 def test_bytes_roundtrip_and_exists(store_uri):

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from tasks.store import open_store
+from tasks.core.store import open_store
 
 
 def run_cli(*args, stdin=None):

@@ -1,0 +1,29 @@
+"""The flows by name: one per question, plus the final report. Imported by the CLI and the
+deployments alike; it imports neither (flow modules are loaded on demand)."""
+
+from __future__ import annotations
+
+import importlib
+
+from tasks.core.errors import VisionflowsError
+
+FLOWS: dict[str, str] = {
+    "q1-mlp": "flows.q1_mlp:q1_mlp",
+    "q1-cnn": "flows.q1_cnn:q1_cnn",
+    "q2-transfer": "flows.q2_transfer:q2_transfer",
+    "q3-segmentation": "flows.q3_segmentation:q3_segmentation",
+    "q4-yolo": "flows.q4_yolo:q4_yolo",
+}
+REPORT_FLOW = "flows.report:report"
+
+
+def load_flow(name: str):
+    """The Prefect flow object of ``name`` (a question, or ``report``)."""
+    if name == "report":
+        target = REPORT_FLOW
+    elif name in FLOWS:
+        target = FLOWS[name]
+    else:
+        raise VisionflowsError(f"unknown flow {name!r}; known flows: {', '.join(FLOWS)}")
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)

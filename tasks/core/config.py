@@ -1,0 +1,109 @@
+"""Typed, frozen, validated configs and the override syntax shared by CLI and flows."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from tasks.core.errors import ConfigError
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class Config(BaseModel):
+    """Base of every config: unknown keys rejected, instances immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def like(cls: type[BaseModel], name: str, **changes: Any) -> Any:
+    """A copy of field ``name`` of config ``cls`` (default, bounds, description), optionally
+    changed (``default=32``): a flow config states a task's field without restating it, so
+    the default and the checks live in one place.
+    """
+    field = copy.copy(cls.model_fields[name])
+    for key, value in changes.items():
+        setattr(field, key, value)
+    return field
+
+
+def _describe(err: dict) -> str:
+    loc = ".".join(str(p) for p in err.get("loc", ())) or "(root)"
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return f"unknown key {loc!r}"
+    if kind == "missing":
+        return f"missing required key {loc!r}"
+    got = err.get("input")
+    shown = json.dumps(got, default=str) if not isinstance(got, dict) else "{...}"
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return f"{loc}: {err.get('msg', 'invalid')} (got {shown})"
+
+
+def validate(cls: type[T], data: Any, what: str | None = None) -> T:
+    """Build ``cls`` from ``data``; raise ConfigError naming each bad field and allowed values."""
+    if isinstance(data, cls):
+        return data
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        errors = [_describe(e) for e in exc.errors()]
+        allowed = ""
+        extras = [e for e in exc.errors() if e.get("type") == "extra_forbidden"]
+        if extras:
+            fields = sorted(cls.model_fields)
+            allowed = f"; allowed keys: {', '.join(fields)}"
+        label = what or cls.__name__
+        raise ConfigError(f"invalid {label} config: " + "; ".join(errors) + allowed) from None
+
+
+def parse_value(text: str) -> Any:
+    """Parse an override value: JSON when it parses (numbers, lists, true/null), else a string."""
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, ValueError):
+        return text
+
+
+def parse_sets(items: list[str] | None) -> dict[str, Any]:
+    """Turn ``["a.b=1", "c=[1,2]"]`` into a nested dict ``{"a": {"b": 1}, "c": [1, 2]}``."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE (e.g. --set epochs=2)")
+        key, _, raw = item.partition("=")
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set {item!r}: empty key")
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} was already given a value")
+            node = nxt
+        node[parts[-1]] = parse_value(raw)
+    return out
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Return ``base`` updated by ``override``, merging nested dicts, replacing everything else."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def config_hash(cfg: BaseModel | dict, length: int = 12) -> str:
+    """A short, stable hash of a resolved config."""
+    data = cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else cfg
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]

@@ -1,0 +1,457 @@
+"""One small interface over the artifact store: ``file://DIR`` and ``s3://bucket/prefix``.
+
+Keys are relative, ``/``-separated paths such as ``runs/q1-mlp/<run-id>/train/manifest.json``.
+Local writes are atomic (temporary file, then rename); S3 uploads go through boto3's
+transfer manager (multipart for large files) with botocore's retries on.
+Credentials come from the environment only and are never logged or put in messages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import urllib.parse
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+from tasks.core.errors import ConfigError, MissingKeyError, StoreError
+from tasks.core.log import get_logger
+
+DEFAULT_STORE = "file://./artifacts"
+
+
+def _check_key(key: str) -> str:
+    key = key.strip("/")
+    if not key:
+        raise StoreError("empty store key")
+    parts = key.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise StoreError(f"invalid store key {key!r}: no empty, '.' or '..' segments allowed")
+    return key
+
+
+def join(*parts: str) -> str:
+    """Join key parts with '/', dropping empty parts and stray slashes."""
+    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+class Store(ABC):
+    """An artifact store rooted at ``uri``."""
+
+    uri: str
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> str:
+        """Write ``data`` at ``key``; return the object's URI."""
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes:
+        """Read the object at ``key``; raise MissingKeyError when absent."""
+
+    @abstractmethod
+    def put_file(self, key: str, path: str | os.PathLike) -> str:
+        """Upload a local file to ``key``; return the object's URI."""
+
+    @abstractmethod
+    def get_file(self, key: str, path: str | os.PathLike) -> Path:
+        """Download ``key`` to ``path`` (atomically); return the path."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether an object exists at ``key``."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> list[str]:
+        """Keys under ``prefix`` (a folder-like prefix), sorted."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the object at ``key`` if present."""
+
+    def url(self, key: str) -> str:
+        """The URI of ``key`` in this store."""
+        return f"{self.uri.rstrip('/')}/{_check_key(key)}"
+
+    def local_path(self, key: str) -> Path | None:
+        """A filesystem path for ``key`` when the store is local, else None."""
+        return None
+
+    @abstractmethod
+    def get_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """The object at ``key`` and a version token for ``put_if``; None when absent."""
+
+    @abstractmethod
+    def put_if(self, key: str, data: bytes, token: str | None) -> bool:
+        """Write only if ``key`` is unchanged since ``token`` was read (None: only if absent).
+
+        Returns False, writing nothing, when another writer got there first. This is the
+        compare-and-swap that champion promotion relies on (S3 ``If-Match`` /
+        ``If-None-Match``; locally an exclusive ``flock`` around check and rename).
+        """
+
+    def put_json(self, key: str, obj: Any) -> str:
+        return self.put_bytes(key, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+    def get_json(self, key: str) -> Any:
+        return json.loads(self.get_bytes(key))
+
+    def put_text(self, key: str, text: str) -> str:
+        return self.put_bytes(key, text.encode())
+
+    def get_text(self, key: str) -> str:
+        return self.get_bytes(key).decode()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.uri!r})"
+
+
+class LocalStore(Store):
+    """A store in a local folder (``file://DIR``; relative DIR is relative to the cwd)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser().resolve()
+        self.uri = f"file://{self.root}"
+
+    def _path(self, key: str) -> Path:
+        return self.root / _check_key(key)
+
+    def local_path(self, key: str) -> Path:
+        return self._path(key)
+
+    def _atomic_write(self, dest: Path, write) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                write(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def put_bytes(self, key: str, data: bytes) -> str:
+        self._atomic_write(self._path(key), lambda fh: fh.write(data))
+        return self.url(key)
+
+    def get_bytes(self, key: str) -> bytes:
+        p = self._path(key)
+        try:
+            return p.read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            raise MissingKeyError(f"no object {key!r} in store {self.uri}") from None
+
+    def put_file(self, key: str, path: str | os.PathLike) -> str:
+        src = Path(path)
+        if not src.is_file():
+            raise StoreError(f"cannot upload {src}: not a file")
+
+        def copy(fh):
+            with open(src, "rb") as s:
+                shutil.copyfileobj(s, fh, 1 << 20)
+
+        self._atomic_write(self._path(key), copy)
+        return self.url(key)
+
+    def get_file(self, key: str, path: str | os.PathLike) -> Path:
+        src = self._path(key)
+        if not src.is_file():
+            raise MissingKeyError(f"no object {key!r} in store {self.uri}")
+        dest = Path(path)
+
+        def copy(fh):
+            with open(src, "rb") as s:
+                shutil.copyfileobj(s, fh, 1 << 20)
+
+        self._atomic_write(dest, copy)
+        return dest
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    @staticmethod
+    def _token(data: bytes) -> str:
+        import hashlib
+
+        return hashlib.sha256(data).hexdigest()
+
+    def get_versioned(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            data = self.get_bytes(key)
+        except MissingKeyError:
+            return None
+        return data, self._token(data)
+
+    def put_if(self, key: str, data: bytes, token: str | None) -> bool:
+        import fcntl
+
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(dest.parent / f".{dest.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            current = self.get_versioned(key)
+            if (current is None) != (token is None) or (
+                    current is not None and current[1] != token):
+                return False
+            self.put_bytes(key, data)
+            return True
+
+    def list(self, prefix: str = "") -> list[str]:
+        base = self.root / prefix.strip("/") if prefix.strip("/") else self.root
+        if not base.is_dir():
+            return []
+        out = []
+        for p in base.rglob("*"):
+            if p.is_file() and not (p.name.startswith(".") and p.name.endswith((".tmp",
+                                                                                  ".lock"))):
+                out.append(p.relative_to(self.root).as_posix())
+        return sorted(out)
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+
+class S3Store(Store):
+    """A store in an S3 bucket (AWS, MinIO, moto): ``s3://bucket/prefix``.
+
+    Endpoint from ``VF_S3_ENDPOINT_URL`` (MinIO: ``http://127.0.0.1:9000``), region from
+    ``VF_S3_REGION`` or ``AWS_DEFAULT_REGION``; credentials through boto3's usual chain
+    (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` ...).
+    """
+
+    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
+                 region: str | None = None, max_attempts: int | None = None):
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        self.endpoint_url = endpoint_url or os.environ.get("VF_S3_ENDPOINT_URL") or None
+        region = region or os.environ.get("VF_S3_REGION") or os.environ.get(
+            "AWS_DEFAULT_REGION") or "us-east-1"
+        attempts = max_attempts or int(os.environ.get("VF_S3_MAX_ATTEMPTS", "5"))
+        self.retry_seconds = float(os.environ.get("VF_S3_RETRY_SECONDS", "60"))
+        cfg = Config(
+            retries={"max_attempts": attempts, "mode": "standard"},
+            connect_timeout=5, read_timeout=60,
+            s3={"addressing_style": "path"},
+        )
+        self._client = boto3.session.Session().client(
+            "s3", endpoint_url=self.endpoint_url, region_name=region, config=cfg)
+        self._transfer = TransferConfig(multipart_threshold=16 << 20,
+                                        multipart_chunksize=16 << 20, max_concurrency=8)
+
+    def _key(self, key: str) -> str:
+        return join(self.prefix, _check_key(key))
+
+    def _wrap(self, exc: Exception, action: str, key: str = "") -> StoreError:
+        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+        where = f"{self.uri}/{key}" if key else self.uri
+        if isinstance(exc, ClientError):
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                return MissingKeyError(f"no object {key!r} in store {self.uri}")
+            if code == "NoSuchBucket":
+                return StoreError(
+                    f"bucket {self.bucket!r} does not exist at "
+                    f"{self.endpoint_url or 'AWS'}: create it (e.g. `mc mb`) or fix the store URI")
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
+                return StoreError(
+                    f"access denied while trying to {action} {where}: check AWS_ACCESS_KEY_ID / "
+                    "AWS_SECRET_ACCESS_KEY and the bucket policy")
+            return StoreError(f"could not {action} {where}: S3 error {code or exc}")
+        if isinstance(exc, NoCredentialsError):
+            return StoreError("no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+        if isinstance(exc, EndpointConnectionError) or self._transient(exc):
+            return StoreError(
+                f"could not {action} {where}: S3 endpoint {self.endpoint_url or 'AWS'} is "
+                f"unreachable (gave up after {self.retry_seconds:.0f}s of retries; is MinIO "
+                "running? check VF_S3_ENDPOINT_URL)")
+        if "NoSuchBucket" in str(exc):
+            return StoreError(
+                f"bucket {self.bucket!r} does not exist at "
+                f"{self.endpoint_url or 'AWS'}: create it (e.g. `mc mb`) or fix the store URI")
+        if any(s in str(exc) for s in ("InvalidAccessKeyId", "SignatureDoesNotMatch",
+                                       "AccessDenied")):
+            return StoreError(
+                f"access denied while trying to {action} {where}: check AWS_ACCESS_KEY_ID / "
+                "AWS_SECRET_ACCESS_KEY and the bucket policy")
+        return StoreError(f"could not {action} {where}: {type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _transient(exc: Exception) -> bool:
+        from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import ReadTimeoutError
+
+        if isinstance(exc, BotoConnectionError | ReadTimeoutError):
+            return True
+        text = str(exc)
+        return isinstance(exc, S3UploadFailedError) and any(
+            s in text for s in ("Could not connect", "Connection was closed", "timed out",
+                                "Connection reset"))
+
+    def _call(self, action: str, key: str, fn, *args, **kwargs):
+        """Run one S3 operation; ride out endpoint outages up to ``retry_seconds``.
+
+        botocore retries each request a few times; on top of that a connection failure
+        (endpoint down, restarting MinIO) is retried with backoff until the budget
+        (``VF_S3_RETRY_SECONDS``, default 60 s) is spent. Every operation here is idempotent
+        (whole-object puts and gets), so retrying cannot duplicate or corrupt data.
+        """
+        from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 0.5
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except ClientError as exc:
+                raise self._wrap(exc, action, key) from None
+            except (BotoCoreError, S3UploadFailedError) as exc:
+                if self._transient(exc) and time.monotonic() + delay < deadline:
+                    get_logger("store").warning(
+                        "S3 %s of %r failed (%s); retrying in %.1fs", action, key,
+                        type(exc).__name__, delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 8.0)
+                    continue
+                raise self._wrap(exc, action, key) from None
+
+    def put_bytes(self, key: str, data: bytes) -> str:
+        self._call("write", key, self._client.put_object, Bucket=self.bucket,
+                   Key=self._key(key), Body=data)
+        return self.url(key)
+
+    def get_bytes(self, key: str) -> bytes:
+        resp = self._call("read", key, self._client.get_object, Bucket=self.bucket,
+                          Key=self._key(key))
+        return resp["Body"].read()
+
+    def put_file(self, key: str, path: str | os.PathLike) -> str:
+        if not Path(path).is_file():
+            raise StoreError(f"cannot upload {path}: not a file")
+        self._call("upload", key, self._client.upload_file, str(path), self.bucket,
+                   self._key(key), Config=self._transfer)
+        return self.url(key)
+
+    def get_file(self, key: str, path: str | os.PathLike) -> Path:
+        dest = Path(path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            self._call("download", key, self._client.download_file, self.bucket,
+                       self._key(key), tmp, Config=self._transfer)
+            os.replace(tmp, dest)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return dest
+
+    def get_versioned(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            resp = self._call("read", key, self._client.get_object, Bucket=self.bucket,
+                              Key=self._key(key))
+        except MissingKeyError:
+            return None
+        return resp["Body"].read(), resp["ETag"]
+
+    def put_if(self, key: str, data: bytes, token: str | None) -> bool:
+        from botocore.exceptions import ClientError
+
+        cond = {"IfNoneMatch": "*"} if token is None else {"IfMatch": token}
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **cond)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "NoSuchKey"):
+                return False
+            raise self._wrap(exc, "write", key) from None
+        return True
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._call("check", key, self._client.head_object, Bucket=self.bucket,
+                       Key=self._key(key))
+            return True
+        except MissingKeyError:
+            return False
+
+    def list(self, prefix: str = "") -> list[str]:
+        full = join(self.prefix, prefix.strip("/"))
+        if full:
+            full += "/"
+
+        def collect() -> list[str]:
+            out: list[str] = []
+            paginator = self._client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+                for obj in page.get("Contents", []):
+                    k = obj["Key"]
+                    out.append(k[len(self.prefix) + 1:] if self.prefix else k)
+            return out
+
+        return sorted(self._call("list", prefix, collect))
+
+    def delete(self, key: str) -> None:
+        self._call("delete", key, self._client.delete_object, Bucket=self.bucket,
+                   Key=self._key(key))
+
+    def check(self) -> None:
+        """Fail early, with a clear message, when the bucket is missing or unreachable."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                exc.response["Error"]["Code"] = "NoSuchBucket"
+            raise self._wrap(exc, "reach", "") from None
+        except BotoCoreError as exc:
+            raise self._wrap(exc, "reach", "") from None
+
+
+def store_key(location: str, store: Store | None) -> str | None:
+    """The key in ``store`` that ``location`` names (``store:KEY`` or the store's own URI
+    form ``s3://bucket/prefix/KEY``), or None when it names no store object."""
+    if location.startswith("store:"):
+        return location[len("store:"):].strip("/")
+    if store is not None and location.startswith(store.uri.rstrip("/") + "/"):
+        return location[len(store.uri.rstrip("/")) + 1:].strip("/")
+    return None
+
+
+def open_store(uri: str | None = None) -> Store:
+    """Open the store named by ``uri`` (``file://DIR``, a plain path, or ``s3://bucket/prefix``).
+
+    With no URI, uses ``VF_STORE`` or the embedded default ``file://./artifacts``.
+    """
+    uri = uri or os.environ.get("VF_STORE") or DEFAULT_STORE
+    if isinstance(uri, Store):
+        return uri
+    if uri.startswith("s3://"):
+        parsed = urllib.parse.urlparse(uri)
+        bucket = parsed.netloc
+        if not bucket:
+            raise ConfigError(f"store URI {uri!r} has no bucket: use s3://BUCKET/PREFIX")
+        return S3Store(bucket, urllib.parse.unquote(parsed.path))
+    if uri.startswith("file://"):
+        path = urllib.parse.unquote(uri[len("file://"):])
+        if not path:
+            raise ConfigError(f"store URI {uri!r} has no folder: use file://DIR")
+        return LocalStore(path)
+    if "://" in uri:
+        scheme = uri.split("://", 1)[0]
+        raise ConfigError(
+            f"unsupported store scheme {scheme!r} in {uri!r}: use file://DIR or s3://BUCKET/PREFIX")
+    return LocalStore(uri)

@@ -1,0 +1,209 @@
+"""Q1's flow-level plan: the configs of ``q1-mlp`` and ``q1-cnn``, their profiles, the sweep
+cells and groups, and the task configs the flows send (pure data, no Prefect).
+
+Both flow configs inherit :class:`tasks.q1.train.TrainOptions`, so every training setting
+a cell shares is a flow key with its default defined once; a flow states only its own
+experiment's choices (Q1-CNN: batch 32, flips, normalisation, a dev split).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from tasks.core.config import Config, like
+from tasks.inputs.mirror_index import Entry, dataset_name
+from tasks.q1 import data as fmnist
+from tasks.q1.data import FetchConfig
+from tasks.q1.train import DEFAULT_HIDDEN, EvalConfig, TrainConfig, TrainOptions
+
+QUESTIONS = fmnist.QUESTIONS
+Activation = Literal["relu", "tanh", "sigmoid"]
+Loss = Literal["cross_entropy", "mse"]
+PARALLEL_HELP = ("sweep packing: train up to N cells at once on the device, each in its own "
+                 "process with 1/N of the CPU threads (1: one after another)")
+# Task-config fields the plan sets itself (store prefixes and what the sweep varies).
+WIRED = {"classifier.train": {"out", "data", "model", "hidden", "activation", "loss",
+                              "dropout", "batch_size"},
+         "classifier.evaluate": {"out", "train"}}
+# flow key -> task field where the names differ (nested keys dotted)
+RENAMED = {"classifier.evaluate": {"split": "eval.split", "checkpoint": "eval.checkpoint",
+                                   "batch_size": "eval.batch_size"}}
+
+
+class EvalOptions(Config):
+    """The final evaluation of each cell (``classifier.evaluate``); its device is the flow's.
+
+    Evaluation runs on the last checkpoint, on the test split, in batches of 1000.
+    """
+
+    split: Literal["test", "dev"] = like(EvalConfig, "split")
+    checkpoint: Literal["last", "best"] = like(EvalConfig, "checkpoint")
+    batch_size: int = like(EvalConfig, "batch_size")
+
+
+class Q1MlpConfig(TrainOptions):
+    """Q1-MLP: batch-size, activation and loss sweeps of one fully connected net.
+
+    Each sweep varies one key and holds the others at ``batch_size`` / ``activation`` /
+    ``loss``; a cell shared by two sweeps is trained once.
+    """
+
+    data: FetchConfig = FetchConfig()
+    batch_sizes: list[int] = Field([32, 64, 256], min_length=1)
+    activations: list[Activation] = Field(["relu", "tanh", "sigmoid"], min_length=1)
+    losses: list[Loss] = Field(["cross_entropy", "mse"], min_length=1)
+    batch_size: int = like(TrainConfig, "batch_size",
+                           description="batch size of the activation and loss sweeps")
+    activation: Activation = like(TrainConfig, "activation")
+    loss: Loss = like(TrainConfig, "loss")
+    hidden: list[int] = Field(list(DEFAULT_HIDDEN), min_length=1,
+                              description="hidden widths: 784 -> 256 -> 128 -> 10")
+    dropout: float = like(TrainConfig, "dropout")
+    repeats: int = Field(1, ge=1, le=20, description="seeds per cell (seed, seed+1, ...)")
+    parallel: int = Field(1, ge=1, le=32, description=PARALLEL_HELP)
+    eval: EvalOptions = Field(default_factory=lambda: EvalOptions(),
+                              description="the final evaluation of every cell")
+
+    @field_validator("batch_sizes", "hidden")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(x <= 0 for x in v):
+            raise ValueError(f"every value must be > 0 (got {v})")
+        return v
+
+
+class Q1CnnConfig(TrainOptions):
+    """Q1-CNN: (c) no pooling vs (d) max-pooling + BatchNorm, and (e) a dropout sweep on (d).
+
+    The architecture comparison uses ``dropout`` (default 0); the sweep varies it over
+    ``dropouts``. A cell shared by both (same dropout) is trained once.
+    """
+
+    data: FetchConfig = FetchConfig()
+    dropouts: list[float] = Field([0.0, 0.1, 0.2, 0.3, 0.4, 0.5], min_length=1)
+    dropout: float = like(TrainConfig, "dropout", description="dropout of (c) and (d)")
+    batch_size: int = like(TrainConfig, "batch_size", default=32)
+    # the CNN experiment's own choices (SPEC Q1 (c)-(e)): flips and normalisation of the
+    # original report's transforms, a 6,000 / 4,000 dev/test split of the test set
+    normalize: bool = like(TrainOptions, "normalize", default=True)
+    hflip: bool = like(TrainOptions, "hflip", default=True)
+    dev_fraction: float = like(TrainOptions, "dev_fraction", default=0.6,
+                               description="share of the 10k test set used as dev (6,000)")
+    # speed options, measured by bench/q1_options.py (bench/README.md). channels_last: one
+    # (d) epoch 0.78x, (c) 1.07x on CPU; the sweep is 6 (d) cells to 1 (c): 0.86x overall.
+    # bf16 is faster (0.73x) but costs accuracy on (c), compile does not pay on CPU: off.
+    channels_last: bool = like(TrainOptions, "channels_last", default=True)
+    repeats: int = Field(1, ge=1, le=20, description="seeds per cell (seed, seed+1, ...)")
+    parallel: int = Field(1, ge=1, le=32, description=PARALLEL_HELP)
+    eval: EvalOptions = Field(default_factory=lambda: EvalOptions(),
+                              description="the final evaluation of every cell")
+
+    @field_validator("dropouts")
+    @classmethod
+    def _rates(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 <= x < 1.0 for x in v):
+            raise ValueError(f"every dropout rate must be in [0, 1) (got {v})")
+        return v
+
+
+PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    "q1-mlp": {
+        "smoke": {"data": {"source": "generate", "n_train": 3000, "n_test": 1000},
+                  "epochs": 3, "device": "cpu"},
+        "full": {"data": {"source": "download"}, "epochs": 10, "repeats": 3},
+    },
+    "q1-cnn": {
+        "smoke": {"data": {"source": "generate", "n_train": 2000, "n_test": 1000},
+                  "epochs": 2, "batch_size": 64, "device": "cpu"},
+        "full": {"data": {"source": "download"}, "epochs": 10, "repeats": 3},
+    },
+}
+
+
+def _common(cfg: TrainOptions) -> dict[str, Any]:
+    """The training fields every cell shares, straight from the flow config."""
+    return cfg.model_dump(mode="json", include=set(TrainOptions.model_fields))
+
+
+def q1_mlp_cells(cfg: Q1MlpConfig) -> tuple[dict[str, dict], list[dict]]:
+    """Plan the Q1-MLP sweeps: unique training cells and the groups that show them.
+
+    Returns ``(cells, groups)``: ``cells`` maps a cell id (``b64-relu-cross_entropy``) to the
+    train-config fields that define it; each group is ``{"key", "title", "runs": [(name,
+    value, cell_id)]}``.
+    """
+    common = {**_common(cfg), "model": "mlp", "hidden": list(cfg.hidden),
+              "dropout": cfg.dropout}
+    cells: dict[str, dict] = {}
+
+    def cell(bs: int, act: str, loss: str) -> str:
+        cid = f"b{bs}-{act}-{loss}"
+        cells.setdefault(cid, {**common, "batch_size": bs, "activation": act, "loss": loss})
+        return cid
+
+    groups = [
+        {"key": "batch_size", "title": "(a) Mini-batch size sweep", "select_by": "test/accuracy",
+         "runs": [(f"batch {b}", b, cell(b, cfg.activation, cfg.loss)) for b in cfg.batch_sizes]},
+        {"key": "activation", "title": "(b) Activation sweep", "select_by": "test/accuracy",
+         "runs": [(a, a, cell(cfg.batch_size, a, cfg.loss)) for a in cfg.activations]},
+        {"key": "loss", "title": "(b) Loss sweep", "select_by": "test/accuracy",
+         "runs": [(lo, lo, cell(cfg.batch_size, cfg.activation, lo)) for lo in cfg.losses]},
+    ]
+    add_repeats(cells, groups, cfg.repeats)
+    return cells, groups
+
+
+def add_repeats(cells: dict[str, dict], groups: list[dict], repeats: int) -> None:
+    """Add ``repeats - 1`` more seeds of every cell (``<cell>-seed<k>``, seed + k); each
+    group gets ``repeats``: cell id -> the ids of its other seeds."""
+    for cid in list(cells):
+        for k in range(1, repeats):
+            cells[f"{cid}-seed{k}"] = {**cells[cid], "seed": cells[cid]["seed"] + k}
+    for g in groups:
+        g["repeats"] = {cid: [f"{cid}-seed{k}" for k in range(1, repeats)]
+                        for _, _, cid in g["runs"]}
+
+
+def q1_cnn_cells(cfg: Q1CnnConfig) -> tuple[dict[str, dict], list[dict]]:
+    """Plan Q1-CNN: (c) and (d) at ``dropout``, then (d) at every rate in ``dropouts``.
+
+    Same return shape as ``q1_mlp_cells``. Both groups select by dev accuracy.
+    """
+    common = {**_common(cfg), "batch_size": cfg.batch_size}
+    cells: dict[str, dict] = {}
+
+    def cell(model: str, dropout: float) -> str:
+        cid = f"{model}-d{dropout:g}"
+        cells.setdefault(cid, {**common, "model": model, "dropout": dropout})
+        return cid
+
+    groups = [
+        {"key": "model", "title": "(c) No pooling vs (d) max-pooling + BatchNorm",
+         "select_by": "dev/accuracy",
+         "runs": [("(c) no pooling", "cnn", cell("cnn", cfg.dropout)),
+                  ("(d) max-pool + BN", "cnn_pool_bn", cell("cnn_pool_bn", cfg.dropout))]},
+        {"key": "dropout", "title": "(e) Dropout sweep on the fully connected layers of (d)",
+         "select_by": "dev/accuracy", "numeric": True,
+         "runs": [(f"dropout {d:g}", d, cell("cnn_pool_bn", d)) for d in cfg.dropouts]},
+    ]
+    add_repeats(cells, groups, cfg.repeats)
+    return cells, groups
+
+
+def eval_fields(cfg: Q1MlpConfig | Q1CnnConfig) -> dict[str, Any]:
+    """The ``classifier.evaluate`` config of every cell, but its ``out`` and ``train``."""
+    return {**cfg.eval.model_dump(mode="json"), "device": cfg.device}
+
+
+def mirror_entries() -> list[Entry]:
+    """What ``visionflows mirror`` stores for Q1: Fashion-MNIST's four published files."""
+    import urllib.parse
+
+    from torchvision.datasets import FashionMNIST
+
+    base = FashionMNIST.mirrors[0]
+    return [Entry(dataset_name(fmnist.DATASET, filename), urllib.parse.urljoin(base, filename),
+                  QUESTIONS, f"Fashion-MNIST {filename}", md5=fmnist.MD5[filename])
+            for filename in fmnist.FILES.values()]

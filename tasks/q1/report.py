@@ -1,0 +1,246 @@
+"""``classifier.report``: the per-question report of a Q1 sweep (MLP or CNN).
+
+Reads the train and evaluate manifests of every run, draws the plots, compares with the
+reference numbers and writes ``report.md`` + self-contained ``report.html`` to the store.
+Runs that are missing or failed are listed as such, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any, Literal
+
+from pydantic import Field
+
+from tasks.core.config import Config
+from tasks.core.runtime import Manifest, TaskRun, find_manifest
+from tasks.core.store import Store
+from tasks.ml import plots
+from tasks.ml.summary import format_summary, summarize
+from tasks.q1.data import CLASSES
+from tasks.q1.reference import REFERENCE
+from tasks.q1.train import TrainConfig, build_model
+from tasks.reporting.render import Image, Report, Section, Table, slug, write_report
+
+
+class RepeatRef(Config):
+    train: str
+    eval: str
+
+
+class RunRef(Config):
+    name: str = Field(description="display name, e.g. 'batch 32'")
+    value: Any = Field(description="the swept value, e.g. 32, 'tanh', 0.4")
+    train: str = Field(description="store prefix of the classifier.train run")
+    eval: str = Field(description="store prefix of the classifier.evaluate run")
+    repeats: list[RepeatRef] = Field(default_factory=list,
+                                     description="the same cell with other seeds")
+
+
+class Group(Config):
+    key: str = Field(description="swept parameter: batch_size, activation, loss, model, dropout")
+    title: str
+    runs: list[RunRef]
+    select_by: str = "test/accuracy"
+    numeric: bool = False
+
+
+class ReportConfig(Config):
+    out: str
+    question: Literal["q1-mlp", "q1-cnn"]
+    title: str
+    profile: str
+    run_id: str
+    groups: list[Group] = Field(min_length=1)
+    intro: list[str] = Field(default_factory=list)
+
+
+def _aggregate(manifests: list[Manifest]) -> Manifest:
+    """The first run's manifest with each numeric metric replaced by the mean over all runs,
+    plus ``<metric>/std`` (sample standard deviation) and ``<metric>/n``."""
+    if len(manifests) == 1:
+        return manifests[0]
+    out = manifests[0].model_copy(deep=True)
+    for key, value in manifests[0].metrics.items():
+        values = [m.metrics.get(key) for m in manifests]
+        if isinstance(value, bool) or not all(isinstance(v, int | float) for v in values):
+            continue
+        out.metrics[key] = statistics.fmean(values)
+        out.metrics[f"{key}/std"] = statistics.stdev(values)
+        out.metrics[f"{key}/n"] = len(values)
+    return out
+
+
+def _load(store: Store, ref: RunRef) -> tuple[Manifest | None, Manifest | None]:
+    """Train and eval manifests of a cell; with repeats, their means over every seed that
+    finished (the first seed's manifest carries the curves and plots)."""
+    pairs = [(find_manifest(store, ref.train), find_manifest(store, ref.eval))]
+    pairs += [(find_manifest(store, r.train), find_manifest(store, r.eval)) for r in ref.repeats]
+    first_tr, first_ev = pairs[0]
+    if first_tr is None or first_ev is None:
+        return first_tr, first_ev
+    done = [(t, e) for t, e in pairs if t is not None and e is not None]
+    return _aggregate([t for t, _ in done]), _aggregate([e for _, e in done])
+
+
+def _metric(train: Manifest | None, ev: Manifest | None, key: str) -> float | None:
+    for m in (ev, train):
+        if m is not None and key in m.metrics:
+            return m.metrics[key]
+    return None
+
+
+def _group_section(question: str, group: Group, store: Store, images_seen: set[str],
+                   summary_rows: list[dict]) -> tuple[Section, dict]:
+    loaded = {ref.name: (ref, *_load(store, ref)) for ref in group.runs}
+    ok = {n: v for n, v in loaded.items() if v[1] is not None and v[2] is not None}
+    has_dev = any("dev/accuracy" in v[1].metrics for v in ok.values())
+    repeated = any("test/accuracy/n" in v[2].metrics for v in ok.values())
+    cols = ["variant", "status", "test acc", *(["± std (n seeds)"] if repeated else []),
+            "precision", "recall", "F1", "test loss"]
+    cols += ["dev acc (final)", "best dev acc"] if has_dev else []
+    cols += ["train time (s)", "epochs"]
+    rows = []
+    for name, (run_ref, tr, ev) in loaded.items():
+        status = "ok" if (tr and ev) else ("trained, not evaluated" if tr else "missing/failed")
+        spread = ([f"± {ev.metrics['test/accuracy/std']:.4f} "
+                   f"({ev.metrics['test/accuracy/n']})" if ev and "test/accuracy/n" in
+                   ev.metrics else "(1)"] if repeated else [])
+        row = [name, status, _metric(tr, ev, "test/accuracy"), *spread,
+               _metric(tr, ev, "test/precision_macro"), _metric(tr, ev, "test/recall_macro"),
+               _metric(tr, ev, "test/f1_macro"), _metric(tr, ev, "test/loss")]
+        if has_dev:
+            row += [_metric(tr, ev, "dev/accuracy"), _metric(tr, ev, "best/dev/accuracy")]
+        row += [_metric(tr, ev, "train/time_s"), _metric(tr, ev, "epochs")]
+        rows.append(row)
+        summary_rows.append({"question": question, "variant": f"{group.key}={name}",
+                             "status": status, "metric": "test/accuracy",
+                             "value": _metric(tr, ev, "test/accuracy"),
+                             "std": _metric(tr, ev, "test/accuracy/std"),
+                             "seeds": _metric(tr, ev, "test/accuracy/n") or 1,
+                             "time_s": _metric(tr, ev, "train/time_s"),
+                             "run": tr.prefix if tr else run_ref.train})
+    section = Section(group.title, tables=[Table(cols, rows, f"{group.title}: final metrics")])
+    result: dict[str, Any] = {"key": group.key, "select_by": group.select_by, "best": None,
+                              "comparison": []}
+    if ok:
+        best_name = max(ok, key=lambda n: _metric(ok[n][1], ok[n][2], group.select_by) or -1)
+        best_ref = ok[best_name][0]
+        best_val = _metric(ok[best_name][1], ok[best_name][2], group.select_by)
+        result.update(best=best_ref.value, best_name=best_name, best_score=best_val)
+        text = (f"Ours: best {group.key} = {best_ref.value!r} by {group.select_by} "
+                f"({best_val:.4f}).")
+        ref = REFERENCE.get(question, {}).get(group.key)
+        if ref:
+            text += f" Reference (original report): {ref['note']}."
+            if ref.get("best") is not None:
+                agree = ref["best"] == best_ref.value
+                text += " Our choice agrees." if agree else " Our choice differs."
+                result["reference_best"] = ref["best"]
+                result["agrees"] = agree
+            result["comparison"].append({
+                "item": f"best {group.key} (by {group.select_by})", "ours": best_ref.value,
+                "reference": ref["best"] if ref.get("best") is not None else ref["note"]})
+            for k in (k for k in ref if "/" in k):
+                result["comparison"].append({
+                    "item": f"{k} at the best {group.key}",
+                    "ours": _metric(ok[best_name][1], ok[best_name][2], k), "reference": ref[k]})
+        section.paragraphs.append(text)
+        if ref and any("/" in k for k in ref):
+            metric_keys = [k for k in ref if "/" in k]
+            best_tr, best_ev = ok[best_name][1], ok[best_name][2]
+            section.tables.append(Table(
+                ["source", group.key, *metric_keys],
+                [["ours", best_ref.value, *[_metric(best_tr, best_ev, k) for k in metric_keys]],
+                 ["reference (original report)", ref["best"], *[ref[k] for k in metric_keys]]],
+                "Best setting: ours beside the original report's (reference)"))
+        tag = slug(group.key)
+        histories = {n: v[1].model_extra.get("history", []) for n, v in ok.items()}
+        imgs = [
+            Image(f"curves-{tag}.png", plots.curves(histories, title=group.title),
+                  "Loss and accuracy per epoch (train solid, dev dashed, test dotted)"),
+            Image(f"aprf-{tag}.png", plots.grouped_bars(
+                {n: {"accuracy": _metric(*v[1:], "test/accuracy"),
+                     "precision": _metric(*v[1:], "test/precision_macro"),
+                     "recall": _metric(*v[1:], "test/recall_macro"),
+                     "F1": _metric(*v[1:], "test/f1_macro")} for n, v in ok.items()},
+                "score", "Accuracy, precision, recall, F1 (macro, test)"),
+                "APRF per variant"),
+            Image(f"time-{tag}.png", plots.bars(
+                {n: _metric(*v[1:], "train/time_s") for n, v in ok.items()}, "seconds",
+                "Training compute time"), "Wall-clock training time per run"),
+        ]
+        if repeated:
+            imgs.append(Image(f"spread-{tag}.png", plots.bars(
+                {n: _metric(*v[1:], "test/accuracy") for n, v in ok.items()}, "test accuracy",
+                "Test accuracy: mean ± std over seeds",
+                errors={n: _metric(*v[1:], "test/accuracy/std") or 0.0 for n, v in ok.items()}),
+                "Mean test accuracy per variant; error bars: standard deviation over seeds"))
+        if group.numeric:
+            xs = [v[0].value for v in ok.values()]
+            series = {s: [_metric(*v[1:], f"{s}/accuracy") for v in ok.values()]
+                      for s in ("dev", "test") if all(
+                          _metric(*v[1:], f"{s}/accuracy") is not None for v in ok.values())}
+            markers = {}
+            if ref and "dev/accuracy" in ref:
+                markers["reference dev"] = (ref["best"], ref["dev/accuracy"])
+                markers["reference test"] = (ref["best"], ref["test/accuracy"])
+            imgs.append(Image(f"{tag}-vs-accuracy.png", plots.line(
+                xs, series, group.key, "accuracy", f"Accuracy vs {group.key}", markers),
+                f"Final accuracy vs {group.key}; stars: reference (original report)"))
+        section.images.extend(imgs)
+        for name, (_ref, tr, ev) in ok.items():
+            key = slug(tr.prefix.rsplit("/", 1)[-1])
+            if key in images_seen:  # the same cell shared by two sweeps: plots shown once
+                section.subsections.append(Section(
+                    name, [f"Same run as in an earlier section ({tr.prefix})."]))
+                continue
+            images_seen.add(key)
+            pc = ev.metrics["test/per_class"]
+            section.subsections.append(Section(name, images=[
+                Image(f"perclass-{key}.png", plots.per_class(
+                    {"precision": pc["precision"], "recall": pc["recall"]}, CLASSES,
+                    f"{name}: per-class precision and recall"), "Per-class P/R (test)"),
+                Image(f"confusion-{key}.png", plots.confusion(
+                    ev.metrics["test/confusion_matrix"], CLASSES, f"{name}: confusion matrix"),
+                    "Confusion matrix (test)"),
+            ]))
+    else:
+        section.paragraphs.append("No run of this sweep finished: nothing to compare.")
+    return section, result
+
+
+def render(cfg: ReportConfig, store: Store) -> Manifest:
+    """Build the question's report from the manifests of its runs."""
+    with TaskRun("classifier.report", cfg, store, cfg.out) as run:
+        report = Report(cfg.title, list(cfg.intro), meta={
+            "question": cfg.question, "profile": cfg.profile, "run id": cfg.run_id,
+            "store": store.uri})
+        if cfg.profile != "full":
+            report.title += f" ({cfg.profile} profile: generated data, not comparable to the "\
+                            "reference)"
+        seen: set[str] = set()
+        results, summary_rows, archs = [], [], {}
+        for group in cfg.groups:
+            section, result = _group_section(cfg.question, group, store, seen, summary_rows)
+            report.sections.append(section)
+            results.append(result)
+            for ref in group.runs:
+                tr = find_manifest(store, ref.train)
+                if tr is not None:
+                    tcfg = TrainConfig.model_validate(tr.config)
+                    archs.setdefault((tcfg.model, tcfg.hidden, tcfg.activation), tcfg)
+        arch = Section("Architectures")
+        for (kind, hidden, act), tcfg in archs.items():
+            s = summarize(build_model(tcfg), [32, 1, 28, 28])
+            label = f"{kind} ({act}" + (f", hidden {list(hidden)}" if kind == "mlp" else "") + ")"
+            arch.subsections.append(Section(label, code=format_summary(s)))
+        if archs:
+            report.sections.append(arch)
+        keys = write_report(report, store, cfg.out)
+        for name, key in keys.items():
+            run.outputs[name] = key
+        comparison = [{"question": cfg.question, **row} for r in results
+                      for row in r.pop("comparison")]
+        return run.finish({"groups": results, "summary": summary_rows,
+                           "comparison": comparison})

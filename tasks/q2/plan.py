@@ -1,0 +1,106 @@
+"""Q2's flow-level plan: the ``q2-transfer`` config, its profiles, and the task configs the
+flow sends (pure data, no Prefect).
+
+The flow config inherits :class:`tasks.q2.transfer.TrainOptions` (how each head trains) and
+states the other steps' settings with their task fields' own defaults and checks
+(``like``), so each default lives once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from tasks.core.config import like
+from tasks.inputs.mirror_index import Entry, dataset_name
+from tasks.q2 import data as stl10
+from tasks.q2.data import FetchConfig
+from tasks.q2.transfer import ExploreConfig, FinetuneConfig, TrainOptions, weights_spec
+
+WIRED = {"transfer.weights": {"out", "archs"},
+         "transfer.explore": {"out", "data"},
+         "transfer.train": {"out", "data", "arch"},
+         "transfer.finetune": {"out", "train"}}
+# flow key -> task field, where the names differ
+RENAMED = {"transfer.finetune": {"epochs": "finetune_epochs", "learning_rate": "finetune_lr",
+                                 "eval_test": "finetune_eval_test"},
+           "transfer.explore": {"bins": "histogram_bins"}}
+
+
+class Q2TransferConfig(TrainOptions):
+    """Q2: ResNet18 and VGG16 with frozen ImageNet backbones and a new 10-class head on STL10.
+
+    ``pretrained`` must be said: ``true`` resolves the ImageNet weights (``weights_mirror``,
+    then the store's mirror index, the torch hub cache, a download) and fails if it cannot;
+    ``false`` trains on a random backbone and every manifest and the report say so.
+    """
+
+    data: FetchConfig = FetchConfig()
+    models: list[Literal["resnet18", "vgg16"]] = Field(["resnet18", "vgg16"], min_length=1)
+    samples: int = like(ExploreConfig, "samples",
+                        description="images in the labelled sample grid")
+    histogram_bins: int = like(ExploreConfig, "bins")
+    grid_size: int = like(FinetuneConfig, "grid_size",
+                          description="test images in the prediction grid")
+    grid_seed: int = like(FinetuneConfig, "grid_seed")
+    finetune_epochs: int = like(FinetuneConfig, "epochs")
+    finetune_lr: float = like(FinetuneConfig, "learning_rate")
+    finetune_eval_test: bool = like(FinetuneConfig, "eval_test")
+
+    @field_validator("models")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"each model at most once (got {v})")
+        return v
+
+
+PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    "q2-transfer": {
+        # small images and few samples keep VGG16 fast on a CPU; a random backbone, said so;
+        # its features are weak, so the head takes larger steps to show learning in 3 epochs
+        "smoke": {"data": {"source": "generate", "n_train": 200, "n_test": 100},
+                  "pretrained": False, "image_size": 48, "epochs": 3, "learning_rate": 0.01,
+                  "finetune_eval_test": False, "device": "cpu"},
+        "full": {"data": {"source": "download"}, "pretrained": True, "image_size": 96,
+                 "epochs": 10, "batch_size": 32},
+    },
+}
+
+
+def weights_config(cfg: Q2TransferConfig, out: str) -> dict[str, Any]:
+    """``transfer.weights``: every model's checkpoint, resolved before anything expensive."""
+    return {"out": out, "archs": list(cfg.models), "pretrained": cfg.pretrained,
+            "weights_mirror": cfg.weights_mirror}
+
+
+def explore_config(cfg: Q2TransferConfig, out: str, data: str) -> dict[str, Any]:
+    return {"out": out, "data": data, "samples": cfg.samples, "seed": cfg.seed,
+            "bins": cfg.histogram_bins}
+
+
+def train_config(cfg: Q2TransferConfig, arch: str, out: str, data: str) -> dict[str, Any]:
+    """``transfer.train`` of one architecture: the flow's training options as they are."""
+    return {**cfg.model_dump(mode="json", include=set(TrainOptions.model_fields)),
+            "out": out, "data": data, "arch": arch}
+
+
+def finetune_config(cfg: Q2TransferConfig, out: str, train: str) -> dict[str, Any]:
+    return {"out": out, "train": train, "grid_size": cfg.grid_size,
+            "grid_seed": cfg.grid_seed, "epochs": cfg.finetune_epochs,
+            "learning_rate": cfg.finetune_lr, "eval_test": cfg.finetune_eval_test,
+            "device": cfg.device}
+
+
+def mirror_entries() -> list[Entry]:
+    """What ``visionflows mirror`` stores for Q2: the STL10 archive and the full profile's
+    ImageNet weights."""
+    from torchvision.datasets import STL10
+
+    entries = [Entry(dataset_name(stl10.DATASET, stl10.TGZ), STL10.url, stl10.QUESTIONS,
+                     "STL10 binary archive", md5=stl10.TGZ_MD5)]
+    full = Q2TransferConfig.model_validate(PROFILES["q2-transfer"]["full"])
+    for arch in full.models:
+        entries.append(weights_spec(arch).mirror_entry())
+    return entries

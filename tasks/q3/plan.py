@@ -1,0 +1,61 @@
+"""Q3's flow-level plan: the ``q3-segmentation`` config, its profiles, and the task configs
+the flow sends (pure data, no Prefect).
+
+The flow config inherits the segmentation options and the ingest limits of the tasks, so
+each default lives once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from tasks.inputs.mirror_index import Entry
+from tasks.q3.images import PACKAGED_IMAGES
+from tasks.q3.segment import IngestOptions, SegmentOptions, weights_spec
+
+WIRED = {"images.ingest": {"out"}, "segment.images": {"out", "ingest"}}
+RENAMED: dict[str, dict[str, str]] = {}
+
+
+class Q3SegmentationConfig(SegmentOptions, IngestOptions):
+    """Q3: DeepLabV3 on any images (local paths, http(s) URLs, store keys, package files).
+
+    The default inputs are real photos shipped inside installed packages. A rejected input
+    (missing, not an image, truncated, too small ...) never loses the others' results; the
+    run still fails at the end (CLI exit code 3) unless ``allow_rejected`` is true.
+    """
+
+    images: list[str] = Field(default_factory=lambda: list(PACKAGED_IMAGES), min_length=1)
+    allow_rejected: bool = Field(False, description="true: rejected inputs do not fail the run")
+
+    @field_validator("images", mode="before")
+    @classmethod
+    def _one_image(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    "q3-segmentation": {
+        # random weights at a small input size: the whole pipeline on CPU in seconds
+        "smoke": {"pretrained": False, "resize_size": 64, "device": "cpu"},
+        "full": {"pretrained": True},
+    },
+}
+
+
+def ingest_config(cfg: Q3SegmentationConfig, out: str) -> dict[str, Any]:
+    return {**cfg.model_dump(mode="json", include=set(IngestOptions.model_fields)),
+            "out": out, "images": list(cfg.images)}
+
+
+def segment_config(cfg: Q3SegmentationConfig, out: str, ingest: str) -> dict[str, Any]:
+    return {**cfg.model_dump(mode="json", include=set(SegmentOptions.model_fields)),
+            "out": out, "ingest": ingest}
+
+
+def mirror_entries() -> list[Entry]:
+    """What ``visionflows mirror`` stores for Q3: the full profile's DeepLabV3 weights."""
+    full = Q3SegmentationConfig.model_validate(PROFILES["q3-segmentation"]["full"])
+    return [weights_spec(full.arch).mirror_entry()]

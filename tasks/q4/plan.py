@@ -1,0 +1,98 @@
+"""Q4's flow-level plan: the ``q4-yolo`` config, its profiles, and the task configs the flow
+sends (pure data, no Prefect).
+
+The flow config inherits :class:`tasks.q4.yolo.YoloTrainOptions` (how each model trains)
+and states the evaluation's settings with the task's own defaults and checks (``like``),
+so each default lives once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from tasks.core.config import like
+from tasks.inputs.mirror_index import Entry
+from tasks.q4.data import EXPORT_MIRROR_NAME, YoloDataConfig
+from tasks.q4.yolo import YoloEvalConfig, YoloTrainOptions, weights_spec
+
+QUESTIONS = ("q4-yolo",)
+# The full profile's default data.location: the export uploaded to this store key
+EXPORT_KEY = "uploads/q4-yolo/roboflow-export.zip"
+WIRED = {"yolo.train": {"out", "data", "model"}, "yolo.evaluate": {"out", "train"}}
+RENAMED = {"yolo.train": {"weights": "weights_mirror"},
+           "yolo.evaluate": {"batch": "eval_batch", "checkpoint": "eval_checkpoint",
+                             "split": "eval_split", "imgsz": "eval_imgsz"}}
+
+
+class Q4YoloConfig(YoloTrainOptions):
+    """Q4: ultralytics YOLO detection, one training per model, evaluated on the valid split.
+
+    ``full`` is the SPEC's setup (pretrained YOLOv5s and YOLOv5x, 100 epochs at 416 px on
+    the Roboflow export given as ``data.location``); ``smoke`` trains small models from their
+    yaml on generated shapes. Any ultralytics model name works in ``models`` (a ``.yaml``
+    trains from scratch, a ``.pt`` starts from pretrained weights found via
+    ``weights_mirror``, the store's mirror index, the cache, or a download).
+    """
+
+    data: YoloDataConfig = Field(default_factory=lambda: YoloDataConfig(source="generate"))
+    models: list[str] = Field(["yolov5s.pt", "yolov5x.pt"], min_length=1)
+    weights_mirror: str | None = Field(None, description="folder or store:PREFIX holding .pt files")
+    eval_batch: int = like(YoloEvalConfig, "batch")
+    eval_checkpoint: Literal["best", "last"] = like(YoloEvalConfig, "checkpoint")
+    eval_split: Literal["val", "test"] = like(YoloEvalConfig, "split")
+    eval_imgsz: int | None = like(YoloEvalConfig, "imgsz")
+    conf: float = like(YoloEvalConfig, "conf")
+    samples: int = like(YoloEvalConfig, "samples")
+
+    @field_validator("models")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"models must be distinct (got {v})")
+        return v
+
+
+PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    "q4-yolo": {
+        # Sized to learn the generated shapes in about a minute of CPU per model: 96 px
+        # images, no mosaic (it shrinks objects), an optimizer step every batch (nbs=batch).
+        "smoke": {"data": {"source": "generate", "n_train": 160, "n_valid": 30,
+                           "image_size": 96, "max_objects": 3},
+                  "models": ["yolov5n.yaml", "yolov5s.yaml"], "epochs": 6, "imgsz": 96,
+                  "batch": 8, "nbs": 8, "optimizer": "AdamW", "lr0": 0.003,
+                  "warmup_epochs": 0.5, "mosaic": 0.0, "close_mosaic": 0, "device": "cpu",
+                  "workers": 0, "plots": False, "checkpoint_every": 3, "samples": 4},
+        # full: the Roboflow export, by default from this store key (upload it there, or
+        # pass --set data.location=PATH|URL|store:KEY)
+        "full": {"data": {"source": "export", "location": "store:" + EXPORT_KEY},
+                 "models": ["yolov5s.pt", "yolov5x.pt"], "epochs": 100, "imgsz": 416},
+    },
+}
+
+
+def train_config(cfg: Q4YoloConfig, model: str, out: str, data: str) -> dict[str, Any]:
+    """The ``yolo.train`` config of one model: the flow's training options as they are."""
+    return {**cfg.model_dump(mode="json", include=set(YoloTrainOptions.model_fields)),
+            "out": out, "data": data, "model": model, "weights": cfg.weights_mirror}
+
+
+def eval_config(cfg: Q4YoloConfig, out: str, train: str) -> dict[str, Any]:
+    """The ``yolo.evaluate`` config of one trained model."""
+    return {"out": out, "train": train, "checkpoint": cfg.eval_checkpoint,
+            "split": cfg.eval_split, "imgsz": cfg.eval_imgsz, "batch": cfg.eval_batch,
+            "conf": cfg.conf, "samples": cfg.samples, "device": cfg.device, "plots": cfg.plots}
+
+
+def mirror_entries(export_url: str | None = None) -> list[Entry]:
+    """What ``visionflows mirror`` stores for Q4: the full profile's pretrained weights, and
+    the Roboflow export when its URL is given."""
+    from tasks.inputs.download import public_url
+
+    full = Q4YoloConfig.model_validate(PROFILES["q4-yolo"]["full"])
+    entries = [weights_spec(m).mirror_entry() for m in full.models if m.endswith(".pt")]
+    if export_url:
+        entries.append(Entry(EXPORT_MIRROR_NAME, export_url, QUESTIONS,
+                             f"Q4 Roboflow export {public_url(export_url)}", check="zip"))
+    return entries
