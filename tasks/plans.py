@@ -26,12 +26,16 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
 
 
 def resolve_config(flow: str, profile: str, overrides: dict[str, Any] | None = None) -> Config:
-    """Class defaults, then the profile, then the user's overrides; validated."""
+    """Class defaults, then the profile, then the user's overrides, merged key by key;
+    validated."""
     if flow not in FLOW_CONFIGS:
         raise ConfigError(f"unknown flow {flow!r}; known: {', '.join(sorted(FLOW_CONFIGS))}")
     profiles = PROFILES[flow]
     if profile not in profiles:
         raise ConfigError(f"unknown profile {profile!r} for {flow}; use one of: "
                           f"{', '.join(profiles)}")
-    merged = deep_merge(profiles[profile], overrides or {})
+    # nested tables (e.g. ``resources``) merge key by key: ``--set resources.train.gpus=0.5``
+    # keeps the question's other numbers
+    defaults = FLOW_CONFIGS[flow]().model_dump(mode="json")
+    merged = deep_merge(deep_merge(defaults, profiles[profile]), overrides or {})
     return validate(FLOW_CONFIGS[flow], merged, what=f"{flow} ({profile} profile)")

@@ -16,7 +16,6 @@ import os
 import subprocess
 import sys
 import time
-
 from typing import Literal
 
 from pydantic import Field

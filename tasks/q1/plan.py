@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from tasks.core.config import Config, like
+from tasks.core.resources import Resources, ResourceTable, on_cpu
 from tasks.inputs.mirror_index import Entry, dataset_name
 from tasks.q1 import data as fmnist
 from tasks.q1.data import FetchConfig
@@ -27,6 +28,13 @@ PARALLEL_HELP = ("sweep packing: train up to N cells at once on the device, each
 WIRED = {"classifier.train": {"out", "data", "model", "hidden", "activation", "loss",
                               "dropout", "batch_size"},
          "classifier.evaluate": {"out", "train"}}
+# What each step needs (tasks.core.resources): a Q1 cell is small, so four share a GPU.
+RESOURCES = ResourceTable(
+    train=Resources(cpus=2, memory="4g", gpus=0.25, shm="1g", time_limit_s=2 * 3600),
+    evaluate=Resources(cpus=1, memory="2g", gpus=0.25, shm="1g", time_limit_s=3600))
+STEP_KINDS = {"fashion-mnist.fetch": "fetch", "classifier.train": "train",
+              "classifier.evaluate": "evaluate", "classifier.report": "report",
+              "model.promote": "report"}
 # flow key -> task field where the names differ (nested keys dotted)
 RENAMED = {"classifier.evaluate": {"split": "eval.split", "checkpoint": "eval.checkpoint",
                                    "batch_size": "eval.batch_size"}}
@@ -65,6 +73,8 @@ class Q1MlpConfig(TrainOptions):
     parallel: int = Field(1, ge=1, le=32, description=PARALLEL_HELP)
     eval: EvalOptions = Field(default_factory=lambda: EvalOptions(),
                               description="the final evaluation of every cell")
+    resources: ResourceTable = Field(default_factory=lambda: RESOURCES,
+                                     description="what each step kind needs")
 
     @field_validator("batch_sizes", "hidden")
     @classmethod
@@ -99,6 +109,8 @@ class Q1CnnConfig(TrainOptions):
     parallel: int = Field(1, ge=1, le=32, description=PARALLEL_HELP)
     eval: EvalOptions = Field(default_factory=lambda: EvalOptions(),
                               description="the final evaluation of every cell")
+    resources: ResourceTable = Field(default_factory=lambda: RESOURCES,
+                                     description="what each step kind needs")
 
     @field_validator("dropouts")
     @classmethod
@@ -111,12 +123,13 @@ class Q1CnnConfig(TrainOptions):
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "q1-mlp": {
         "smoke": {"data": {"source": "generate", "n_train": 3000, "n_test": 1000},
-                  "epochs": 3, "device": "cpu"},
+                  "epochs": 3, "device": "cpu", "resources": on_cpu(RESOURCES)},
         "full": {"data": {"source": "download"}, "epochs": 10, "repeats": 3},
     },
     "q1-cnn": {
         "smoke": {"data": {"source": "generate", "n_train": 2000, "n_test": 1000},
-                  "epochs": 2, "batch_size": 64, "device": "cpu"},
+                  "epochs": 2, "batch_size": 64, "device": "cpu",
+                  "resources": on_cpu(RESOURCES)},
         "full": {"data": {"source": "download"}, "epochs": 10, "repeats": 3},
     },
 }

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from tasks.core.config import like
+from tasks.core.resources import Resources, ResourceTable, on_cpu
 from tasks.inputs.mirror_index import Entry, dataset_name
 from tasks.q2 import data as stl10
 from tasks.q2.data import FetchConfig
@@ -26,6 +27,17 @@ WIRED = {"transfer.weights": {"out", "archs"},
 RENAMED = {"transfer.finetune": {"epochs": "finetune_epochs", "learning_rate": "finetune_lr",
                                  "eval_test": "finetune_eval_test"},
            "transfer.explore": {"bins": "histogram_bins"}}
+
+
+# What each step needs (tasks.core.resources): VGG16 wants a GPU of its own.
+RESOURCES = ResourceTable(
+    fetch=Resources(cpus=2, memory="8g", time_limit_s=3 * 3600),
+    train=Resources(cpus=4, memory="16g", gpus=1, shm="4g", time_limit_s=4 * 3600),
+    evaluate=Resources(cpus=4, memory="16g", gpus=1, shm="4g", time_limit_s=3600),
+    report=Resources(cpus=2, memory="8g", time_limit_s=3600))
+STEP_KINDS = {"transfer.weights": "fetch", "stl10.fetch": "fetch", "transfer.explore": "report",
+              "transfer.train": "train", "transfer.finetune": "train",
+              "transfer.report": "report", "model.promote": "report"}
 
 
 class Q2TransferConfig(TrainOptions):
@@ -47,6 +59,8 @@ class Q2TransferConfig(TrainOptions):
     finetune_epochs: int = like(FinetuneConfig, "epochs")
     finetune_lr: float = like(FinetuneConfig, "learning_rate")
     finetune_eval_test: bool = like(FinetuneConfig, "eval_test")
+    resources: ResourceTable = Field(default_factory=lambda: RESOURCES,
+                                     description="what each step kind needs")
 
     @field_validator("models")
     @classmethod
@@ -62,7 +76,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # its features are weak, so the head takes larger steps to show learning in 3 epochs
         "smoke": {"data": {"source": "generate", "n_train": 200, "n_test": 100},
                   "pretrained": False, "image_size": 48, "epochs": 3, "learning_rate": 0.01,
-                  "finetune_eval_test": False, "device": "cpu"},
+                  "finetune_eval_test": False, "device": "cpu",
+                  "resources": on_cpu(RESOURCES)},
         "full": {"data": {"source": "download"}, "pretrained": True, "image_size": 96,
                  "epochs": 10, "batch_size": 32},
     },

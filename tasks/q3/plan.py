@@ -11,12 +11,18 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from tasks.core.resources import Resources, ResourceTable, on_cpu
 from tasks.inputs.mirror_index import Entry
 from tasks.q3.images import PACKAGED_IMAGES
 from tasks.q3.segment import IngestOptions, SegmentOptions, weights_spec
 
 WIRED = {"images.ingest": {"out"}, "segment.images": {"out", "ingest"}}
 RENAMED: dict[str, dict[str, str]] = {}
+# What each step needs (tasks.core.resources): DeepLabV3 inference on one GPU.
+RESOURCES = ResourceTable(
+    evaluate=Resources(cpus=4, memory="8g", gpus=1, shm="2g", time_limit_s=3600))
+STEP_KINDS = {"images.ingest": "fetch", "segment.images": "evaluate",
+              "segment.report": "report"}
 
 
 class Q3SegmentationConfig(SegmentOptions, IngestOptions):
@@ -29,6 +35,8 @@ class Q3SegmentationConfig(SegmentOptions, IngestOptions):
 
     images: list[str] = Field(default_factory=lambda: list(PACKAGED_IMAGES), min_length=1)
     allow_rejected: bool = Field(False, description="true: rejected inputs do not fail the run")
+    resources: ResourceTable = Field(default_factory=lambda: RESOURCES,
+                                     description="what each step kind needs")
 
     @field_validator("images", mode="before")
     @classmethod
@@ -39,7 +47,8 @@ class Q3SegmentationConfig(SegmentOptions, IngestOptions):
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "q3-segmentation": {
         # random weights at a small input size: the whole pipeline on CPU in seconds
-        "smoke": {"pretrained": False, "resize_size": 64, "device": "cpu"},
+        "smoke": {"pretrained": False, "resize_size": 64, "device": "cpu",
+                  "resources": on_cpu(RESOURCES)},
         "full": {"pretrained": True},
     },
 }

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from tasks.core.config import like
+from tasks.core.resources import Resources, ResourceTable, on_cpu
 from tasks.inputs.mirror_index import Entry
 from tasks.q4.data import EXPORT_MIRROR_NAME, YoloDataConfig
 from tasks.q4.yolo import YoloEvalConfig, YoloTrainOptions, weights_spec
@@ -24,6 +25,15 @@ WIRED = {"yolo.train": {"out", "data", "model"}, "yolo.evaluate": {"out", "train
 RENAMED = {"yolo.train": {"weights": "weights_mirror"},
            "yolo.evaluate": {"batch": "eval_batch", "checkpoint": "eval_checkpoint",
                              "split": "eval_split", "imgsz": "eval_imgsz"}}
+
+
+# What each step needs (tasks.core.resources): a YOLOv5x training wants a whole GPU.
+RESOURCES = ResourceTable(
+    fetch=Resources(cpus=2, memory="4g", time_limit_s=3600),
+    train=Resources(cpus=8, memory="32g", gpus=1, shm="8g", time_limit_s=12 * 3600),
+    evaluate=Resources(cpus=4, memory="16g", gpus=1, shm="4g", time_limit_s=3600))
+STEP_KINDS = {"yolo-export.fetch": "fetch", "yolo.train": "train", "yolo.evaluate": "evaluate",
+              "yolo.report": "report", "model.promote": "report"}
 
 
 class Q4YoloConfig(YoloTrainOptions):
@@ -45,6 +55,8 @@ class Q4YoloConfig(YoloTrainOptions):
     eval_imgsz: int | None = like(YoloEvalConfig, "imgsz")
     conf: float = like(YoloEvalConfig, "conf")
     samples: int = like(YoloEvalConfig, "samples")
+    resources: ResourceTable = Field(default_factory=lambda: RESOURCES,
+                                     description="what each step kind needs")
 
     @field_validator("models")
     @classmethod
@@ -63,7 +75,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                   "models": ["yolov5n.yaml", "yolov5s.yaml"], "epochs": 6, "imgsz": 96,
                   "batch": 8, "nbs": 8, "optimizer": "AdamW", "lr0": 0.003,
                   "warmup_epochs": 0.5, "mosaic": 0.0, "close_mosaic": 0, "device": "cpu",
-                  "workers": 0, "plots": False, "checkpoint_every": 3, "samples": 4},
+                  "workers": 0, "plots": False, "checkpoint_every": 3, "samples": 4,
+                  "resources": on_cpu(RESOURCES)},
         # full: the Roboflow export, by default from this store key (upload it there, or
         # pass --set data.location=PATH|URL|store:KEY)
         "full": {"data": {"source": "export", "location": "store:" + EXPORT_KEY},

@@ -1,0 +1,73 @@
+"""What a step needs to run: CPUs, memory, GPUs (a share of one, or whole ones), ``/dev/shm``
+and a time limit, per question and step kind.
+
+Each question's plan holds its table (``tasks/q<N>/plan.py``: ``RESOURCES`` and the kind of
+each of its tasks, ``STEP_KINDS``); the flow config carries it as ``resources``, so a run
+overrides it like any key (``--set resources.train.gpus=0.5``). The same numbers are meant
+for every place that asks: Ray's ``remote_options``, the docker launcher's limits and
+device requests, and the Kubernetes job variables.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from tasks.core.config import Config
+from tasks.core.limits import parse_size
+
+StepKind = Literal["fetch", "train", "evaluate", "report"]
+KINDS: tuple[str, ...] = ("fetch", "train", "evaluate", "report")
+
+
+class Resources(Config):
+    """One step's needs. ``gpus`` below 1 is a share of one GPU (Ray packs such steps on one
+    device); above 1 it must be a whole number."""
+
+    cpus: float = Field(1.0, gt=0, description="CPU cores")
+    memory: str = Field("4g", description="memory limit, e.g. 512m, 4g")
+    gpus: float = Field(0.0, ge=0, description="GPUs: 0.25 = a quarter of one, 2 = two")
+    shm: str = Field("1g", description="/dev/shm size (DataLoader workers)")
+    time_limit_s: float | None = Field(6 * 3600.0, gt=0, description="seconds; none: no limit")
+
+    @field_validator("memory", "shm")
+    @classmethod
+    def _size(cls, v: str) -> str:
+        parse_size(v, "a size")
+        return v
+
+    @field_validator("gpus")
+    @classmethod
+    def _whole_above_one(cls, v: float) -> float:
+        if v > 1 and v != int(v):
+            raise ValueError(f"more than one GPU must be a whole number (got {v}); "
+                             "a share (e.g. 0.5) is only possible below one")
+        return v
+
+    @property
+    def memory_bytes(self) -> int:
+        return parse_size(self.memory)
+
+    @property
+    def shm_bytes(self) -> int:
+        return parse_size(self.shm)
+
+
+class ResourceTable(Config):
+    """A question's needs by step kind."""
+
+    fetch: Resources = Resources(cpus=1, memory="2g", time_limit_s=3 * 3600)
+    train: Resources = Resources()
+    evaluate: Resources = Resources()
+    report: Resources = Resources(cpus=1, memory="2g", time_limit_s=3600)
+
+    def for_kind(self, kind: str) -> Resources:
+        if kind not in KINDS:
+            raise ValueError(f"unknown step kind {kind!r}; use one of {', '.join(KINDS)}")
+        return getattr(self, kind)
+
+
+def on_cpu(table: ResourceTable) -> dict:
+    """The override that takes every GPU out of ``table`` (a CPU profile)."""
+    return {kind: {"gpus": 0} for kind in KINDS if table.for_kind(kind).gpus}
