@@ -36,8 +36,9 @@ BACKGROUND = [
     "batch of 64 images split into mini-batches that fit in memory, gradients accumulated — "
     "ultralytics' nbs plays this role), the network input size (a multiple of 32: 416 in the "
     "reference), momentum 0.9 and weight decay 0.0005, the learning-rate schedule with "
-    "burn-in (a warm-up over the first iterations, then steps or decay), data augmentation (saturation, "
-    "exposure, hue jitter, flips, scaling), and the training length rule max_batches >= "
+    "burn-in (a warm-up over the first iterations, then steps or decay), data augmentation "
+    "(saturation, exposure, hue jitter, flips, scaling), and the training length rule "
+    "max_batches >= "
     "2000 x classes (12,000 iterations for six classes).",
 ]
 
