@@ -15,6 +15,7 @@ from flows.common import (
     io_step,
     new_run_id,
     publish,
+    remember_flow_run,
     run_step,
     write_flow_manifest,
 )
@@ -32,6 +33,7 @@ def run_classifier_sweep(flow: str, cfg: Config, cells: dict[str, dict], groups:
     ``cells`` and ``groups`` come from the question's planner in ``tasks.plans``.
     Returns the flow result (also written as the flow's manifest).
     """
+    remember_flow_run()
     log = get_run_logger()
     st = open_store(store)
     run_id = run_id or new_run_id()

@@ -17,9 +17,12 @@ import argparse
 import json
 import logging
 import os
+import shlex
+import signal
 import sys
 
-from flows.registry import FLOWS, load_flow
+from flows.registry import FLOWS, load_flow, new_run_id
+from flows.session import Interrupted, Session
 from tasks.core.errors import VisionflowsError
 
 LAUNCHER_CHOICES = ("local", "subprocess", "docker")  # flows.launchers.LAUNCHERS, unimported
@@ -50,12 +53,44 @@ def check_prefect_api() -> None:
 
 
 def _open_checked_store(uri: str | None):
+    """The store, checked before any work: writable with free space (``file://``), the
+    bucket reachable (``s3://``, within the retry budget)."""
     from tasks.core.store import open_store
 
     store = open_store(uri)
-    if hasattr(store, "check"):
-        store.check()
+    store.check()
     return store
+
+
+def kept(store, flow: str, run_id: str) -> str:
+    """What an interrupted run left: finished steps and checkpoints of unfinished ones."""
+    from tasks.core.store import join
+
+    keys = store.list(join("runs", flow, run_id))
+    done = {k.rsplit("/", 1)[0] for k in keys if k.endswith("/manifest.json")}
+    ckpts = [k for k in keys if k.endswith("/last.pt") and k.rsplit("/", 1)[0] not in done]
+    parts = [f"{len(done)} finished step{'s' if len(done) != 1 else ''}"]
+    if ckpts:
+        parts.append(f"{len(ckpts)} checkpoint{'s' if len(ckpts) != 1 else ''} of unfinished "
+                     f"training ({', '.join(k.rsplit('/', 2)[-2] for k in ckpts[:3])}"
+                     f"{', ...' if len(ckpts) > 3 else ''})")
+    return " and ".join(parts) + f" under {store.url(join('runs', flow, run_id))}"
+
+
+def resume_command(argv: list[str], run_id: str) -> str:
+    """The command line that resumes: the same arguments, with ``--run-id RUN_ID``."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--run-id":
+            skip = True
+            continue
+        if arg.startswith("--run-id="):
+            continue
+        out.append(arg)
+    return shlex.join(["visionflows", *out, "--run-id", run_id])
 
 
 def _print_result(name: str, profile: str, result: dict, store) -> None:
@@ -103,25 +138,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_prefect_api()
     logging.getLogger("visionflows").setLevel(logging.INFO)  # Prefect's handlers show it
     kwargs = {"refresh": True} if args.refresh else {}
-    if args.flow != "all":
-        result = load_flow(args.flow)(profile=args.profile, store=store.uri,
-                                      overrides=overrides, launcher=args.launcher,
-                                      run_id=args.run_id, **kwargs)
-        _print_result(args.flow, args.profile, result, store)
-        if args.json:
-            print(json.dumps(result, indent=2, default=str))
-        return 0
-    failures: dict[str, str] = {}
-    for name in names:
-        try:
-            result = load_flow(name)(profile=args.profile, store=store.uri,
-                                     launcher=args.launcher, **kwargs)
-            _print_result(name, args.profile, result, store)
-        except Exception as exc:  # one question failing must not hide the others
-            failures[name] = f"{type(exc).__name__}: {exc}"
-            print(f"\n{name} FAILED: {failures[name]}", file=sys.stderr)
-    final = _run_report(store, failures)
-    print(f"\nfinal report: {final['local'] or store.url(final['report']['report.html'])}")
+    current = {"flow": names[0], "run_id": args.run_id or new_run_id()}
+    try:
+        with Session():
+            if args.flow != "all":
+                result = load_flow(args.flow)(profile=args.profile, store=store.uri,
+                                              overrides=overrides, launcher=args.launcher,
+                                              run_id=current["run_id"], **kwargs)
+                _print_result(args.flow, args.profile, result, store)
+                if args.json:
+                    print(json.dumps(result, indent=2, default=str))
+                return 0
+            failures: dict[str, str] = {}
+            for name in names:
+                current.update(flow=name, run_id=new_run_id())
+                try:
+                    result = load_flow(name)(profile=args.profile, store=store.uri,
+                                             launcher=args.launcher, run_id=current["run_id"],
+                                             **kwargs)
+                    _print_result(name, args.profile, result, store)
+                except Exception as exc:  # one question failing must not hide the others
+                    failures[name] = f"{type(exc).__name__}: {exc}"
+                    print(f"\n{name} FAILED: {failures[name]}", file=sys.stderr)
+            final = _run_report(store, failures)
+            print(f"\nfinal report: {final['local'] or store.url(final['report']['report.html'])}")
+    except Interrupted as exc:
+        argv = [a for a in sys.argv[1:]] if args.flow != "all" else [
+            "run", current["flow"], *sys.argv[3:]]
+        print(f"\n{current['flow']} stopped by {signal.Signals(exc.signum).name}: kept "
+              f"{kept(store, current['flow'], current['run_id'])}; the flow run is marked "
+              f"Cancelled. Resume with: {resume_command(argv, current['run_id'])}",
+              file=sys.stderr)
+        return exc.exit_code
     if failures:
         print(f"{len(failures)} question(s) failed: {', '.join(failures)}", file=sys.stderr)
         return 1
@@ -133,7 +181,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     prefect_env()
     check_prefect_api()
     logging.getLogger("visionflows").setLevel(logging.INFO)
-    final = _run_report(store)
+    try:
+        with Session():
+            final = _run_report(store)
+    except Interrupted as exc:
+        print(f"\nreport stopped by {signal.Signals(exc.signum).name}; nothing to resume: run "
+              "`visionflows report` again", file=sys.stderr)
+        return exc.exit_code
     for q, status in final["questions"].items():
         print(f"  {q}: {status}")
     print(f"final report: {final['local'] or store.url(final['report']['report.html'])}")
@@ -177,7 +231,18 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     entries = catalog(args.questions, args.q4_export)
     store = _open_checked_store(args.store)
     print(f"mirroring {len(entries)} files into {store.url('mirror')}/")
-    results = mirror(store, entries=entries, progress=not args.no_progress)
+    done: list = []
+    try:
+        with Session(server=False):
+            results = mirror(store, entries=entries, progress=not args.no_progress,
+                             results=done)
+    except Interrupted as exc:
+        left = len(entries) - sum(r.status != "failed" for r in done)
+        print(f"\nmirror stopped by {signal.Signals(exc.signum).name}: {len(done)} of "
+              f"{len(entries)} files handled, {left} left (a partial download is kept in "
+              f"the cache and resumes). Resume with: {shlex.join(['visionflows', *sys.argv[1:]])}",
+              file=sys.stderr)
+        return exc.exit_code
     width = max(len(r.name) for r in results) if results else 10
     for r in results:
         size = f"{r.size / 1e6:9.1f} MB" if r.size is not None else " " * 12

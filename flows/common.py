@@ -4,7 +4,6 @@ caching and live progress; artifacts; run ids; the flow manifest."""
 from __future__ import annotations
 
 import os
-import secrets
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,21 +17,18 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from flows.launchers import launch
+from flows.registry import new_run_id  # noqa: F401 (the flows' run ids)
 from tasks.core import cache
+from tasks.core.config import validate
 from tasks.core.errors import is_transient
-from tasks.core.runtime import PROGRESS
+from tasks.core.runtime import PROGRESS, STOP, find_manifest, require_intact, set_aside
 from tasks.core.store import Store, join, open_store
-from tasks.registry import task_module
+from tasks.registry import resolve, task_module
 
 # Steps cached across runs by tasks.core.cache (config + imported source + inputs + versions).
 # Fetches are cached by dataset version instead (their output prefix is the version).
 CACHED_TASKS = {"classifier.train", "classifier.evaluate", "transfer.train", "transfer.finetune",
                 "yolo.train", "yolo.evaluate"}
-
-
-def new_run_id() -> str:
-    """Sortable and unique: UTC time plus 6 random hex digits."""
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
 def refresh_default() -> bool:
@@ -46,22 +42,31 @@ def run_step(name: str, task_name: str, cfg: dict[str, Any], store: str,
     """One task run in Prefect: launch ``task_name`` and return its manifest as a dict.
 
     With ``slot`` (a stable step name like ``q1-mlp/train-b64-relu-cross_entropy``) and a
-    task in ``CACHED_TASKS``, a previous result with the same cache key is reused; a miss is
-    logged with the parts that changed. ``refresh`` (or ``VF_REFRESH=1``) recomputes.
-    ``progress`` (from ``Progress.slice``) maps the task's own progress onto the flow's
-    progress artifact. ``env`` goes to a ``subprocess`` launcher's child (thread counts).
+    task in ``CACHED_TASKS``, a previous result with the same cache key is reused once its
+    outputs are checked against their recorded sha256; a miss is logged with the parts that
+    changed. ``refresh`` (or ``VF_REFRESH=1``) recomputes: a result already at the step's own
+    prefix is moved aside first. Without it, a prefix holding another config's result (a
+    reused run id) is refused by the task before anything runs. ``progress`` (from
+    ``Progress.slice``) maps the task's own progress onto the flow's progress artifact.
+    ``env`` goes to a ``subprocess`` launcher's child (thread counts).
     """
     log = get_run_logger()
     st = open_store(store)
     refresh = refresh_default() if refresh is None else refresh
     parts = None
     if slot and task_name in CACHED_TASKS:
-        parts = cache.components(task_module(task_name), cfg, st)
+        _, cfg_cls = resolve(task_name)
+        full = validate(cfg_cls, cfg, what=f"task {task_name!r}").model_dump(mode="json")
+        parts = cache.components(task_module(task_name), full, st)
         if refresh:
             log.info("cache skipped for %s (--refresh)", slot)
+            if find_manifest(st, cfg["out"]) is not None:
+                set_aside(st, cfg["out"], "recomputed (--refresh)")
         else:
             hit, reasons = cache.lookup(st, task_name, slot, parts)
             if hit is not None:
+                require_intact(st, hit, f"The cache entry for {slot} points at it: rerun with "
+                                        "--refresh to compute the step afresh")
                 log.info("cache hit for %s: reusing %s (key %s)", slot, st.url(hit.prefix),
                          cache.cache_key(parts))
                 return hit.model_dump(mode="json")
@@ -79,16 +84,29 @@ def run_step(name: str, task_name: str, cfg: dict[str, Any], store: str,
         if token is not None:
             PROGRESS.reset(token)
     if parts is not None:
-        cache.record(st, task_name, slot, parts, manifest.prefix)
+        cache.record(st, task_name, slot, parts, manifest)
     log.info("%s done in %.1fs -> %s", name, manifest.duration_s,
              f"{manifest.store}/{manifest.prefix}")
     return manifest.model_dump(mode="json")
+
+
+def remember_flow_run() -> None:
+    """Note this flow run's id, so that a stopped command marks it Cancelled
+    (:mod:`flows.session`). Call it first thing in every flow."""
+    from prefect.runtime import flow_run
+
+    from flows.session import FLOW_RUNS
+
+    if flow_run.id:
+        FLOW_RUNS.append(str(flow_run.id))
 
 
 def worth_retrying(_task, _task_run, state) -> bool:
     """The one retry rule of every flow (Prefect's ``retry_condition_fn``): retry what may
     pass (store or network trouble, a crash), never a bad input or config. The error is the
     same class with the same ``transient`` under every launcher (tasks.core.errors)."""
+    if STOP.is_set():  # the run is being stopped: nothing is retried
+        return False
     try:
         state.result()
     except BaseException as exc:  # noqa: BLE001 - the failed task's own error, judged below

@@ -59,8 +59,7 @@ def check_store(uri: str | None) -> Check:
 
     try:
         st = open_store(uri)
-        if isinstance(st, S3Store):
-            st.check()
+        st.check()  # reachable, bucket present / folder writable with free space
         key = f".visionflows-doctor/{secrets.token_hex(6)}"
         st.put_bytes(key, b"ok")
         ok = st.get_bytes(key) == b"ok"

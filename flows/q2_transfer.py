@@ -13,6 +13,7 @@ from flows.common import (
     io_step,
     new_run_id,
     publish,
+    remember_flow_run,
     run_step,
     write_flow_manifest,
 )
@@ -29,6 +30,7 @@ def q2_transfer(profile: str = "smoke", store: str | None = None,
                 overrides: dict[str, Any] | None = None, launcher: str = "local",
                 run_id: str | None = None, refresh: bool = False) -> dict[str, Any]:
     """Q2 on STL10: ResNet18 and VGG16, frozen ImageNet backbones, new heads, fine-tuning."""
+    remember_flow_run()
     log = get_run_logger()
     cfg: Q2TransferConfig = resolve_config(FLOW, profile, overrides)  # type: ignore[assignment]
     st = open_store(store)

@@ -14,7 +14,15 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.common import Progress, io_step, new_run_id, publish, run_step, write_flow_manifest
+from flows.common import (
+    Progress,
+    io_step,
+    new_run_id,
+    publish,
+    remember_flow_run,
+    run_step,
+    write_flow_manifest,
+)
 from tasks.core.store import join, open_store
 from tasks.plans import resolve_config
 from tasks.q3 import plan
@@ -40,6 +48,7 @@ def q3_segmentation(profile: str = "smoke", store: str | None = None,
     Nothing is cached across runs (each run segments its inputs afresh), so ``refresh``
     changes nothing; it is accepted like every flow's. ``--run-id`` reuses finished steps.
     """
+    remember_flow_run()
     log = get_run_logger()
     cfg: Q3SegmentationConfig = resolve_config(FLOW, profile, overrides)  # type: ignore[assignment]
     st = open_store(store)

@@ -13,6 +13,7 @@ from flows.common import (
     io_step,
     new_run_id,
     publish,
+    remember_flow_run,
     run_step,
     write_flow_manifest,
 )
@@ -37,6 +38,7 @@ def q4_yolo(profile: str = "smoke", store: str | None = None,
 
 def _run(profile: str, store: str | None, overrides: dict[str, Any] | None, launcher: str,
          run_id: str | None, refresh: bool = False) -> dict[str, Any]:
+    remember_flow_run()
     log = get_run_logger()
     cfg: Q4YoloConfig = resolve_config(FLOW, profile, overrides)  # type: ignore[assignment]
     st = open_store(store)

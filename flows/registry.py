@@ -4,6 +4,8 @@ deployments alike; it imports neither (flow modules are loaded on demand)."""
 from __future__ import annotations
 
 import importlib
+import secrets
+from datetime import UTC, datetime
 
 from tasks.core.errors import VisionflowsError
 
@@ -27,3 +29,8 @@ def load_flow(name: str):
         raise VisionflowsError(f"unknown flow {name!r}; known flows: {', '.join(FLOWS)}")
     module, attr = target.split(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def new_run_id() -> str:
+    """Sortable and unique: UTC time plus 6 random hex digits."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)

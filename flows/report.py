@@ -9,7 +9,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
-from flows.common import new_run_id, run_step
+from flows.common import new_run_id, remember_flow_run, run_step
 from tasks.core.store import join, open_store
 from tasks.reporting.final import QUESTIONS
 
@@ -35,6 +35,7 @@ def report(store: str | None = None, questions: list[str] | None = None,
            run_ids: dict[str, str] | None = None, failures: dict[str, str] | None = None,
            local_copy: bool = True) -> dict[str, Any]:
     """Assemble the comparison report from the latest (or given) run of every question."""
+    remember_flow_run()
     st = open_store(store)
     run_id = new_run_id()
     result = run_step("final-report", "report.final", {

@@ -56,5 +56,6 @@ LABEL org.opencontainers.image.title="visionflows-tasks" \
 
 USER vf
 WORKDIR /home/vf
-ENTRYPOINT ["python", "-m", "tasks"]
+# -P: never import from the working directory (a mounted tasks/ or reports/ folder)
+ENTRYPOINT ["python", "-P", "-m", "tasks"]
 CMD ["--help"]

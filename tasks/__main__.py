@@ -14,12 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
 from tasks.core.errors import VisionflowsError, error_record
 from tasks.core.limits import EXIT_OUT_OF_MEMORY, die_with_parent, is_out_of_memory
 from tasks.core.log import get_logger, redact, setup_cli_logging
+from tasks.core.runtime import STOP, StopRequested
 from tasks.registry import TASKS, run_task
 
 
@@ -39,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="on failure, write the error's class, message and fields as JSON "
                              "to PATH (launchers raise the same error from it)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)  # a stop: clean up (finally blocks), exit 143
     die_with_parent()
     os.environ.pop("VF_PARENT_PID", None)  # not inherited by the task's own children
     setup_cli_logging()
@@ -63,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         _write_error(args.error_out, exc)
         return 2
+    except StopRequested:
+        print(f"task {args.task} stopped (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -87,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(text)
     return 0
+
+
+def _on_sigterm(_signum, _frame) -> None:
+    STOP.set()
+    raise StopRequested("SIGTERM")
 
 
 def _write_error(path: str | None, exc: BaseException, message: str | None = None) -> None:

@@ -151,7 +151,8 @@ def _source_url(entry: Entry, base: str | None) -> str:
 def mirror(store: Store, questions: Iterable[str] | str | None = None, *,
            q4_export_url: str | None = None, source_base: str | None = None,
            progress: bool = True, entries: list[Entry] | None = None,
-           log: logging.Logger | None = None) -> list[Result]:
+           log: logging.Logger | None = None, results: list[Result] | None = None
+           ) -> list[Result]:
     """Download, verify and store every input of ``questions``; update ``mirror/index.json``.
 
     Resumable: an entry already indexed whose stored object still has the indexed sha256
@@ -164,7 +165,7 @@ def mirror(store: Store, questions: Iterable[str] | str | None = None, *,
     base = source_base or os.environ.get(SOURCE_BASE_ENV) or None
     partial = cache_dir("mirror-partial")
     index = mirror_index.read_index(store)
-    results: list[Result] = []
+    results = [] if results is None else results  # the caller may watch it fill
     for entry in todo:
         record = index.get(entry.name)
         if record is not None and _published_matches(entry, record):

@@ -36,9 +36,9 @@ TASKS: dict[str, str] = {
     "yolo.evaluate": "tasks.q4.yolo:evaluate",
     "yolo.report": "tasks.q4.report:render",
     # diagnostics for the launchers' time and memory limits (docs/reliability.md)
-    "selftest.sleep": "tasks.core.selftest:sleep",
-    "selftest.alloc": "tasks.core.selftest:alloc",
-    "selftest.fail": "tasks.core.selftest:fail",
+    "selftest.sleep": "tasks.selftest:sleep",
+    "selftest.alloc": "tasks.selftest:alloc",
+    "selftest.fail": "tasks.selftest:fail",
 }
 
 

@@ -12,6 +12,7 @@ from tasks.core import cache
 from tasks.core.errors import DataError
 from tasks.core.promote import champion_key, history, read_champion
 from tasks.core.store import open_store
+from tasks.q1.train import TrainConfig
 from tasks.registry import run_task
 
 
@@ -147,14 +148,18 @@ def test_cache_components_and_explanations(data_prefix):
 def test_cache_lookup_hit_and_miss(data_prefix):
     uri, data = data_prefix
     st = open_store(uri)
-    cfg = {"out": "runs/c/train", "data": data, "epochs": 1, "device": "cpu"}
+    cfg = TrainConfig(out="runs/c/train", data=data, epochs=1, device="cpu").model_dump(
+        mode="json")
     parts = cache.components("tasks.q1.train", cfg, st)
     hit, reasons = cache.lookup(st, "classifier.train", "q/train-x", parts)
     assert hit is None and reasons == ["never run before"]
     m = run_task("classifier.train", cfg, uri)
-    cache.record(st, "classifier.train", "q/train-x", parts, m.prefix)
+    assert cache.record(st, "classifier.train", "q/train-x", parts, m) is not None
     hit, _ = cache.lookup(st, "classifier.train", "q/train-x", parts)
     assert hit is not None and hit.prefix == "runs/c/train"
     other = cache.components("tasks.q1.train", {**cfg, "epochs": 2}, st)
     hit, reasons = cache.lookup(st, "classifier.train", "q/train-x", other)
     assert hit is None and reasons == ["config changed: epochs 1 -> 2"]
+    # a manifest of another config is never recorded under this key (no poisoned entry)
+    assert cache.record(st, "classifier.train", "q/train-y", other, m) is None
+    assert not st.exists(f"cache/classifier.train/{cache.cache_key(other)}.json")

@@ -3,6 +3,7 @@ paths (mirror, archive, download) and their failures."""
 
 from __future__ import annotations
 
+import re
 import socket
 import tarfile
 
@@ -86,7 +87,8 @@ def test_fetch_generate_into_store_with_checksums(tmp_path, monkeypatch):
     assert m.metrics["counts"] == {"train": 30, "test": 20}
     assert set(m.outputs) == {"train_x", "train_y", "test_x", "test_y", "class_names",
                               "fold_indices"}  # no unlabeled file unless asked for
-    assert m.outputs["train_x"] == f"{m.prefix}/{FOLDER}/train_X.bin"
+    # published under this fetch's own folder (v-<token>), by a conditional manifest write
+    assert re.fullmatch(rf"{m.prefix}/v-[0-9a-f]{{8}}/{FOLDER}/train_X.bin", m.outputs["train_x"])
     assert len(m.metrics["md5"]) == 6 and all(len(v) == 64 for v in m.metrics["sha256"].values())
     x, y = load_split(st, m.prefix, "train")
     assert x.shape == (30, 3, 96, 96) and y.shape == (30,) and y.max() <= 9
@@ -95,8 +97,13 @@ def test_fetch_generate_into_store_with_checksums(tmp_path, monkeypatch):
     # a damaged store copy is caught by its sha256 (on a machine without a cached copy)
     st.put_bytes(m.outputs["test_x"], b"\0" * (3 * 96 * 96))
     monkeypatch.setenv("VF_CACHE_DIR", str(tmp_path / "fresh-cache"))
-    with pytest.raises(DataError, match="sha256"):
+    with pytest.raises(DataError, match="sha256.*damaged: rerun the flow"):
         load_split(st, m.prefix, "test")
+    # ... and the next fetch finds the damage and repairs it
+    repaired = run_task("stl10.fetch", cfg, uri)
+    assert repaired.finished_at != m.finished_at and repaired.outputs["test_x"] != m.outputs[
+        "test_x"]
+    assert load_split(st, m.prefix, "test")[0].shape == (20, 3, 96, 96)
 
 
 def test_fetch_with_unlabeled_when_asked(tmp_path):

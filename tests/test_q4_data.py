@@ -198,11 +198,11 @@ def test_fetch_from_zip_folder_and_store_key_gives_one_stored_copy(good_export, 
     st.put_file("uploads/export.zip", z)
     assert _fetch("store:uploads/export.zip", uri).prefix == m_zip.prefix
     assert _fetch(f"{st.uri}/uploads/export.zip", uri).prefix == m_zip.prefix
-    for name in ("dataset.zip", "data.yaml", "data.original.yaml", "validation.json"):
-        assert st.exists(f"{m_zip.prefix}/{name}")
-    stored = yaml.safe_load(st.get_text(f"{m_zip.prefix}/data.yaml"))
+    for name in ("dataset", "data_yaml", "data_original_yaml", "validation"):
+        assert st.exists(m_zip.output_key(name))  # under the prefix's published folder
+    stored = yaml.safe_load(st.get_text(m_zip.output_key("data_yaml")))
     assert stored["train"] == "train/images" and stored["val"] == "valid/images"
-    assert "../train/images" in st.get_text(f"{m_zip.prefix}/data.original.yaml")
+    assert "../train/images" in st.get_text(m_zip.output_key("data_original_yaml"))
     assert m_zip.metrics["val/images"] == 6 and m_zip.model_extra["classes"] == CLASSES
     local = materialize(st, m_zip.prefix)
     data = yaml.safe_load(local.read_text())

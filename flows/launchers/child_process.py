@@ -28,10 +28,10 @@ import contextlib
 import json
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
@@ -41,6 +41,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from flows.launchers import children
 from flows.launchers.output import iter_lines, quote_tail, relay
 from tasks.core.config import Config, validate
 from tasks.core.errors import (
@@ -49,9 +50,10 @@ from tasks.core.errors import (
     TaskTimeoutError,
     error_from_record,
 )
+from tasks.core.files import work_dir
 from tasks.core.limits import EXIT_OUT_OF_MEMORY, mib, parse_size
 from tasks.core.log import get_logger
-from tasks.core.runtime import Manifest
+from tasks.core.runtime import STOP, Manifest, StopRequested
 from tasks.registry import resolve
 
 DEFAULT_TIMEOUT_S = 6 * 3600.0
@@ -205,17 +207,21 @@ def launch_subprocess(task: str, cfg: Mapping[str, Any], store: str | None,
     budget = timeout_s if timeout_s is not None else opts.timeout_s
     limit = opts.memory_bytes
     log = get_logger("launcher")
-    with tempfile.TemporaryDirectory(prefix="vf-launch-") as tmp:
-        cfg_path, manifest_path = Path(tmp) / "config.json", Path(tmp) / "manifest.json"
-        error_path = Path(tmp) / "error.json"
+    tmp = work_dir("vf-launch-")
+    try:
+        cfg_path, manifest_path = tmp / "config.json", tmp / "manifest.json"
+        error_path = tmp / "error.json"
         cfg_path.write_text(json.dumps(dict(cfg)))
-        cmd = [sys.executable, "-m", "tasks", task, "--config", str(cfg_path),
+        # -P: the child never imports from its working directory, where a user's own
+        # tasks/, flows/ or reports/ folder would shadow the installed packages
+        cmd = [sys.executable, "-P", "-m", "tasks", task, "--config", str(cfg_path),
                *(["--store", store] if store else []), "--manifest-out", str(manifest_path),
                "--error-out", str(error_path)]
         env = {**os.environ, **(extra_env or {}), "PYTHONUNBUFFERED": "1",
                "VF_PARENT_PID": str(os.getpid())}
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        children.track("pgid", proc.pid)
         limits = ", ".join(filter(None, [budget and f"time budget {budget:g}s",
                                          limit and f"memory limit {mib(limit)} MiB"]))
         log.info("%s: started in process %d%s", task, proc.pid, f" ({limits})" if limits else "")
@@ -230,8 +236,11 @@ def launch_subprocess(task: str, cfg: Mapping[str, Any], store: str | None,
             kill_group(proc.pid)  # the task is done: nothing it started may linger
             if proc.poll() is None:
                 proc.wait()
+            children.untrack("pgid", proc.pid)
             if proc.stdout is not None:
                 proc.stdout.close()
+        if STOP.is_set() and code != 0:
+            raise StopRequested(f"task {task} was stopped (the run is being interrupted)")
         if watchdog.reason == "timeout":
             raise TaskTimeoutError(
                 f"task {task} ran past its time budget of {budget:g}s and was stopped, with "
@@ -262,6 +271,8 @@ def launch_subprocess(task: str, cfg: Mapping[str, Any], store: str | None,
         except (OSError, json.JSONDecodeError):
             raise TaskCrashedError(f"task {task} exited 0 but wrote no manifest. "
                                    f"{quote_tail(tail)}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return Manifest.model_validate(data)
 
 

@@ -44,12 +44,12 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from flows.launchers import images
+from flows.launchers import children, images
 from flows.launchers.output import iter_lines, quote_tail, relay
 from tasks.core.config import Config, validate
 from tasks.core.errors import VisionflowsError, error_from_record
 from tasks.core.log import get_logger
-from tasks.core.runtime import Manifest
+from tasks.core.runtime import STOP, Manifest, StopRequested
 from tasks.core.store import LocalStore, open_store
 from tasks.registry import resolve
 
@@ -380,6 +380,7 @@ def launch_docker(task: str, cfg: Mapping[str, Any], store: str | None,
     except docker.errors.APIError as exc:
         raise LaunchError(f"could not create a container for {task} from {spec['image']}: "
                           f"{exc.explanation or exc}") from None
+    children.track("container", container.id)
     name = spec["name"]
     timed_out = threading.Event()
     timer: threading.Timer | None = None
@@ -414,6 +415,8 @@ def launch_docker(task: str, cfg: Mapping[str, Any], store: str | None,
         code = container.wait().get("StatusCode", -1)
         if timer is not None:
             timer.cancel()
+        if STOP.is_set() and code != 0:
+            raise StopRequested(f"task {task} was stopped (the run is being interrupted)")
         if timed_out.is_set() and code != 0:
             raise _failure(task, f"timed out after {timeout:g}s in container {name} and was "
                                  "killed (raise VF_DOCKER_TIMEOUT_S if it needs longer)", tail)
@@ -449,3 +452,7 @@ def launch_docker(task: str, cfg: Mapping[str, Any], store: str | None,
                 pass
             except docker.errors.APIError as exc:
                 log.warning("could not remove container %s: %s", name, exc)
+            else:
+                children.untrack("container", container.id)
+        else:
+            children.untrack("container", container.id)

@@ -29,6 +29,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from tasks.core.log import get_logger
 from tasks.core.runtime import Manifest, find_manifest
 from tasks.core.store import Store, join
 
@@ -172,25 +173,46 @@ def explain(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
     return reasons
 
 
+def _same_config(manifest: Manifest, parts: dict[str, Any]) -> bool:
+    return {k: v for k, v in manifest.config.items() if k != "out"} == parts["config"]
+
+
 def lookup(store: Store, task: str, slot: str, parts: dict[str, Any]
            ) -> tuple[Manifest | None, list[str]]:
-    """A cached manifest for these parts, or None with the reasons for the miss."""
+    """A cached manifest for these parts, or None with the reasons for the miss.
+
+    An entry whose manifest was computed with another config than the key says (written by
+    an older version that recorded keys against reused prefixes) is ignored, with a warning.
+    """
     key = cache_key(parts)
     entry_key = join("cache", task, f"{key}.json")
     if store.exists(entry_key):
         entry = store.get_json(entry_key)
         manifest = find_manifest(store, entry["prefix"])
-        if manifest is not None:
+        if manifest is not None and _same_config(manifest, parts):
             return manifest, []
+        if manifest is not None:
+            get_logger("cache").warning(
+                "cache entry %s points at %s, which was computed with another config: "
+                "ignoring it (a poisoned entry from an older visionflows)",
+                store.url(entry_key), store.url(entry["prefix"]))
+            return None, ["the cached result was computed with another config (ignored)"]
     slot_key = join("cache", task, "slots", f"{slot}.json")
     previous = store.get_json(slot_key)["parts"] if store.exists(slot_key) else None
     reasons = explain(previous, parts) or ["cached output is gone"]
     return None, reasons
 
 
-def record(store: Store, task: str, slot: str, parts: dict[str, Any], prefix: str) -> str:
+def record(store: Store, task: str, slot: str, parts: dict[str, Any],
+           manifest: Manifest) -> str | None:
+    """Remember ``manifest`` under the key of ``parts``, only if it was computed with that
+    config (returns None, recording nothing, otherwise)."""
+    if not _same_config(manifest, parts):
+        get_logger("cache").warning("not caching %s: its config is not the requested one",
+                                    store.url(manifest.prefix))
+        return None
     key = cache_key(parts)
-    entry = {"key": key, "task": task, "slot": slot, "prefix": prefix, "parts": parts}
+    entry = {"key": key, "task": task, "slot": slot, "prefix": manifest.prefix, "parts": parts}
     store.put_json(join("cache", task, f"{key}.json"), entry)
     store.put_json(join("cache", task, "slots", f"{slot}.json"), entry)
     return key

@@ -1,9 +1,11 @@
-"""Helpers shared by dataset tasks: hashing, cache folder, resolving a source location."""
+"""File helpers every task uses: the one sha256/md5 of a file, the local cache folder, the
+run's work folders, the offline switch, and a resolver's local-cache step."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,18 @@ def cache_dir(sub: str = "") -> Path:
     path = root / sub if sub else root
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def work_dir(prefix: str = "vf-") -> Path:
+    """A fresh temporary folder for a task's scratch files.
+
+    Under ``VF_WORK_ROOT`` when set (the ``visionflows`` CLI sets it to a folder of its own
+    run, which it removes on every exit path, a kill included), else the system's temp.
+    """
+    root = os.environ.get("VF_WORK_ROOT") or None
+    if root:
+        Path(root).mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=root))
 
 
 def offline() -> bool:

@@ -1,17 +1,32 @@
 """Task runtime: the manifest and the output writer every task uses.
 
 A task writes its outputs first and ``manifest.json`` last. A prefix without a manifest
-is a task that did not finish, whatever files it holds.
+is a task that did not finish, whatever files it holds. The manifest records the sha256
+and size of every output (``digests``) and a fingerprint of every upstream manifest it
+read (``upstream``), so that a reader can tell a result that is whole from one that was
+damaged or computed from other inputs:
+
+- :func:`reuse` is how a task decides whether the result already at its prefix is its
+  own: same config (else ``PrefixConflictError``, before anything is computed), same
+  inputs (else it is recomputed), outputs intact (else ``IntegrityError`` naming the
+  object and the fix);
+- :func:`verify` / :func:`find_verified` / :func:`read_verified` check outputs before a
+  cache hit, a report, a promotion or the final report uses them.
+
+``STOP`` is set when the run is being interrupted (Ctrl-C, SIGTERM): long loops call
+:func:`check_stop` between batches and stop with ``StopRequested``.
 """
 
 from __future__ import annotations
 
 import contextvars
+import hashlib
+import json
 import os
 import platform
 import shutil
 import subprocess
-import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +35,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.core.config import Config, config_hash
-from tasks.core.errors import MissingKeyError, TaskNotRunError
+from tasks.core.errors import (
+    ConfigError,
+    DataError,
+    MissingKeyError,
+    StoreError,
+    TaskNotRunError,
+)
+from tasks.core.files import sha256_file, work_dir
 from tasks.core.log import get_logger
 from tasks.core.store import Store, join
 
@@ -28,6 +50,28 @@ MANIFEST = "manifest.json"
 
 # Set by whoever runs a task (the Prefect layer) to hear about progress: fn(done, total).
 PROGRESS: contextvars.ContextVar = contextvars.ContextVar("vf_progress", default=None)
+# Set when the run is being stopped (Ctrl-C, SIGTERM); see check_stop().
+STOP = threading.Event()
+# Config fields that name an upstream task's prefix: its manifest is an input.
+UPSTREAM_FIELDS = ("data", "train", "ingest", "segment", "model")
+
+
+class StopRequested(BaseException):  # noqa: N818 - a signal, like KeyboardInterrupt
+    """The run is being stopped (Ctrl-C, SIGTERM): not an error of the task, never retried."""
+
+
+def check_stop() -> None:
+    """Raise ``StopRequested`` when the run is being stopped (call it between batches)."""
+    if STOP.is_set():
+        raise StopRequested("stop requested")
+
+
+class IntegrityError(DataError):
+    """A stored result does not match what its manifest recorded (damaged or replaced)."""
+
+
+class PrefixConflictError(ConfigError):
+    """A prefix already holds a result computed with another config (a reused run id)."""
 
 
 class Manifest(BaseModel):
@@ -47,6 +91,18 @@ class Manifest(BaseModel):
     finished_at: str
     duration_s: float
     provenance: dict[str, Any] = Field(default_factory=dict)
+    digests: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="output name -> {sha256, size} (recorded at write)")
+    upstream: dict[str, str] = Field(
+        default_factory=dict, description="config field -> fingerprint of the manifest read")
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies this result: its config and the bytes of its outputs."""
+        blob = json.dumps({"config": self.config_hash, "digests": self.digests,
+                           "finished_at": self.finished_at if not self.digests else None},
+                          sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def output_key(self, name: str) -> str:
         try:
@@ -78,6 +134,134 @@ def find_manifest(store: Store, prefix: str) -> Manifest | None:
         return read_manifest(store, prefix)
     except TaskNotRunError:
         return None
+
+
+def verify(store: Store, manifest: Manifest) -> list[str]:
+    """What is wrong with the stored outputs of ``manifest`` (empty when all are intact).
+
+    Each output with a recorded digest must exist with that size and sha256 (S3 answers from
+    the object's metadata, a local store hashes the file once per change). Manifests written
+    before digests were recorded cannot be checked and pass.
+    """
+    problems = []
+    for name, want in manifest.digests.items():
+        key = manifest.outputs.get(name)
+        if key is None:
+            continue
+        try:
+            size, sha = store.digest(key)
+        except MissingKeyError:
+            problems.append(f"{store.url(key)} is missing")
+            continue
+        if size != want.get("size") or sha != want.get("sha256"):
+            problems.append(f"{store.url(key)} has sha256 {sha[:12]}... and {size} bytes, but "
+                            f"its manifest recorded {str(want.get('sha256'))[:12]}... and "
+                            f"{want.get('size')} bytes")
+    return problems
+
+
+def require_intact(store: Store, manifest: Manifest, fix: str | None = None) -> Manifest:
+    """``manifest``, or ``IntegrityError`` naming each damaged object and the fix."""
+    problems = verify(store, manifest)
+    if problems:
+        raise IntegrityError(
+            f"the result of {manifest.task} at {store.url(manifest.prefix)} is damaged: "
+            + "; ".join(problems) + ". " + (fix or "Recompute it: rerun with --refresh (the "
+                                            "damaged copy is moved aside)"))
+    return manifest
+
+
+def find_verified(store: Store, prefix: str) -> Manifest | None:
+    """The manifest at ``prefix`` with its outputs checked, or None when the task did not
+    finish there; ``IntegrityError`` when its outputs are damaged."""
+    m = find_manifest(store, prefix)
+    return None if m is None else require_intact(store, m)
+
+
+def read_verified(store: Store, prefix: str) -> Manifest:
+    """As :func:`read_manifest`, with its outputs checked (``IntegrityError`` if damaged)."""
+    return require_intact(store, read_manifest(store, prefix))
+
+
+def shared_result(store: Store, prefix: str) -> tuple[Manifest | None, str | None]:
+    """A shared prefix's (a dataset's) published result when it is intact; otherwise None
+    and, when a damaged one is there, the version token to replace it with (``finish(
+    replace=...)``): the fetch then repairs it."""
+    got = store.get_versioned(manifest_key(prefix))
+    if got is None:
+        return None, None
+    manifest = Manifest.model_validate(json.loads(got[0]))
+    problems = verify(store, manifest)
+    if not problems:
+        return manifest, None
+    get_logger("runtime").warning("%s is damaged (%s): fetching it again to repair it",
+                                  store.url(prefix), "; ".join(problems))
+    return None, got[1]
+
+
+def upstream_of(cfg: Config, store: Store) -> dict[str, str]:
+    """Fingerprints of the upstream manifests ``cfg`` names (its data, train, ... prefix)."""
+    out = {}
+    for field in UPSTREAM_FIELDS:
+        value = getattr(cfg, field, None)
+        if isinstance(value, str) and value and (m := find_manifest(store, value)) is not None:
+            out[field] = m.fingerprint
+    return out
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for each top-level key that differs."""
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)]
+
+
+def set_aside(store: Store, prefix: str, why: str) -> str:
+    """Move everything under ``prefix`` to ``trash/<UTC time>/<prefix>`` (kept, not
+    deleted); return where it went."""
+    dest = join("trash", datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ"), prefix)
+    moved = store.move_prefix(prefix, dest)
+    if moved:
+        get_logger("runtime").warning("%s: %s; moved its %d objects to %s", store.url(prefix),
+                                      why, len(moved), store.url(dest))
+    return dest
+
+
+def set_aside_object(store: Store, key: str, why: str) -> str:
+    """Move one object to ``trash/<UTC time>/<key>``; return where it went."""
+    dest = join("trash", datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ"), key)
+    store.put_bytes(dest, store.get_bytes(key))
+    store.delete(key)
+    get_logger("runtime").warning("%s: %s; moved to %s", store.url(key), why, store.url(dest))
+    return dest
+
+
+def reuse(store: Store, task: str, cfg: Config, prefix: str) -> Manifest | None:
+    """The result already at ``prefix`` when it is this task's with this config, intact,
+    computed from the same inputs; None when there is none (or it was set aside).
+
+    - another config at the prefix (a run id reused with new settings): ``PrefixConflictError``
+      naming the keys that differ, before anything is computed;
+    - the same config but other inputs (an upstream step was recomputed): the old result is
+      set aside and None returned, so the task computes it again;
+    - damaged outputs: ``IntegrityError`` naming them and the fix.
+    """
+    existing = find_manifest(store, prefix)
+    if existing is None:
+        return None
+    if existing.task != task or existing.config_hash != config_hash(cfg):
+        diff = config_diff(existing.config, cfg.model_dump(mode="json")) or [
+            f"task {existing.task} -> {task}"]
+        raise PrefixConflictError(
+            f"{store.url(prefix)} already holds a {existing.task} result computed with "
+            f"another config ({'; '.join(diff)}). Nothing was run. Use a new run id (omit "
+            "--run-id), or rerun with --refresh to recompute it there (the old result is "
+            "moved aside, not deleted)")
+    now = upstream_of(cfg, store)
+    if any(existing.upstream.get(k) not in (None, v) for k, v in now.items()):
+        changed = [k for k, v in now.items() if existing.upstream.get(k) not in (None, v)]
+        set_aside(store, prefix, f"its input {', '.join(changed)} changed since it ran")
+        return None
+    return require_intact(store, existing)
 
 
 _COMMIT: str | None = None
@@ -129,14 +313,21 @@ class TaskRun:
     """
 
     def __init__(self, task: str, cfg: Config, store: Store, prefix: str,
-                 inputs: dict[str, str] | None = None):
+                 inputs: dict[str, str] | None = None, shared: bool = False):
         self.task, self.cfg, self.store, self.prefix = task, cfg, store, prefix.strip("/")
         self.inputs = dict(inputs or {})
         self.outputs: dict[str, str] = {}
+        self.digests: dict[str, dict[str, Any]] = {}
+        self.upstream = upstream_of(cfg, store)
         self.started = time.time()
         self.started_at = datetime.now(UTC).isoformat()
-        self.workdir = Path(tempfile.mkdtemp(prefix="vf-task-"))
+        self.workdir = work_dir("vf-task-")
         self.log = get_logger(task)
+        self.shared = shared
+        # a shared prefix (a dataset several runs may fetch at once) gets its outputs under a
+        # folder of this attempt, published by a conditional write of the manifest
+        self.out_prefix = (join(self.prefix, f"v-{os.urandom(4).hex()}") if shared
+                           else self.prefix)
         self._done: Manifest | None = None
 
     def __enter__(self) -> TaskRun:
@@ -144,9 +335,16 @@ class TaskRun:
 
     def __exit__(self, *exc) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.shared and self._done is None:  # failed before publishing: nothing stays
+            try:
+                for key in self.store.list(self.out_prefix):
+                    self.store.delete(key)
+            except StoreError as exc:  # the task's own error is the one to report
+                self.log.warning("could not remove the unpublished %s: %s",
+                                 self.store.url(self.out_prefix), exc)
 
     def key(self, rel: str) -> str:
-        return join(self.prefix, rel)
+        return join(self.out_prefix, rel)
 
     def progress(self, done: int, total: int) -> None:
         """Report progress (e.g. epochs done) to the runner, if it listens."""
@@ -157,30 +355,58 @@ class TaskRun:
     def put_file(self, name: str, path: str | os.PathLike, rel: str | None = None) -> str:
         key = self.key(rel or Path(path).name)
         self.store.put_file(key, path)
-        self.outputs[name] = key
+        self.record(name, key, os.path.getsize(path), sha256_file(path))
         return key
 
     def put_bytes(self, name: str, data: bytes, rel: str) -> str:
         key = self.key(rel)
         self.store.put_bytes(key, data)
-        self.outputs[name] = key
+        self.record(name, key, len(data), hashlib.sha256(data).hexdigest())
         return key
 
     def put_json(self, name: str, obj: Any, rel: str) -> str:
-        key = self.key(rel)
-        self.store.put_json(key, obj)
-        self.outputs[name] = key
-        return key
+        return self.put_bytes(name, json.dumps(obj, indent=2, sort_keys=True).encode(), rel)
 
-    def finish(self, metrics: dict[str, Any] | None = None, **extra: Any) -> Manifest:
-        """Write ``manifest.json`` (last) and return it."""
+    def record(self, name: str, key: str, size: int | None = None,
+               sha256: str | None = None) -> None:
+        """Count ``key`` as output ``name``; without a size and sha256 (an object written by
+        another process), they are read from the store when the manifest is written."""
+        self.outputs[name] = key
+        if size is not None and sha256 is not None:
+            self.digests[name] = {"sha256": sha256, "size": size}
+        else:
+            self.digests.pop(name, None)
+
+    def finish(self, metrics: dict[str, Any] | None = None, *,
+               replace: str | None = None, **extra: Any) -> Manifest:
+        """Write ``manifest.json`` (last) and return it.
+
+        On a ``shared`` prefix the manifest is published by a compare-and-swap: only when the
+        prefix has none (or, with ``replace``, still has the one with that version token);
+        when another writer got there first, its manifest is returned (this attempt's
+        outputs are removed) — both runs then use the same, verified copy.
+        """
+        for name, key in self.outputs.items():
+            if name not in self.digests:
+                size, sha = self.store.digest(key)
+                self.digests[name] = {"sha256": sha, "size": size}
         now = time.time()
         manifest = Manifest(
             task=self.task, prefix=self.prefix, store=self.store.uri,
             config=self.cfg.model_dump(mode="json"), config_hash=config_hash(self.cfg),
             inputs=self.inputs, outputs=self.outputs, metrics=metrics or {},
             started_at=self.started_at, finished_at=datetime.now(UTC).isoformat(),
-            duration_s=round(now - self.started, 3), provenance=provenance(), **extra)
-        self.store.put_json(manifest_key(self.prefix), manifest.model_dump(mode="json"))
+            duration_s=round(now - self.started, 3), provenance=provenance(),
+            digests=self.digests, upstream=self.upstream, **extra)
+        body = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True).encode()
+        if not self.shared:
+            self.store.put_bytes(manifest_key(self.prefix), body)
+        elif not self.store.put_if(manifest_key(self.prefix), body, replace):
+            winner = read_manifest(self.store, self.prefix)
+            self.log.info("%s was published by another run at the same time: using its copy "
+                          "(%s)", self.store.url(self.prefix), winner.finished_at)
+            for key in self.store.list(self.out_prefix):
+                self.store.delete(key)
+            manifest = require_intact(self.store, winner)
         self._done = manifest
         return manifest

@@ -2,12 +2,17 @@
 
 Keys are relative, ``/``-separated paths such as ``runs/q1-mlp/<run-id>/train/manifest.json``.
 Local writes are atomic (temporary file, then rename); S3 uploads go through boto3's
-transfer manager (multipart for large files) with botocore's retries on.
+transfer manager (multipart for large files) with botocore's retries on, and carry their
+sha256 as object metadata, so :meth:`Store.digest` answers with a HEAD request.
+A full or read-only disk under a ``file://`` store is a one-line ``StoreError`` naming the
+path; :meth:`Store.check` finds both (and a missing bucket) before any work starts.
 Credentials come from the environment only and are never logged or put in messages.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import shutil
@@ -19,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.errors import ConfigError, MissingKeyError, StoreError
+from tasks.core.files import sha256_file
 from tasks.core.log import get_logger
 
 DEFAULT_STORE = "file://./artifacts"
@@ -72,6 +78,27 @@ class Store(ABC):
     def delete(self, key: str) -> None:
         """Remove the object at ``key`` if present."""
 
+    @abstractmethod
+    def digest(self, key: str) -> tuple[int, str]:
+        """``(size, sha256)`` of the object at ``key``; MissingKeyError when absent."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Fail early, with a clear message, when the store cannot be written to."""
+
+    def move_prefix(self, src: str, dst: str) -> list[str]:
+        """Move every object under ``src`` to ``dst`` (same relative keys); return the moved
+        keys. The manifest goes first, so ``src`` never looks finished half-way."""
+        keys = self.list(src)
+        if not keys:
+            return []
+        first = sorted(keys, key=lambda k: not k.endswith("/manifest.json"))
+        for key in first:
+            self.put_bytes(join(dst, key[len(src.strip("/")) + 1:]), self.get_bytes(key))
+        for key in first:
+            self.delete(key)
+        return first
+
     def url(self, key: str) -> str:
         """The URI of ``key`` in this store."""
         return f"{self.uri.rstrip('/')}/{_check_key(key)}"
@@ -123,16 +150,22 @@ class LocalStore(Store):
         return self._path(key)
 
     def _atomic_write(self, dest: Path, write) -> None:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+        tmp = None
         try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
             with os.fdopen(fd, "wb") as fh:
                 write(fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, dest)
+        except OSError as exc:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            raise disk_error(exc, dest) from None
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
             raise
 
     def put_bytes(self, key: str, data: bytes) -> str:
@@ -174,10 +207,38 @@ class LocalStore(Store):
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def digest(self, key: str) -> tuple[int, str]:
+        path = self._path(key)
+        try:
+            st = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            raise MissingKeyError(f"no object {key!r} in store {self.uri}") from None
+        memo = (st.st_size, st.st_mtime_ns, st.st_ino)
+        cached = _DIGESTS.get(str(path))
+        if cached is not None and cached[0] == memo:
+            return st.st_size, cached[1]
+        sha = sha256_file(path)
+        _DIGESTS[str(path)] = (memo, sha)
+        return st.st_size, sha
+
+    def check(self) -> None:
+        """The folder can be created and written, and has ``VF_MIN_FREE_MB`` (default 200)
+        free: a probe file is written and removed."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise disk_error(exc, self.root) from None
+        self.put_bytes(".visionflows-write-check", b"ok")
+        self.delete(".visionflows-write-check")
+        floor = float(os.environ.get("VF_MIN_FREE_MB", "200"))
+        free = shutil.disk_usage(self.root).free / (1 << 20)
+        if free < floor:
+            raise StoreError(f"store {self.uri} has only {free:.0f} MB free, under the "
+                             f"{floor:.0f} MB floor (VF_MIN_FREE_MB): free some space or pick "
+                             "another folder with --store file://DIR")
+
     @staticmethod
     def _token(data: bytes) -> str:
-        import hashlib
-
         return hashlib.sha256(data).hexdigest()
 
     def get_versioned(self, key: str) -> tuple[bytes, str] | None:
@@ -213,7 +274,26 @@ class LocalStore(Store):
         return sorted(out)
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise disk_error(exc, self._path(key)) from None
+
+
+# (size, mtime_ns, inode) -> sha256 of local files already hashed in this process
+_DIGESTS: dict[str, tuple[tuple[int, int, int], str]] = {}
+
+
+def disk_error(exc: OSError, path: Path) -> StoreError:
+    """A local write failure as one line that names the path and the fix."""
+    why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+           errno.EROFS: "the file system is read-only",
+           errno.EACCES: "permission denied", errno.EPERM: "permission denied"}.get(exc.errno)
+    if why is None:
+        return StoreError(f"cannot write {path}: {exc.strerror or exc}")
+    return StoreError(f"cannot write {path}: {why} ({errno.errorcode.get(exc.errno, '?')}); "
+                      "free some space or pick a writable folder with --store file://DIR "
+                      "(results written before this point are intact)")
 
 
 class S3Store(Store):
@@ -251,7 +331,8 @@ class S3Store(Store):
     def _key(self, key: str) -> str:
         return join(self.prefix, _check_key(key))
 
-    def _wrap(self, exc: Exception, action: str, key: str = "") -> StoreError:
+    def _wrap(self, exc: Exception, action: str, key: str = "",
+              waited: float | None = None) -> StoreError:
         from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
         where = f"{self.uri}/{key}" if key else self.uri
@@ -271,10 +352,12 @@ class S3Store(Store):
         if isinstance(exc, NoCredentialsError):
             return StoreError("no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
         if isinstance(exc, EndpointConnectionError) or self._transient(exc):
+            tried = (f"gave up after {waited:.1f}s of retries, budget "
+                     f"{self.retry_seconds:.0f}s (VF_S3_RETRY_SECONDS)" if waited is not None
+                     else "no retry")
             return StoreError(
                 f"could not {action} {where}: S3 endpoint {self.endpoint_url or 'AWS'} is "
-                f"unreachable (gave up after {self.retry_seconds:.0f}s of retries; is MinIO "
-                "running? check VF_S3_ENDPOINT_URL)")
+                f"unreachable ({tried}; is MinIO running? check VF_S3_ENDPOINT_URL)")
         if "NoSuchBucket" in str(exc):
             return StoreError(
                 f"bucket {self.bucket!r} does not exist at "
@@ -310,7 +393,8 @@ class S3Store(Store):
         from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
 
-        deadline = time.monotonic() + self.retry_seconds
+        start = time.monotonic()
+        deadline = start + self.retry_seconds
         delay = 0.5
         while True:
             try:
@@ -325,11 +409,13 @@ class S3Store(Store):
                     time.sleep(delay)
                     delay = min(delay * 2, 8.0)
                     continue
-                raise self._wrap(exc, action, key) from None
+                raise self._wrap(exc, action, key,
+                                 waited=time.monotonic() - start) from None
 
     def put_bytes(self, key: str, data: bytes) -> str:
         self._call("write", key, self._client.put_object, Bucket=self.bucket,
-                   Key=self._key(key), Body=data)
+                   Key=self._key(key), Body=data,
+                   Metadata={"sha256": hashlib.sha256(data).hexdigest()})
         return self.url(key)
 
     def get_bytes(self, key: str) -> bytes:
@@ -341,7 +427,8 @@ class S3Store(Store):
         if not Path(path).is_file():
             raise StoreError(f"cannot upload {path}: not a file")
         self._call("upload", key, self._client.upload_file, str(path), self.bucket,
-                   self._key(key), Config=self._transfer)
+                   self._key(key), Config=self._transfer,
+                   ExtraArgs={"Metadata": {"sha256": sha256_file(path)}})
         return self.url(key)
 
     def get_file(self, key: str, path: str | os.PathLike) -> Path:
@@ -366,17 +453,27 @@ class S3Store(Store):
         return resp["Body"].read(), resp["ETag"]
 
     def put_if(self, key: str, data: bytes, token: str | None) -> bool:
+        """Conditional write through the same retry budget as every call. A retry after a
+        lost connection may find its own first attempt already there: it then answers
+        False, and the caller re-reads (every caller loops read-decide-write)."""
         from botocore.exceptions import ClientError
 
         cond = {"IfNoneMatch": "*"} if token is None else {"IfMatch": token}
-        try:
-            self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **cond)
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "NoSuchKey"):
-                return False
-            raise self._wrap(exc, "write", key) from None
-        return True
+
+        def attempt() -> bool:
+            try:
+                self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
+                                        Metadata={"sha256": hashlib.sha256(data).hexdigest()},
+                                        **cond)
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                if code in ("PreconditionFailed", "412", "ConditionalRequestConflict",
+                            "NoSuchKey"):
+                    return False
+                raise
+            return True
+
+        return self._call("write", key, attempt)
 
     def exists(self, key: str) -> bool:
         try:
@@ -385,6 +482,16 @@ class S3Store(Store):
             return True
         except MissingKeyError:
             return False
+
+    def digest(self, key: str) -> tuple[int, str]:
+        """From the object's metadata (our uploads carry it); else read and hashed."""
+        head = self._call("check", key, self._client.head_object, Bucket=self.bucket,
+                          Key=self._key(key))
+        sha = (head.get("Metadata") or {}).get("sha256")
+        if sha:
+            return int(head["ContentLength"]), sha
+        data = self.get_bytes(key)
+        return len(data), hashlib.sha256(data).hexdigest()
 
     def list(self, prefix: str = "") -> list[str]:
         full = join(self.prefix, prefix.strip("/"))
@@ -407,18 +514,20 @@ class S3Store(Store):
                    Key=self._key(key))
 
     def check(self) -> None:
-        """Fail early, with a clear message, when the bucket is missing or unreachable."""
-        from botocore.exceptions import BotoCoreError, ClientError
+        """Fail early, with a clear message, when the bucket is missing or unreachable; an
+        endpoint that is restarting is waited for within the retry budget."""
+        from botocore.exceptions import ClientError
 
-        try:
-            self._client.head_bucket(Bucket=self.bucket)
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("404", "NoSuchBucket", "NotFound"):
-                exc.response["Error"]["Code"] = "NoSuchBucket"
-            raise self._wrap(exc, "reach", "") from None
-        except BotoCoreError as exc:
-            raise self._wrap(exc, "reach", "") from None
+        def head() -> None:
+            try:
+                self._client.head_bucket(Bucket=self.bucket)
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                if code in ("404", "NoSuchBucket", "NotFound"):
+                    exc.response["Error"]["Code"] = "NoSuchBucket"
+                raise
+
+        self._call("reach", "", head)
 
 
 def store_key(location: str, store: Store | None) -> str | None:

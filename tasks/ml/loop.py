@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from tasks.core.runtime import check_stop
+
 Preprocess = Callable[[torch.Tensor, bool], torch.Tensor]
 
 
@@ -71,6 +73,7 @@ def train_one_epoch(model: nn.Module, data: Split, *, batch_size: int,
     seen = 0
     stop = n - n % batch_size if drop_last and n >= batch_size else n
     for i in range(0, stop, batch_size):
+        check_stop()  # Ctrl-C / SIGTERM: stop between batches
         idx = order[i:i + batch_size]
         xb = preprocess(data.x.index_select(0, idx), True)
         yb = data.y.index_select(0, idx)

@@ -19,7 +19,7 @@ from pydantic import Field, model_validator
 from tasks.core.config import Config, config_hash
 from tasks.core.errors import ConfigError, DataError
 from tasks.core.files import cache_dir, from_local_cache, md5_file, offline, sha256_file
-from tasks.core.runtime import Manifest, TaskRun, find_manifest, read_manifest
+from tasks.core.runtime import Manifest, TaskRun, read_manifest, shared_result
 from tasks.core.store import Store
 from tasks.inputs import mirror_index
 
@@ -255,11 +255,13 @@ def _resolve_official(dest: Path, store: Store, log) -> tuple[dict[str, Path], s
 
 
 def fetch(cfg: FetchConfig, store: Store) -> Manifest:
-    """Put Fashion-MNIST (real or generated) into the store; reuse it when already there."""
-    existing = find_manifest(store, cfg.prefix)
+    """Put Fashion-MNIST (real or generated) into the store; reuse it when already there and
+    intact, repair it when damaged. Runs fetching it at once publish one copy (see
+    ``TaskRun(shared=True)``)."""
+    existing, damaged = shared_result(store, cfg.prefix)
     if existing is not None:
         return existing
-    with TaskRun("fashion-mnist.fetch", cfg, store, cfg.prefix) as run:
+    with TaskRun("fashion-mnist.fetch", cfg, store, cfg.prefix, shared=True) as run:
         folder = run.workdir / "files"
         folder.mkdir()
         if cfg.source == "generate":
@@ -282,7 +284,7 @@ def fetch(cfg: FetchConfig, store: Store) -> Manifest:
         if counts["train_images"] != counts["train_labels"] or \
                 counts["test_images"] != counts["test_labels"]:
             raise DataError(f"Fashion-MNIST image/label counts differ: {counts}")
-        return run.finish({"counts": counts, "sha256": sha}, dataset=DATASET,
+        return run.finish({"counts": counts, "sha256": sha}, replace=damaged, dataset=DATASET,
                           version=cfg.version, classes=CLASSES)
 
 
@@ -315,7 +317,8 @@ def load_arrays(store: Store, prefix: str) -> dict[str, np.ndarray]:
             if got != want:
                 path.unlink(missing_ok=True)
                 raise DataError(f"{manifest.output_key(key)}: sha256 {got} does not match the "
-                                f"manifest's {want}; the stored copy is corrupt: delete "
-                                f"{prefix}/ in the store and fetch again")
+                                f"manifest's {want}; the stored copy of "
+                                f"{prefix} is damaged: rerun the flow (or the fetch task), "
+                                "which finds the damage and fetches the dataset again")
         out[key] = read_idx(path)
     return out

@@ -9,7 +9,9 @@ uninterrupted run (every random source is re-seeded per epoch from the config).
 from __future__ import annotations
 
 import contextlib
+import pickle
 import time
+import zipfile
 from typing import Literal
 
 import torch
@@ -17,7 +19,14 @@ from pydantic import Field
 
 from tasks.core.config import Config
 from tasks.core.errors import ConfigError
-from tasks.core.runtime import Manifest, TaskRun, find_manifest, read_manifest
+from tasks.core.runtime import (
+    Manifest,
+    TaskRun,
+    read_manifest,
+    read_verified,
+    reuse,
+    set_aside_object,
+)
 from tasks.core.store import Store
 from tasks.ml.loop import Split, make_loss, resolve_device, train_one_epoch
 from tasks.ml.loop import evaluate as eval_loop
@@ -177,9 +186,42 @@ def _save_checkpoint(run: TaskRun, name: str, model, optimizer, epoch: int, hist
     run.put_file(name.removesuffix(".pt"), path, name)
 
 
+# What torch.load raises on a truncated or damaged checkpoint file.
+CHECKPOINT_ERRORS = (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError,
+                     pickle.UnpicklingError, zipfile.BadZipFile)
+
+
+def load_resume_point(run: TaskRun, cfg: TrainConfig, device: torch.device) -> dict | None:
+    """The checkpoint an interrupted training resumes from: ``last.pt``, else ``best.pt``
+    (an earlier epoch: every epoch is re-seeded from the config, so the epochs after it come
+    out the same), else none. A checkpoint that does not load is moved aside (kept under
+    ``trash/``) and the next one is tried, saying so; one of another config is an error."""
+    for name in ("last.pt", "best.pt"):
+        key = run.key(name)
+        if not run.store.exists(key):
+            continue
+        path = run.store.get_file(key, run.workdir / f"resume-{name}")
+        try:
+            ckpt = torch.load(path, map_location=device, weights_only=False)
+            int(ckpt["epoch"]), ckpt["model"], ckpt["optimizer"], list(ckpt["history"])
+        except CHECKPOINT_ERRORS as exc:
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+            set_aside_object(run.store, key, f"damaged checkpoint ({reason}), not resumed from")
+            continue
+        if ckpt.get("config") != cfg.model_dump(mode="json"):
+            raise ConfigError(f"{run.store.url(key)} was written with a different config; "
+                              "use a new run id (omit --run-id) instead of resuming, or "
+                              "--refresh to start this one over")
+        if name != "last.pt":
+            run.log.warning("resuming from %s (epoch %d) instead of the damaged last.pt",
+                            run.store.url(key), ckpt["epoch"])
+        return ckpt
+    return None
+
+
 def train(cfg: TrainConfig, store: Store) -> Manifest:
     """Train one classifier; evaluate every split each epoch; checkpoint; write the manifest."""
-    existing = find_manifest(store, cfg.out)
+    existing = reuse(store, "classifier.train", cfg, cfg.out)
     if existing is not None:
         return existing
     device = resolve_device(cfg.device)
@@ -196,23 +238,17 @@ def train(cfg: TrainConfig, store: Store) -> Manifest:
         history: list[dict] = []
         start_epoch = 1
         best_dev = -1.0
-        last_key = run.key("last.pt")
-        if store.exists(last_key):
-            ckpt_path = store.get_file(last_key, run.workdir / "resume.pt")
-            ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-            if ckpt.get("config") != cfg.model_dump(mode="json"):
-                raise ConfigError(f"{store.url(last_key)} was written with a different config; "
-                                  "use a new output prefix (a new run) instead of resuming")
+        ckpt = load_resume_point(run, cfg, device)
+        if ckpt is not None:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             history = ckpt["history"]
             start_epoch = ckpt["epoch"] + 1
             best_dev = max((h.get("dev/accuracy", -1.0) for h in history), default=-1.0)
-            run.outputs["last"] = last_key
-            if store.exists(run.key("best.pt")):
-                run.outputs["best"] = run.key("best.pt")
-            run.log.info("resuming %s from epoch %d (checkpoint %s)", cfg.out, ckpt["epoch"],
-                         store.url(last_key))
+            for name in ("last", "best"):
+                if store.exists(run.key(f"{name}.pt")):
+                    run.record(name, run.key(f"{name}.pt"))
+            run.log.info("resuming %s from epoch %d", cfg.out, ckpt["epoch"])
         n_train = len(splits["train"])
         run.log.info("training %s on %s: %d train samples, %d epochs, batch %d",
                      cfg.model, device, n_train, cfg.epochs, cfg.batch_size)
@@ -259,11 +295,11 @@ def train(cfg: TrainConfig, store: Store) -> Manifest:
 
 def evaluate(cfg: EvalConfig, store: Store) -> Manifest:
     """Final metrics of a trained classifier: accuracy, macro/per-class P/R/F1, confusion."""
-    existing = find_manifest(store, cfg.out)
+    existing = reuse(store, "classifier.evaluate", cfg, cfg.out)
     if existing is not None:
         return existing
     device = resolve_device(cfg.device)
-    train_manifest = read_manifest(store, cfg.train)
+    train_manifest = read_verified(store, cfg.train)
     tcfg = TrainConfig.model_validate(train_manifest.config)
     with TaskRun("classifier.evaluate", cfg, store, cfg.out,
                  inputs={"train": store.url(cfg.train)}) as run:

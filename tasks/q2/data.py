@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 from tasks.core.config import Config, config_hash
 from tasks.core.errors import ConfigError, DataError
 from tasks.core.files import cache_dir, from_local_cache, md5_file, offline, sha256_file
-from tasks.core.runtime import Manifest, TaskRun, find_manifest, read_manifest
+from tasks.core.runtime import Manifest, TaskRun, read_manifest, shared_result
 from tasks.core.store import Store
 from tasks.inputs import mirror_index
 
@@ -316,11 +316,12 @@ def _resolve_official(dest: Path, include_unlabeled: bool, store: Store, log
 
 
 def fetch(cfg: FetchConfig, store: Store) -> Manifest:
-    """Put STL10 (real or generated) into the store; reuse it when already there."""
-    existing = find_manifest(store, cfg.prefix)
+    """Put STL10 (real or generated) into the store; reuse it when already there and intact,
+    repair it when damaged; runs fetching it at once publish one copy."""
+    existing, damaged = shared_result(store, cfg.prefix)
     if existing is not None:
         return existing
-    with TaskRun("stl10.fetch", cfg, store, cfg.prefix) as run:
+    with TaskRun("stl10.fetch", cfg, store, cfg.prefix, shared=True) as run:
         if cfg.source == "generate":
             run.log.info("generating synthetic STL10 (%d train / %d test / %d unlabeled, seed "
                          "%d)", cfg.n_train, cfg.n_test, cfg.n_unlabeled, cfg.seed)
@@ -351,8 +352,8 @@ def fetch(cfg: FetchConfig, store: Store) -> Manifest:
             md5[path.name] = md5_file(path)
             sha[key] = sha256_file(path)
             run.put_file(key, path, f"{FOLDER}/{path.name}")
-        return run.finish({"counts": counts, "md5": md5, "sha256": sha}, dataset=DATASET,
-                          version=cfg.version, classes=CLASSES)
+        return run.finish({"counts": counts, "md5": md5, "sha256": sha}, replace=damaged,
+                          dataset=DATASET, version=cfg.version, classes=CLASSES)
 
 
 def materialize(store: Store, prefix: str) -> tuple[Path, Manifest]:
@@ -377,8 +378,9 @@ def materialize(store: Store, prefix: str) -> tuple[Path, Manifest]:
         if got != want:
             tmp.unlink(missing_ok=True)
             raise DataError(f"{manifest.output_key(key)}: sha256 {got} does not match the "
-                            f"manifest's {want}; the stored copy is corrupt: delete {prefix}/ in "
-                            "the store and fetch again")
+                            f"manifest's {want}; the stored copy of "
+                                f"{prefix} is damaged: rerun the flow (or the fetch task), "
+                                "which finds the damage and fetches the dataset again")
         shutil.move(tmp, path)
     return root, manifest
 

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from tasks.core.config import Config, like
 from tasks.core.errors import ConfigError, VisionflowsError
-from tasks.core.runtime import Manifest, TaskRun, find_manifest, read_manifest
+from tasks.core.runtime import Manifest, TaskRun, read_manifest, read_verified, reuse
 from tasks.core.store import Store
 from tasks.inputs.weights import (
     ResolvedWeights,
@@ -303,7 +303,7 @@ def weights(cfg: WeightsConfig, store: Store) -> Manifest:
 
 def explore(cfg: ExploreConfig, store: Store) -> Manifest:
     """Normalised pixel range and histogram of the training images; labelled samples."""
-    existing = find_manifest(store, cfg.out)
+    existing = reuse(store, "transfer.explore", cfg, cfg.out)
     if existing is not None:
         return existing
     with TaskRun("transfer.explore", cfg, store, cfg.out,
@@ -355,7 +355,7 @@ def explore(cfg: ExploreConfig, store: Store) -> Manifest:
 
 def train(cfg: TrainConfig, store: Store) -> Manifest:
     """Frozen backbone + new head: summaries, trainable check, per-epoch test accuracy."""
-    existing = find_manifest(store, cfg.out)
+    existing = reuse(store, "transfer.train", cfg, cfg.out)
     if existing is not None:
         return existing
     device = resolve_device(cfg.device)
@@ -501,11 +501,11 @@ def _titles(y: list[int], *preds: tuple[str, list[int]]) -> list[str]:
 
 def finetune(cfg: FinetuneConfig, store: Store) -> Manifest:
     """Predict a fixed-seed grid of test images; fine-tune every layer on the misclassified."""
-    existing = find_manifest(store, cfg.out)
+    existing = reuse(store, "transfer.finetune", cfg, cfg.out)
     if existing is not None:
         return existing
     device = resolve_device(cfg.device)
-    tm = read_manifest(store, cfg.train)
+    tm = read_verified(store, cfg.train)
     with TaskRun("transfer.finetune", cfg, store, cfg.out,
                  inputs={"train": store.url(cfg.train)}) as run:
         model, tcfg, _ckpt = restore(tm, store, run.workdir, device, run.log)

@@ -15,7 +15,7 @@ from PIL import Image as PILImage
 from pydantic import Field
 
 from tasks.core.config import Config
-from tasks.core.runtime import Manifest, TaskRun, find_manifest, read_manifest
+from tasks.core.runtime import Manifest, TaskRun, read_verified, reuse
 from tasks.core.store import Store
 from tasks.q3.images import decode_image
 from tasks.q3.segment import PALETTE, SegmentConfig
@@ -100,10 +100,10 @@ def _load_labels(store: Store, key: str) -> np.ndarray:
 
 def render(cfg: SegmentReportConfig, store: Store) -> Manifest:
     """Write report.md + report.html (+ PNGs) for a segment.images run."""
-    existing = find_manifest(store, cfg.out)
+    existing = reuse(store, "segment.report", cfg, cfg.out)
     if existing is not None:
         return existing
-    seg = read_manifest(store, cfg.segment)
+    seg = read_verified(store, cfg.segment)
     extra = seg.model_extra or {}
     scfg = SegmentConfig.model_validate(seg.config)
     images: list[dict] = extra.get("images", [])

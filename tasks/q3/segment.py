@@ -35,7 +35,7 @@ from pydantic import Field, field_validator, model_validator
 
 from tasks.core.config import Config
 from tasks.core.errors import ConfigError
-from tasks.core.runtime import Manifest, TaskRun, find_manifest, read_manifest
+from tasks.core.runtime import Manifest, TaskRun, read_verified, reuse
 from tasks.core.store import Store
 from tasks.inputs.weights import (
     ResolvedWeights,
@@ -364,7 +364,7 @@ def ingest(cfg: IngestConfig, store: Store) -> Manifest:
 
     A missing or unreachable input is recorded as rejected; it does not fail the task.
     """
-    existing = find_manifest(store, cfg.out)
+    existing = reuse(store, "images.ingest", cfg, cfg.out)
     if existing is not None:
         return existing
     max_bytes = int(cfg.max_download_mb * 1e6)
@@ -398,10 +398,10 @@ def _resolve_device(name: str):
 
 def segment(cfg: SegmentConfig, store: Store) -> Manifest:
     """DeepLabV3 on every ingested image; per-image outputs and status; manifest last."""
-    existing = find_manifest(store, cfg.out)
+    existing = reuse(store, "segment.images", cfg, cfg.out)
     if existing is not None:
         return existing
-    ingest_manifest = read_manifest(store, cfg.ingest)
+    ingest_manifest = read_verified(store, cfg.ingest)
     entries = [dict(e) for e in (ingest_manifest.model_extra or {}).get("images", [])]
     device = _resolve_device(cfg.device)
     with TaskRun("segment.images", cfg, store, cfg.out,

@@ -42,7 +42,7 @@ from tasks.core.config import Config, config_hash
 from tasks.core.errors import ConfigError, DataError, MissingKeyError
 from tasks.core.files import cache_dir, offline, sha256_file
 from tasks.core.log import get_logger
-from tasks.core.runtime import Manifest, TaskRun, find_manifest, read_manifest
+from tasks.core.runtime import Manifest, TaskRun, read_manifest, shared_result
 from tasks.core.store import Store, store_key
 from tasks.inputs import mirror_index
 from tasks.inputs.download import public_url
@@ -553,14 +553,14 @@ def fetch(cfg: YoloDataConfig, store: Store) -> Manifest:
         archive = work / "dataset.zip"
         sha, data_yaml = build_archive(v, archive)
         prefix = f"data/{cfg.name}/{sha[:16]}"
-        existing = find_manifest(store, prefix)
+        existing, damaged = shared_result(store, prefix)
         if existing is not None:
             log.info("export already stored at %s (same content)", store.url(prefix))
             return existing
         # the manifest's config keeps the location without its query string (Roboflow puts
         # the API key there)
         public_cfg = cfg.model_copy(update={"location": shown if cfg.location else None})
-        with TaskRun("yolo-export.fetch", public_cfg, store, prefix,
+        with TaskRun("yolo-export.fetch", public_cfg, store, prefix, shared=True,
                      inputs={"source": source, "location": shown}) as run:
             run.started, run.started_at = t0, started_at  # count acquiring and validating
             run.put_file("dataset", archive, "dataset.zip")
@@ -574,7 +574,7 @@ def fetch(cfg: YoloDataConfig, store: Store) -> Manifest:
                        for k in ("images", "labelled", "backgrounds", "objects")}
             metrics["warnings"] = len(v.warnings)
             log.info("stored %s: %s", store.url(prefix), metrics)
-            return run.finish(metrics, dataset=cfg.name, sha256=sha,
+            return run.finish(metrics, replace=damaged, dataset=cfg.name, sha256=sha,
                               zip_sha256=sha256_file(archive), classes=data_yaml["names"],
                               instances={k: s["instances"] for k, s in v.splits.items()},
                               splits=v.split_dirs, generator=(
@@ -599,8 +599,9 @@ def materialize(store: Store, prefix: str) -> Path:
             want = manifest.model_extra["zip_sha256"]
             if (got := sha256_file(zpath)) != want:
                 raise DataError(f"{manifest.output_key('dataset')}: sha256 {got} does not match "
-                                f"the manifest's {want}; the stored copy is corrupt: delete "
-                                f"{prefix}/ in the store and fetch again")
+                                f"the manifest's {want}; the stored copy of "
+                                f"{prefix} is damaged: rerun the flow (or the fetch task), "
+                                "which finds the damage and fetches the dataset again")
             _safe_extract(zpath, tmp / "root")
             zpath.unlink()
             (tmp / "root" / ".complete").write_text(sha)

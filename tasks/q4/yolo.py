@@ -35,9 +35,19 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from tasks.core.config import Config
-from tasks.core.errors import ConfigError, DataError, MissingKeyError, VisionflowsError
+from tasks.core.errors import ConfigError, MissingKeyError, VisionflowsError
 from tasks.core.log import get_logger, redact
-from tasks.core.runtime import Manifest, TaskRun, find_manifest, manifest_key, read_manifest
+from tasks.core.runtime import (
+    Manifest,
+    PrefixConflictError,
+    TaskRun,
+    find_manifest,
+    manifest_key,
+    read_verified,
+    require_intact,
+    reuse,
+    set_aside_object,
+)
 from tasks.core.store import Store
 from tasks.inputs.weights import WeightsError, WeightsSpec
 from tasks.inputs.weights import resolve_weights as resolve
@@ -202,7 +212,7 @@ def run_worker(spec: dict[str, Any], run_dir: Path, label: str, log) -> dict[str
            "VF_PARENT_PID": str(os.getpid())}
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    proc = subprocess.Popen([sys.executable, "-m", "tasks.q4.worker", str(spec_path)],
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "tasks.q4.worker", str(spec_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                             cwd=run_dir)
     tail: deque[str] = deque(maxlen=40)
@@ -258,12 +268,28 @@ def read_results(text: str) -> list[dict[str, float]]:
 
 # ---------------------------------------------------------------- train
 
+def _intact_checkpoint(store: Store, key: str, workdir: Path) -> bool:
+    """Whether the stored checkpoint reads back whole: a torch checkpoint is a zip archive
+    whose every member carries a CRC (checked without unpickling it)."""
+    import zipfile
+
+    path = store.get_file(key, workdir / "check" / Path(key).name)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return zf.testzip() is None
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return False
+    finally:
+        path.unlink(missing_ok=True)
+
+
 def _compatible(old: YoloTrainConfig, new: YoloTrainConfig, where: str) -> None:
     a, b = old.model_dump(mode="json"), new.model_dump(mode="json")
     diff = sorted(k for k in a if a[k] != b.get(k) and k not in RERUN_MUTABLE)
     if diff:
-        raise ConfigError(f"{where} was trained with a different config ({', '.join(diff)} "
-                          "differ); use a new run id instead of rerunning at this prefix")
+        raise PrefixConflictError(f"{where} was trained with a different config "
+                                  f"({', '.join(diff)} differ); use a new run id instead of "
+                                  "rerunning at this prefix, or --refresh to start it over")
     if new.epochs < old.epochs:
         raise ConfigError(f"{where} already trained for {old.epochs} epochs; cannot shrink to "
                           f"{new.epochs}: use a new run id")
@@ -288,11 +314,9 @@ def train(cfg: YoloTrainConfig, store: Store) -> Manifest:
     if existing is not None:
         old = YoloTrainConfig.model_validate(existing.config)
         _compatible(old, cfg, store.url(cfg.out))
+        require_intact(store, existing)  # a damaged result is neither reused nor extended
         if cfg.epochs == old.epochs:
             return existing
-        if not store.exists(f"{cfg.out.strip('/')}/last.pt"):
-            raise DataError(f"cannot extend {store.url(cfg.out)}: its last.pt is gone from the "
-                            "store; use a new run id to train from the start")
         log.info("%s: extending a finished %d-epoch training to %d epochs", label, old.epochs,
                  cfg.epochs)
         store.delete(manifest_key(cfg.out))  # unfinished until the extension is done
@@ -306,6 +330,12 @@ def train(cfg: YoloTrainConfig, store: Store) -> Manifest:
                                 "amp": cfg.amp and device != "cpu",
                                 "args": _train_args(cfg, device)}
         weights_from = "none (from yaml, random init)"
+        if store.exists(last_key) and not _intact_checkpoint(store, last_key, run.workdir):
+            set_aside_object(store, last_key, "damaged checkpoint, not resumed from: the "
+                             "training starts over")
+            for rel in ("train_state.json", "results.csv", "best.pt"):
+                if store.exists(run.key(rel)):
+                    store.delete(run.key(rel))
         if store.exists(last_key):
             if store.exists(state_key):
                 prev = store.get_json(state_key)
@@ -378,14 +408,11 @@ def evaluate(cfg: YoloEvalConfig, store: Store) -> Manifest:
     from tasks.ml import plots
 
     log = get_logger("yolo.evaluate")
-    train_m = read_manifest(store, cfg.train)
-    fingerprint = f"{train_m.config_hash}@{train_m.finished_at}"
-    existing = find_manifest(store, cfg.out)
-    if existing is not None and \
-            (existing.model_extra or {}).get("train_fingerprint") == fingerprint:
+    train_m = read_verified(store, cfg.train)
+    # an evaluation of a training that was extended since is set aside and done again
+    existing = reuse(store, "yolo.evaluate", cfg, cfg.out)
+    if existing is not None:
         return existing
-    if existing is not None:  # the training was extended since: evaluate again
-        store.delete(manifest_key(cfg.out))
     tcfg = YoloTrainConfig.model_validate(train_m.config)
     label = model_label(tcfg.model)
     device = resolve_device(cfg.device)
@@ -441,7 +468,7 @@ def evaluate(cfg: YoloEvalConfig, store: Store) -> Manifest:
         log.info("%s: %s P=%.3f R=%.3f mAP50=%.3f mAP50-95=%.3f", label, cfg.split,
                  res["precision"], res["recall"], res["mAP50"], res["mAP50-95"])
         return run.finish(metrics, label=label, model=tcfg.model, classes=names,
-                          samples=res["samples"], train_fingerprint=fingerprint,
+                          samples=res["samples"],
                           reference=reference_key(tcfg.model))
 
 

@@ -1,0 +1,169 @@
+"""One ``visionflows`` command's run: its work folder, its janitor, its temporary Prefect
+server, and how Ctrl-C and SIGTERM stop it.
+
+- A work folder of its own (``VF_WORK_ROOT``): every task's scratch files and the
+  launchers' temporary files go there; it is removed on every exit path (the janitor,
+  :mod:`flows.janitor`, removes it after a SIGKILL too).
+- The temporary Prefect server (:mod:`flows.server`) when no ``PREFECT_API_URL`` is set,
+  shielded from the terminal's Ctrl-C and stopped last.
+- SIGINT and SIGTERM stop the run within seconds: the stop flag is set (in-process
+  training stops between batches), every child process group and container is ended, the
+  flow run is marked Cancelled in Prefect, and the command exits 130 (SIGINT) or 143
+  (SIGTERM) with one line saying what was kept and how to resume. A second Ctrl-C ends at
+  once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from flows.launchers import children
+from tasks.core.runtime import STOP
+
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+# Flow runs started in this process (flows.common.remember_flow_run), newest last.
+FLOW_RUNS: list[str] = []
+
+
+class Interrupted(KeyboardInterrupt):
+    """The command was asked to stop (Ctrl-C or SIGTERM)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.signum, 128 + self.signum)
+
+
+class Session:
+    """The context of one command (see the module doc). ``server``: start a temporary
+    Prefect server when ``PREFECT_API_URL`` is not set."""
+
+    def __init__(self, server: bool = True):
+        self.want_server = server
+        self.root: Path | None = None
+        self.janitor: subprocess.Popen | None = None
+        self.server = None
+        self.stopping: int | None = None
+        self._old: dict[int, object] = {}
+        self._settings = None
+        self._env_before: dict[str, str | None] = {}
+
+    # ------------------------------------------------------------ setup
+
+    def __enter__(self) -> Session:
+        STOP.clear()
+        FLOW_RUNS.clear()
+        self.root = Path(tempfile.gettempdir()) / f"vf-run-{os.getpid()}-{secrets.token_hex(3)}"
+        self.root.mkdir(parents=True)
+        self._setenv("VF_WORK_ROOT", str(self.root))
+        self.janitor = subprocess.Popen([sys.executable, "-m", "flows.janitor", str(self.root)],
+                                        stdin=subprocess.PIPE, start_new_session=True)
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._on_signal)
+        if self.want_server and not os.environ.get("PREFECT_API_URL"):
+            self._start_server()
+        return self
+
+    def _setenv(self, key: str, value: str) -> None:
+        self._env_before.setdefault(key, os.environ.get(key))
+        os.environ[key] = value
+
+    def _start_server(self) -> None:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        from flows.server import TemporaryServer
+
+        self.server = TemporaryServer()
+        url = self.server.start()
+        children.track("pgid", self.server.pid)
+        self._setenv("PREFECT_API_URL", url)
+        self._settings = temporary_settings(updates={PREFECT_API_URL: url})
+        self._settings.__enter__()
+
+    # ------------------------------------------------------------ stopping
+
+    def _on_signal(self, signum: int, _frame) -> None:
+        if self.stopping is not None:
+            if signum == signal.SIGINT and self.stopping == signal.SIGINT:
+                # a second Ctrl-C: end now, children first
+                children.stop_all(grace_s=0.5)
+                print("\nstopped at once (second Ctrl-C)", file=sys.stderr)
+                os._exit(130)
+            return  # the same stop again (Prefect re-sends SIGTERM to us): already on it
+        self.stopping = signum
+        STOP.set()
+        threading.Thread(target=children.stop_all, daemon=True, name="vf-stop").start()
+        raise Interrupted(signum)
+
+    def cancel_flow_runs(self, message: str) -> list[str]:
+        """Mark the flow runs this command started and left unfinished as Cancelled."""
+        if not FLOW_RUNS:
+            return []
+        from prefect.client.orchestration import get_client
+        from prefect.states import Cancelled
+
+        done = []
+        with contextlib.suppress(Exception), get_client(sync_client=True) as client:
+            for run_id in FLOW_RUNS:
+                run = client.read_flow_run(run_id)
+                if run.state is not None and run.state.is_completed():
+                    continue
+                client.set_flow_run_state(run_id, Cancelled(message=message), force=True)
+                done.append(run_id)
+        return done
+
+    # ------------------------------------------------------------ teardown
+
+    @staticmethod
+    def _drain_prefect() -> None:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        for worker in (APILogWorker, EventsWorker):
+            with contextlib.suppress(Exception):  # a stuck worker must not block the exit
+                worker.drain_all(timeout=5)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if isinstance(exc, KeyboardInterrupt) and self.stopping is None:
+                self.stopping = signal.SIGINT  # Ctrl-C outside our handler (before setup)
+            if self.stopping is not None:
+                STOP.set()
+                children.stop_all()
+                self.cancel_flow_runs(f"stopped by {signal.Signals(self.stopping).name}")
+        finally:
+            for sig, old in self._old.items():
+                with contextlib.suppress(ValueError, TypeError):
+                    signal.signal(sig, old)
+            if self._settings is not None:
+                self._settings.__exit__(None, None, None)
+            if self.server is not None:
+                self._drain_prefect()  # logs and events reach the server before it stops
+                pid = self.server.pid
+                self.server.stop()
+                children.untrack("pgid", pid)
+            for key, value in self._env_before.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            if self.root is not None:
+                shutil.rmtree(self.root, ignore_errors=True)
+            if self.janitor is not None and self.janitor.stdin is not None:
+                self.janitor.stdin.close()  # the janitor finds nothing left and exits
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.janitor.wait(timeout=10)
+            STOP.clear()
