@@ -27,6 +27,7 @@ import threading
 from pathlib import Path
 
 from flows.launchers import children
+from tasks.core.log import get_logger
 from tasks.core.runtime import STOP
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -75,6 +76,9 @@ class Session:
                 self._old[sig] = signal.signal(sig, self._on_signal)
         if self.want_server and not os.environ.get("PREFECT_API_URL"):
             self._start_server()
+        get_logger("session").info(
+            "work folder %s%s", self.root, "" if self.server is None else
+            f"; temporary Prefect server {self.server.api_url} (pid {self.server.pid})")
         return self
 
     def _setenv(self, key: str, value: str) -> None:

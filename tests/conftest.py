@@ -157,3 +157,10 @@ def docker_engine():
     yield client, image
     leftovers = client.containers.list(all=True, filters={"label": "org.visionflows.launcher"})
     assert not leftovers, f"containers left behind: {[c.name for c in leftovers]}"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

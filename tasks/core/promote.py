@@ -19,7 +19,7 @@ from pydantic import Field
 
 from tasks.core.config import Config
 from tasks.core.errors import DataError, StoreError
-from tasks.core.runtime import Manifest, TaskRun
+from tasks.core.runtime import Manifest, TaskRun, read_verified
 from tasks.core.store import Store, join
 
 MAX_ATTEMPTS = 10
@@ -74,7 +74,11 @@ def better_or_equal(value: float, than: float, mode: str) -> bool:
 
 
 def promote(cfg: PromoteConfig, store: Store) -> Manifest:
-    """Record the candidate, then promote it if it is at least as good as the champion."""
+    """Record the candidate, then promote it if it is at least as good as the champion.
+
+    The candidate's training result is checked first: a damaged model is never promoted.
+    """
+    read_verified(store, cfg.model)
     with TaskRun("model.promote", cfg, store, cfg.out) as run:
         record = {"question": cfg.question, "run_id": cfg.run_id, "metric": cfg.metric,
                   "value": cfg.value, "mode": cfg.mode, "model": cfg.model,

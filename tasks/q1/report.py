@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from tasks.core.config import Config
-from tasks.core.runtime import Manifest, TaskRun, find_manifest
+from tasks.core.runtime import Manifest, TaskRun, find_verified
 from tasks.core.store import Store
 from tasks.ml import plots
 from tasks.ml.summary import format_summary, summarize
@@ -74,8 +74,8 @@ def _aggregate(manifests: list[Manifest]) -> Manifest:
 def _load(store: Store, ref: RunRef) -> tuple[Manifest | None, Manifest | None]:
     """Train and eval manifests of a cell; with repeats, their means over every seed that
     finished (the first seed's manifest carries the curves and plots)."""
-    pairs = [(find_manifest(store, ref.train), find_manifest(store, ref.eval))]
-    pairs += [(find_manifest(store, r.train), find_manifest(store, r.eval)) for r in ref.repeats]
+    pairs = [(find_verified(store, ref.train), find_verified(store, ref.eval))]
+    pairs += [(find_verified(store, r.train), find_verified(store, r.eval)) for r in ref.repeats]
     first_tr, first_ev = pairs[0]
     if first_tr is None or first_ev is None:
         return first_tr, first_ev
@@ -226,7 +226,7 @@ def render(cfg: ReportConfig, store: Store) -> Manifest:
             report.sections.append(section)
             results.append(result)
             for ref in group.runs:
-                tr = find_manifest(store, ref.train)
+                tr = find_verified(store, ref.train)
                 if tr is not None:
                     tcfg = TrainConfig.model_validate(tr.config)
                     archs.setdefault((tcfg.model, tcfg.hidden, tcfg.activation), tcfg)

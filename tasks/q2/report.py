@@ -13,7 +13,7 @@ from pydantic import Field
 
 from tasks.core.config import Config
 from tasks.core.errors import MissingKeyError
-from tasks.core.runtime import Manifest, TaskRun, find_manifest
+from tasks.core.runtime import Manifest, TaskRun, find_verified
 from tasks.core.store import Store
 from tasks.ml import plots
 from tasks.q2.reference import REFERENCE as REF
@@ -254,11 +254,11 @@ def render(cfg: ReportConfig, store: Store) -> Manifest:
         if cfg.profile != "full":
             report.title += (f" ({cfg.profile} profile: generated data, not comparable to the "
                              "reference)")
-        data, ex = find_manifest(store, cfg.data), find_manifest(store, cfg.explore)
+        data, ex = find_verified(store, cfg.data), find_verified(store, cfg.explore)
         report.sections.append(_data_section(store, data, ex))
         rows, histories = {}, {}
         for ref in cfg.models:
-            tr, ft = find_manifest(store, ref.train), find_manifest(store, ref.finetune)
+            tr, ft = find_verified(store, ref.train), find_verified(store, ref.finetune)
             sec, row = _model_section(store, ref, tr, ft)
             report.sections.append(sec)
             rows[ref.arch] = row

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from tasks.core.config import Config
 from tasks.core.errors import MissingKeyError
-from tasks.core.runtime import Manifest, TaskRun, find_manifest
+from tasks.core.runtime import Manifest, TaskRun, find_verified
 from tasks.core.store import Store
 from tasks.ml import plots
 from tasks.q4.reference import REFERENCE
@@ -115,7 +115,7 @@ def why_different(store: Store, trained: dict[str, Manifest], sp: str) -> str:
     from tasks.q4.reference import DATASET
 
     first = next(iter(trained.values()))
-    data = find_manifest(store, str(first.config.get("data", "")))
+    data = find_verified(store, str(first.config.get("data", "")))
     scratch = [k for k, m in trained.items()
                if str(m.config.get("model", "")).endswith((".yaml", ".yml"))]
     pretrained = [k for k in trained if k not in scratch]
@@ -155,7 +155,7 @@ def render(cfg: YoloReportConfig, store: Store) -> Manifest:
         if cfg.profile != "full":
             report.title += (f" ({cfg.profile} profile: generated data and small models "
                              "trained from scratch, not comparable to the reference)")
-        loaded = {m.label: (m, find_manifest(store, m.train), find_manifest(store, m.eval))
+        loaded = {m.label: (m, find_verified(store, m.train), find_verified(store, m.eval))
                   for m in cfg.models}
         ok = {k: v for k, v in loaded.items() if v[1] is not None and v[2] is not None}
 

@@ -23,7 +23,7 @@ from pydantic import Field
 from tasks.core.config import Config, config_hash
 from tasks.core.errors import MissingKeyError
 from tasks.core.promote import history
-from tasks.core.runtime import Manifest, TaskRun, find_manifest
+from tasks.core.runtime import IntegrityError, Manifest, TaskRun, find_manifest, find_verified
 from tasks.core.store import Store, join
 from tasks.ml import plots
 from tasks.reporting.render import Image, Report, Section, Table, write_report
@@ -59,7 +59,10 @@ def _load_question(store: Store, question: str, run_id: str | None) -> dict[str,
     except MissingKeyError:
         return {"run_id": run_id, "missing": True}
     report_dir = flow["report"]["report.html"].rsplit("/", 1)[0]
-    report = find_manifest(store, report_dir)
+    try:
+        report = find_verified(store, report_dir)
+    except IntegrityError as exc:  # shown as such in the final report, never used as is
+        return {"run_id": run_id, "missing": True, "damaged": str(exc)}
     return {"run_id": run_id, "flow": flow, "report": report, "report_dir": report_dir}
 
 
@@ -160,7 +163,8 @@ def render(cfg: FinalReportConfig, store: Store) -> Manifest:
                 if info is None or info.get("missing"):
                     continue
             if info is None or info.get("missing"):
-                status[q] = "not run" if info is None else "failed (no flow manifest)"
+                status[q] = ("not run" if info is None else f"damaged: {info['damaged']}"
+                             if info.get("damaged") else "failed (no flow manifest)")
                 summary.append([q, "—", status[q], None, None, None, None])
                 sections.append(Section(TITLES.get(q, q), [
                     f"No finished run of {q} in this store ({status[q]}): run "
