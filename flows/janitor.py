@@ -22,6 +22,7 @@ def clean(root: str) -> None:
     left = read_ledger(root)
     kill_containers(left["container"])
     kill_groups(left["pgid"], grace_s=2.0)
+    kill_groups(left["server"], grace_s=2.0)
     shutil.rmtree(root, ignore_errors=True)
 
 

@@ -27,7 +27,6 @@ import threading
 from pathlib import Path
 
 from flows.launchers import children
-from tasks.core.log import get_logger
 from tasks.core.runtime import STOP
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -76,9 +75,9 @@ class Session:
                 self._old[sig] = signal.signal(sig, self._on_signal)
         if self.want_server and not os.environ.get("PREFECT_API_URL"):
             self._start_server()
-        get_logger("session").info(
-            "work folder %s%s", self.root, "" if self.server is None else
-            f"; temporary Prefect server {self.server.api_url} (pid {self.server.pid})")
+        print(f"visionflows: work folder {self.root};"
+              + ("" if self.server is None else f" temporary Prefect server "
+                 f"{self.server.api_url} (pid {self.server.pid})"), file=sys.stderr, flush=True)
         return self
 
     def _setenv(self, key: str, value: str) -> None:
@@ -92,7 +91,7 @@ class Session:
 
         self.server = TemporaryServer()
         url = self.server.start()
-        children.track("pgid", self.server.pid)
+        children.track("server", self.server.pid)
         self._setenv("PREFECT_API_URL", url)
         self._settings = temporary_settings(updates={PREFECT_API_URL: url})
         self._settings.__enter__()
@@ -158,7 +157,7 @@ class Session:
                 self._drain_prefect()  # logs and events reach the server before it stops
                 pid = self.server.pid
                 self.server.stop()
-                children.untrack("pgid", pid)
+                children.untrack("server", pid)
             for key, value in self._env_before.items():
                 if value is None:
                     os.environ.pop(key, None)

@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 
 _LOCK = threading.Lock()
-_LIVE: dict[str, set[str]] = {"pgid": set(), "container": set()}
+# pgid: a task's process group; container: a task's container; server: the temporary Prefect
+# server's process group (ended last, by its owner or the janitor, never by stop_all)
+_LIVE: dict[str, set[str]] = {"pgid": set(), "container": set(), "server": set()}
 LEDGER = "children"
 
 
@@ -29,7 +31,8 @@ def _ledger(line: str) -> None:
 
 
 def track(kind: str, ident: int | str) -> None:
-    """Remember a process group (``pgid``) or a container (``container``) we started."""
+    """Remember a task's process group (``pgid``), a container (``container``) or the
+    temporary server's process group (``server``) we started."""
     with _LOCK:
         _LIVE[kind].add(str(ident))
     _ledger(f"+{kind} {ident}")
@@ -48,7 +51,7 @@ def live() -> dict[str, set[str]]:
 
 def read_ledger(root: str | os.PathLike) -> dict[str, set[str]]:
     """What ``root``'s ledger says is still running (tracked and not untracked)."""
-    out: dict[str, set[str]] = {"pgid": set(), "container": set()}
+    out: dict[str, set[str]] = {"pgid": set(), "container": set(), "server": set()}
     try:
         lines = (Path(root) / LEDGER).read_text().splitlines()
     except OSError:
@@ -105,7 +108,7 @@ def kill_containers(ids: set[str]) -> None:
 
 
 def stop_all(grace_s: float = 2.0) -> None:
-    """End everything this process started that is still running."""
+    """End every task this process started that is still running (not the server)."""
     now = live()
     kill_containers(now["container"])
     kill_groups(now["pgid"], grace_s)
