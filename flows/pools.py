@@ -9,6 +9,7 @@ any of them disagrees with the definition).
     python -m flows.pools list                 # name, type, worker image, template
     python -m flows.pools apply [POOL ...]     # create or update pools (PREFECT_API_URL)
     python -m flows.pools deployments [POOL ...]   # their deployments, as FLOW/NAME
+    python -m flows.pools check                # compose, k8s worker and deployments agree
 """
 
 from __future__ import annotations
@@ -68,6 +69,70 @@ def load_pools(path: Path | str = PREFECT_YAML) -> dict[str, WorkPool]:
                               f"({', '.join(TYPES)}); unknown keys: {sorted(unknown) or 'none'}")
         out[key] = WorkPool(key=key, **p)
     return out
+
+
+# The files that start a worker for a pool: (file, how to find the worker in it).
+COMPOSE = "infra/docker-compose.yml"
+K8S_WORKER = "infra/k8s/worker.yaml"
+DEPLOYMENT_POOL = {"nightly": "process", "nightly-docker": "docker", "nightly-k8s": "kubernetes"}
+
+
+def _worker_command(cmd: list[str]) -> dict[str, str | None]:
+    def opt(name: str) -> str | None:
+        return cmd[cmd.index(name) + 1] if name in cmd else None
+
+    return {"pool": opt("--pool"), "type": opt("--type")}
+
+
+def disagreements(root: Path = ROOT) -> list[str]:
+    """Where ``prefect.yaml``'s deployments, ``infra/docker-compose.yml`` and
+    ``infra/k8s/worker.yaml`` disagree with ``definitions.work_pools`` (empty: they agree)."""
+    import yaml
+
+    pools = load_pools(root / "prefect.yaml")
+    problems = []
+    docs = [("compose service prefect-worker", pools.get("docker"), yaml.safe_load(
+        (root / COMPOSE).read_text())["services"]["prefect-worker"], "command"),
+            ("infra/k8s/worker.yaml", pools.get("kubernetes"), next(
+                d["spec"]["template"]["spec"]["containers"][0] for d in yaml.safe_load_all(
+                    (root / K8S_WORKER).read_text()) if d and d["kind"] == "Deployment"),
+             "command")]
+    for what, pool, container, key in docs:
+        if pool is None:
+            problems.append(f"{what} starts a worker, but prefect.yaml defines no such pool")
+            continue
+        got = _worker_command([str(x) for x in container.get(key) or []])
+        for field, want in (("pool", pool.name), ("type", pool.type)):
+            if got[field] != want:
+                problems.append(f"{what}: worker --{field} {got[field]!r}, but prefect.yaml "
+                                f"defines the {pool.key} pool's {field} as {want!r}")
+        if container.get("image") != pool.worker_image:
+            problems.append(f"{what}: image {container.get('image')!r}, but prefect.yaml "
+                            f"defines the {pool.key} pool's worker_image as "
+                            f"{pool.worker_image!r}")
+    for pool in pools.values():
+        template = pool.template(root)
+        if template is not None:
+            kind = "job_manifest" if pool.type == "kubernetes" else "container_create_kwargs" \
+                if pool.type == "docker" else None
+            if kind and kind not in template.get("job_configuration", {}):
+                problems.append(f"{pool.base_job_template} is not a {pool.type} template "
+                                f"(no {kind})")
+    by_name = {p.name: p for p in pools.values()}
+    for dep in _spec(root / "prefect.yaml")["deployments"]:
+        where = f"deployment {dep['name']} ({dep['entrypoint']})"
+        pool = by_name.get(dep["work_pool"]["name"])
+        if pool is None:
+            problems.append(f"{where}: pool {dep['work_pool']['name']!r} is not defined")
+            continue
+        expected = DEPLOYMENT_POOL.get(dep["name"])
+        if expected and pool.key != expected:
+            problems.append(f"{where}: on the {pool.key} pool, expected {expected}")
+        if pool.type != "process" and not (dep["work_pool"].get("job_variables") or {}).get(
+                "image"):
+            problems.append(f"{where}: a {pool.type} pool runs flows in an image, but the "
+                            "deployment sets none (job_variables.image)")
+    return problems
 
 
 def select(pools: dict[str, WorkPool], keys: list[str]) -> dict[str, WorkPool]:
@@ -165,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefect-yaml", default=str(PREFECT_YAML))
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="print each pool: name, type, worker image, template")
+    sub.add_parser("check", help="fail when compose, the k8s worker or a deployment disagrees")
     for cmd, text in (("apply", "create or update pools on the Prefect API"),
                       ("deployments", "print the pools' deployments as FLOW/NAME")):
         sub.add_parser(cmd, help=text).add_argument(
@@ -177,6 +243,12 @@ def main(argv: list[str] | None = None) -> int:
                 print("\t".join([p.name, p.type, p.worker_image or "-",
                                  p.base_job_template or "-"]))
             return 0
+        if args.cmd == "check":
+            problems = disagreements(Path(args.prefect_yaml).resolve().parent)
+            for p in problems:
+                print(f"disagrees: {p}", file=sys.stderr)
+            print("work pools: " + ("disagreements found" if problems else "all agree"))
+            return 1 if problems else 0
         pools = select(pools, args.pools)
         if args.cmd == "deployments":
             print("\n".join(deployments(pools, args.prefect_yaml)))

@@ -20,4 +20,5 @@ args=()
 for n in "${names[@]}"; do args+=(--name "$n"); done
 prefect --no-prompt deploy "${args[@]}"
 echo "deployed: ${names[*]}"
-echo "start a worker for each pool you use, e.g.: prefect worker start --pool visionflows-process"
+echo "start a worker for each pool you use: prefect worker start --pool NAME (the names:"
+echo "python -m flows.pools list; compose and infra/k8s start the docker and kubernetes ones)"
