@@ -323,3 +323,28 @@ def test_a_pool_of_another_type_is_refused(set_up):
     assert ("work pool visionflows-process exists with type 'docker', but prefect.yaml defines "
             "it as 'process'") in res.stderr
     assert "prefect work-pool delete visionflows-process" in res.stderr
+
+
+def test_compose_and_the_cluster_run_the_same_images():
+    """The server, MinIO and mc versions are the same in compose and in infra/k8s, and the
+    server is the Prefect the worker image is built on (and this project runs)."""
+    import prefect
+
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    k8s = {}
+    for path in (ROOT / "infra" / "k8s").glob("*.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc["kind"] in ("Deployment", "StatefulSet", "Job"):
+                k8s[doc["metadata"]["name"]] = doc["spec"]["template"]["spec"]["containers"][0][
+                    "image"]
+
+    def compose_default(image: str) -> str:  # ${MINIO_TAG:-RELEASE...} -> RELEASE...
+        return re.sub(r"\$\{\w+:-([^}]+)\}", r"\1", image)
+
+    server = f"prefecthq/prefect:{prefect.__version__}-python3.11"
+    assert services["prefect-server"]["image"] == k8s["prefect-server"] == server
+    assert compose_default(services["minio"]["image"]) == k8s["minio"]
+    assert compose_default(services["minio-init"]["image"]) == k8s["minio-init"]
+    dockerfile = (ROOT / "images" / "worker.Dockerfile").read_text()
+    assert f"ARG PREFECT_VERSION={prefect.__version__}\n" in dockerfile
+    assert "FROM prefecthq/prefect:${PREFECT_VERSION}-python3.11" in dockerfile
