@@ -1,24 +1,14 @@
 #!/usr/bin/env bash
-# Create the work pools prefect.yaml defines (definitions.work_pools: name, type, base job
-# template), then deploy their deployments.
-#   PREFECT_API_URL=http://127.0.0.1:4200/api infra/setup-work-pools.sh             # every pool
-#   PREFECT_API_URL=... infra/setup-work-pools.sh kubernetes                        # one pool
-# Pools: process (visionflows-process: flows run in the worker's process), docker
-# (visionflows-docker: each flow run in a container; its store settings come from the
-# environment, e.g. `set -a; . infra/.env; set +a`: VF_STORE, VF_S3_ENDPOINT_URL,
-# VF_TASKS_ACCESS_KEY, VF_TASKS_SECRET_KEY), kubernetes (visionflows-k8s: a Job per flow run,
-# see infra/k8s/deploy.sh). An existing pool keeps its name and type and gets the template of
-# this checkout; a pool of another type is an error that says how to fix it.
+# Create the work pools prefect.yaml names, then deploy every flow and start a worker.
+#   PREFECT_API_URL=http://127.0.0.1:4200/api VF_PROJECT_DIR=$PWD infra/setup-work-pools.sh
+# Both pools are process pools: on `visionflows-docker` the flow runs in the worker's process
+# and starts one container per task (the docker launcher), so its host needs a Docker engine.
 set -euo pipefail
 : "${PREFECT_API_URL:?set PREFECT_API_URL, e.g. http://127.0.0.1:4200/api}"
 export VF_PROJECT_DIR="${VF_PROJECT_DIR:-$(cd "$(dirname "$0")/.." && pwd)}"
+for pool in visionflows-process visionflows-docker; do
+  prefect work-pool inspect "$pool" >/dev/null 2>&1 || prefect work-pool create "$pool" --type process
+done
 cd "$VF_PROJECT_DIR"
-PYTHON=${PYTHON:-python3}
-"$PYTHON" -m flows.pools apply "$@"
-mapfile -t names < <("$PYTHON" -m flows.pools deployments "$@")
-args=()
-for n in "${names[@]}"; do args+=(--name "$n"); done
-prefect --no-prompt deploy "${args[@]}"
-echo "deployed: ${names[*]}"
-echo "start a worker for each pool you use: prefect worker start --pool NAME (the names:"
-echo "python -m flows.pools list; compose and infra/k8s start the docker and kubernetes ones)"
+prefect --no-prompt deploy --all
+echo "start a worker with: prefect worker start --pool visionflows-process"

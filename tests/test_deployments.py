@@ -1,5 +1,4 @@
-"""Deployments: prefect.yaml matches the served ones (the docker and Kubernetes ones:
-tests/test_work_pools.py, tests/test_kubernetes.py); a real Prefect server runs q1-mlp/nightly
+"""Deployments: prefect.yaml matches the served ones; a real Prefect server runs q1-mlp/nightly
 triggered by `prefect deployment run`; headless Chromium shows the run in the UI."""
 
 from __future__ import annotations
@@ -26,30 +25,22 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_prefect_yaml_matches_served_deployments():
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     by_flow: dict[str, list[dict]] = {}
-    targets = {**FLOWS, "report": REPORT_FLOW}
     for dep in spec["deployments"]:
         path, func = dep["entrypoint"].split(":")
-        if path.endswith(".py"):  # process pool: the checkout's file
-            assert (ROOT / path).is_file(), dep["entrypoint"]
-        else:  # docker / Kubernetes: the module inside the task image
-            assert dep["entrypoint"] in targets.values(), dep["entrypoint"]
-        flow_name = next(n for n, target in targets.items() if target.endswith(f":{func}"))
+        assert (ROOT / path).is_file(), dep["entrypoint"]
+        flow_name = next(n for n, target in {**FLOWS, "report": REPORT_FLOW}.items()
+                         if target.endswith(f":{func}"))
         by_flow.setdefault(flow_name, []).append(dep)
     assert set(by_flow) == set(NIGHTLY) == {*FLOWS, "report"}
     for name, deps in by_flow.items():
         nightly = next(d for d in deps if d["name"] == DEPLOYMENT)
         assert nightly["schedules"][0] == {"cron": NIGHTLY[name].cron, "timezone": TIMEZONE}
         assert nightly["work_pool"]["name"] == "visionflows-process"
-        k8s = next(d for d in deps if d["name"] == "nightly-k8s")
-        assert k8s["schedules"][0] == {"cron": NIGHTLY[name].cron, "timezone": TIMEZONE,
-                                       "active": False}
         if name == "report":
-            assert k8s["parameters"] == {"local_copy": False}  # a pod's disk is thrown away
             continue
         assert nightly["parameters"]["profile"] == "full"
-        for dep in (k8s, next(d for d in deps if d["name"] == "nightly-docker")):
-            # the flow runs inside the task image, its tasks in that container or pod
-            assert dep["parameters"] == {"profile": "full"}, dep["name"]
+        docker = next(d for d in deps if d["name"] == "nightly-docker")
+        assert docker["parameters"]["launcher"] == "docker"
     crons = [n.cron for n in NIGHTLY.values()]
     assert len(set(crons)) == len(crons)  # staggered
 

@@ -37,9 +37,7 @@ def test_compose_services_use_loopback_host_networking(compose):
     worker = services["prefect-worker"]
     assert "/var/run/docker.sock:/var/run/docker.sock" in worker["volumes"]
     assert worker["command"][worker["command"].index("--type") + 1] == "docker"
-    # prefect-docker is built into the worker image (tests/test_work_pools.py)
-    assert "EXTRA_PIP_PACKAGES" not in worker["environment"]
-    assert worker["build"]["network"] == "host"
+    assert "prefect-docker" in worker["environment"]["EXTRA_PIP_PACKAGES"]
     assert "prefect-data:/var/lib/prefect" in services["prefect-server"]["volumes"]
 
 
