@@ -26,8 +26,12 @@ def test_prefect_yaml_matches_served_deployments():
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     by_flow: dict[str, list[dict]] = {}
     for dep in spec["deployments"]:
-        path, func = dep["entrypoint"].split(":")
-        assert (ROOT / path).is_file(), dep["entrypoint"]
+        if ":" in dep["entrypoint"]:  # a file in the checkout (process pool)
+            path, func = dep["entrypoint"].split(":")
+            assert (ROOT / path).is_file(), dep["entrypoint"]
+        else:  # a module path: the flows installed in the task image (container pools)
+            module, func = dep["entrypoint"].rsplit(".", 1)
+            assert (ROOT / (module.replace(".", "/") + ".py")).is_file(), dep["entrypoint"]
         flow_name = next(n for n, target in {**FLOWS, "report": REPORT_FLOW}.items()
                          if target.endswith(f":{func}"))
         by_flow.setdefault(flow_name, []).append(dep)
@@ -36,11 +40,18 @@ def test_prefect_yaml_matches_served_deployments():
         nightly = next(d for d in deps if d["name"] == DEPLOYMENT)
         assert nightly["schedules"][0] == {"cron": NIGHTLY[name].cron, "timezone": TIMEZONE}
         assert nightly["work_pool"]["name"] == "visionflows-process"
+        # the same flow in a container of the task image: on the docker and the k8s pool,
+        # same schedule (inactive until that pool has a worker)
+        for container in ("nightly-docker", "nightly-k8s"):
+            dep = next(d for d in deps if d["name"] == container)
+            assert dep["schedules"][0] == {"cron": NIGHTLY[name].cron, "timezone": TIMEZONE,
+                                           "active": False}
+            if name != "report":
+                assert dep["parameters"]["profile"] == "full"
+                assert dep["parameters"]["launcher"] == "local"  # the tasks in that container
         if name == "report":
             continue
         assert nightly["parameters"]["profile"] == "full"
-        docker = next(d for d in deps if d["name"] == "nightly-docker")
-        assert docker["parameters"]["launcher"] == "docker"
     crons = [n.cron for n in NIGHTLY.values()]
     assert len(set(crons)) == len(crons)  # staggered
 

@@ -37,7 +37,10 @@ def test_compose_services_use_loopback_host_networking(compose):
     worker = services["prefect-worker"]
     assert "/var/run/docker.sock:/var/run/docker.sock" in worker["volumes"]
     assert worker["command"][worker["command"].index("--type") + 1] == "docker"
-    assert "prefect-docker" in worker["environment"]["EXTRA_PIP_PACKAGES"]
+    # prefect-docker is in the worker image (images/worker.Dockerfile), not installed at start
+    assert "EXTRA_PIP_PACKAGES" not in worker["environment"]
+    assert "prefect-docker" in (ROOT / "images" / "worker.Dockerfile").read_text()
+    assert worker["environment"]["PREFECT_WORKER_WEBSERVER_HOST"] == "127.0.0.1"
     assert "prefect-data:/var/lib/prefect" in services["prefect-server"]["volumes"]
 
 
@@ -56,15 +59,18 @@ def test_compose_secrets_come_from_env_file_only(compose):
 
 def test_bucket_init_grants_the_tasks_key_only_its_bucket(compose):
     init = compose["services"]["minio-init"]
-    script = init["command"][0]
+    # the script compose and the Kubernetes Job share (tests/test_work_pools.py runs it)
+    assert init["entrypoint"] == ["/bin/sh", "/etc/visionflows/init.sh"]
+    assert "./minio/init.sh:/etc/visionflows/init.sh:ro" in init["volumes"]
+    script = (ROOT / "infra" / "minio" / "init.sh").read_text()
     for step in ("mc mb --ignore-existing", "mc admin policy create", "mc admin user add",
                  "mc admin policy attach"):
         assert step in script
     # the policy file is the one mounted, its BUCKET placeholder becomes the real bucket,
     # and it is attached to the tasks' key (not the root user)
     assert "./minio/tasks-policy.json:/etc/visionflows/tasks-policy.json:ro" in init["volumes"]
-    assert 's/BUCKET/$$VF_BUCKET/g' in script
-    assert re.search(r"policy attach local visionflows-tasks --user \"\$\$VF_TASKS_ACCESS_KEY\"",
+    assert 's/BUCKET/$VF_BUCKET/g' in script
+    assert re.search(r"policy attach local visionflows-tasks --user \"\$VF_TASKS_ACCESS_KEY\"",
                      script)
     policy = json.loads((ROOT / "infra" / "minio" / "tasks-policy.json").read_text())
     grants: dict[str, set[str]] = {}

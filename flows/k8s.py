@@ -1,0 +1,139 @@
+"""The Kubernetes stack of ``infra/k8s/``: the overlay ``infra/k8s/deploy.sh`` applies.
+
+``python -m flows.k8s overlay DIR`` writes a kustomization into DIR (a fresh folder; the
+script uses a temporary one and deletes it) that adds to ``infra/k8s`` what must not live
+in git, from ``infra/.env``'s variables:
+
+- Secret ``visionflows-store``: ``VF_STORE``, ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``
+  (the tasks' key), ``VF_S3_ENDPOINT_URL`` and ``AWS_DEFAULT_REGION`` when set: what every
+  flow-run pod reads through ``secretKeyRef`` (the base job template);
+- Secret ``minio-root`` and ConfigMap ``minio-init`` (``infra/minio/init.sh`` and
+  ``tasks-policy.json``) for the in-cluster MinIO, unless ``VF_K8S_MINIO=0`` (an existing
+  S3 or MinIO: then ``VF_STORE`` is required and ``VF_S3_ENDPOINT_URL`` names a non-AWS
+  endpoint);
+- ``VF_REGISTRY``: where the cluster pulls the worker image from.
+
+Example and short secrets are refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import yaml
+
+from flows.work_pools import STORE_SECRET, check_secret, load_pools, project_root
+from tasks.core.errors import ConfigError
+
+K8S_DIR = Path("infra") / "k8s"
+WORKER_IMAGE_NAME = "visionflows-worker"
+
+
+def _env_file(path: Path, values: Mapping[str, str]) -> None:
+    for k, v in values.items():
+        if "\n" in v:
+            raise ConfigError(f"{k} holds a line break")
+    path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    path.chmod(0o600)
+
+
+def store_secret(env: Mapping[str, str], minio: bool, namespace: str) -> dict[str, str]:
+    """The keys of the Secret ``visionflows-store``."""
+    access = env.get("VF_TASKS_ACCESS_KEY") or env.get("AWS_ACCESS_KEY_ID")
+    secret = env.get("VF_TASKS_SECRET_KEY") or env.get("AWS_SECRET_ACCESS_KEY")
+    if not access:
+        raise ConfigError("VF_TASKS_ACCESS_KEY is not set (infra/.env)")
+    values = {"AWS_ACCESS_KEY_ID": access,
+              "AWS_SECRET_ACCESS_KEY": check_secret("VF_TASKS_SECRET_KEY", secret)}
+    if minio:
+        bucket = env.get("VF_BUCKET") or "visionflows"
+        values["VF_STORE"] = env.get("VF_STORE") or f"s3://{bucket}/vf"
+        values["VF_S3_ENDPOINT_URL"] = f"http://minio.{namespace}.svc.cluster.local:9000"
+    else:
+        if not (env.get("VF_STORE") or "").startswith("s3://"):
+            raise ConfigError("VF_K8S_MINIO=0 needs VF_STORE=s3://BUCKET/PREFIX (the existing "
+                              "store), and VF_S3_ENDPOINT_URL unless it is AWS S3")
+        values["VF_STORE"] = env["VF_STORE"]
+        if env.get("VF_S3_ENDPOINT_URL"):
+            values["VF_S3_ENDPOINT_URL"] = env["VF_S3_ENDPOINT_URL"]
+    if env.get("AWS_DEFAULT_REGION"):
+        values["AWS_DEFAULT_REGION"] = env["AWS_DEFAULT_REGION"]
+    return values
+
+
+def write_overlay(out: Path | str, env: Mapping[str, str] | None = None,
+                  root: Path | None = None) -> Path:
+    """Write the overlay kustomization (with the secrets) into the empty folder ``out``."""
+    env = dict(os.environ if env is None else env)
+    root = project_root(root)
+    pool = load_pools(root).get("visionflows-k8s")
+    namespace = pool.namespace or "visionflows"
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if any(out.iterdir()):
+        raise ConfigError(f"{out} is not empty")
+    minio = env.get("VF_K8S_MINIO", "1") != "0"
+    base = Path(os.path.relpath((root / K8S_DIR).resolve(), out.resolve()))
+    resources = [str(base / "core")] + ([str(base / "minio")] if minio else [])
+
+    # every check first: nothing is written when one fails
+    store = store_secret(env, minio, namespace)
+    root_account = None
+    if minio:
+        user = env.get("MINIO_ROOT_USER") or ""
+        if not user:
+            raise ConfigError("MINIO_ROOT_USER is not set (infra/.env)")
+        password = check_secret("MINIO_ROOT_PASSWORD", env.get("MINIO_ROOT_PASSWORD"))
+        if user == store["AWS_ACCESS_KEY_ID"]:
+            raise ConfigError("VF_TASKS_ACCESS_KEY must differ from MINIO_ROOT_USER")
+        root_account = {"MINIO_ROOT_USER": user, "MINIO_ROOT_PASSWORD": password}
+
+    _env_file(out / "store.env", store)
+    secrets = [{"name": STORE_SECRET, "namespace": namespace, "envs": ["store.env"]}]
+    config_maps = []
+    if root_account:
+        _env_file(out / "minio-root.env", root_account)
+        secrets.append({"name": "minio-root", "namespace": namespace,
+                        "envs": ["minio-root.env"]})
+        for name in ("init.sh", "tasks-policy.json"):
+            (out / name).write_bytes((root / "infra" / "minio" / name).read_bytes())
+        config_maps.append({"name": "minio-init", "namespace": namespace,
+                            "files": ["init.sh", "tasks-policy.json"]})
+    kustomization: dict = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": resources, "secretGenerator": secrets,
+        # fixed names: the base job template names the store Secret at run time
+        "generatorOptions": {"disableNameSuffixHash": True,
+                             "labels": {"app.kubernetes.io/part-of": "visionflows"}}}
+    if config_maps:
+        kustomization["configMapGenerator"] = config_maps
+    if env.get("VF_REGISTRY"):
+        kustomization["images"] = [{"name": WORKER_IMAGE_NAME, "newName":
+                                    f"{env['VF_REGISTRY'].rstrip('/')}/{WORKER_IMAGE_NAME}"}]
+    (out / "kustomization.yaml").write_text(
+        "# Written by `python -m flows.k8s overlay`; it holds secrets: delete it after use.\n"
+        + yaml.safe_dump(kustomization, sort_keys=False))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.k8s",
+                                     description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    ov = sub.add_parser("overlay", help="write the overlay kustomization into DIR")
+    ov.add_argument("dir")
+    args = parser.parse_args(argv)
+    try:
+        write_overlay(args.dir)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
