@@ -81,6 +81,10 @@ def test_stop_marks_cancelled_prints_the_resume_command_and_resumes(sig, code, t
     seen: list[str] = []
     root, server = leftovers(wait_for(proc, r"work folder .*temporary Prefect server", seen))
     wait_for(proc, r"epoch 1/3", seen)
+    deadline = time.monotonic() + 120  # the epoch's checkpoint is stored just after its line
+    while not list((tmp_path / "store" / "runs").glob("q1-cnn/*/train-*/last.pt")):
+        assert time.monotonic() < deadline, "no checkpoint was stored"
+        time.sleep(0.1)
     sent = time.monotonic()
     if sig == signal.SIGINT:
         os.killpg(proc.pid, sig)
