@@ -18,7 +18,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from flows.launchers import launch
-from tasks.core import cache
+from tasks.core import cache, promote
 from tasks.core.errors import is_transient
 from tasks.core.runtime import PROGRESS
 from tasks.core.store import Store, join, open_store
@@ -154,4 +154,4 @@ def write_flow_manifest(store: Store, flow: str, run_id: str, payload: dict[str,
 
 def champion_question(flow: str, profile: str) -> str:
     """Champions are kept per profile: ``q1-mlp`` for full runs, ``q1-mlp-smoke`` for smoke."""
-    return flow if profile == "full" else f"{flow}-{profile}"
+    return promote.champion_question(flow, profile)
