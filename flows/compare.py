@@ -90,13 +90,12 @@ def finish_run(flow: str, cfg: Config, run_id: str, result: dict[str, Any],
                     "written, %s at promotion): comparing with both", planned["a"], against)
         targets.append(planned["a"])
     done = {}
+    name = "compare-champion" if what == "the champion" else "compare-previous"
     for a in targets:
-        done[a] = run_step(f"compare-{'champion' if a == against else 'planned'}",
-                           "report.compare", {
-                               "question": flow, "a": a, "b": run_id,
-                               "a_ref": "champion" if what == "the champion" else "previous",
-                               "b_ref": run_id, "tolerance": tolerance,
-                               "out": compare_prefix(flow, a, run_id)}, st.uri, launcher)
+        done[a] = run_step(name if a == against else "compare-planned", "report.compare", {
+            "question": flow, "a": a, "b": run_id,
+            "a_ref": "champion" if what == "the champion" else "previous run", "b_ref": run_id,
+            "tolerance": tolerance, "out": compare_prefix(flow, a, run_id)}, st.uri, launcher)
     main = done[against]
     verdict = main["metrics"]["verdict"]
     comparison = {"against": what, "a": against, "report": main["outputs"],

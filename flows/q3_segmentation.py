@@ -1,4 +1,5 @@
-"""Flow ``q3-segmentation``: ingest images -> DeepLabV3 per image -> report.
+"""Flow ``q3-segmentation``: ingest images -> DeepLabV3 per image -> report -> comparison
+with the previous run of the same profile (Q3 keeps no champion; ``flows/compare.py``).
 
 Every input gets a status. A rejected input (missing, not an image, truncated, too small,
 unsupported format, failed download) never loses the others' results: their outputs, the

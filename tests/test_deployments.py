@@ -41,8 +41,24 @@ def test_prefect_yaml_matches_served_deployments():
         assert nightly["parameters"]["profile"] == "full"
         docker = next(d for d in deps if d["name"] == "nightly-docker")
         assert docker["parameters"]["launcher"] == "docker"
+        # the regression switch: on for every question with a champion (not Q3)
+        for dep in (nightly, docker):
+            assert dep["parameters"].get("overrides", {}) == NIGHTLY[name].overrides, name
+        assert NIGHTLY[name].overrides == ({} if name == "q3-segmentation"
+                                           else {"fail_on_regression": True})
     crons = [n.cron for n in NIGHTLY.values()]
     assert len(set(crons)) == len(crons)  # staggered
+
+
+def test_served_nightly_deployments_carry_the_regression_switch():
+    from flows.deployments import build_deployments
+
+    deps = {d.name + "/" + d.tags[-1]: d for d in build_deployments(
+        ["q1-mlp", "q3-segmentation", "report"], {"profile": "full", "store": "file:///s"})}
+    assert deps["nightly/q1-mlp"].parameters == {
+        "profile": "full", "store": "file:///s", "overrides": {"fail_on_regression": True}}
+    assert "overrides" not in deps["nightly/q3-segmentation"].parameters
+    assert deps["nightly/report"].parameters == {"store": "file:///s"}
 
 
 def free_port() -> int:

@@ -700,8 +700,10 @@ def render(cfg: CompareConfig, store: Store, comparer: Comparer, flows: Sequence
             if not ha and not hb:
                 continue
             curves[name] = {"a_epochs": len(ha), "b_epochs": len(hb)}
+            shown = [k for k in comparer.curve_metrics if any(
+                f"{s}/{k}" in h for h in ha + hb for s in comparer.curve_splits)]
             curve_sec.images.append(Image(f"curves-{slug(name)}.png", plots.curves(
-                {"A": ha, "B": hb}, metrics=comparer.curve_metrics,
+                {"A": ha, "B": hb}, metrics=shown or comparer.curve_metrics,
                 splits=comparer.curve_splits, title=f"{name}: A vs B"),
                 f"{name}: A {len(ha)} epochs, B {len(hb)} epochs"))
         if curves:
