@@ -576,14 +576,21 @@ def _cell_table(comparer: Comparer, cells_a: dict[str, Cell], cells_b: dict[str,
             data[name][key] = d
             rows.append([name, key + (" (primary)" if key == comparer.primary else ""),
                          _pm(d["a"], d["a_std"], d["a_n"]), _pm(d["b"], d["b_std"], d["b_n"]),
-                         f"{d['delta']:+.4f}", d["test"]])
+                         _num(d["delta"], sign=True), d["test"]])
     table = Table([comparer.cell_label, "metric", "A", "B", "B - A", "seed-to-seed spread"],
                   rows, "Every common cell: mean over its seeds ± standard deviation (n seeds)")
     return table, data
 
 
+def _num(x: float, sign: bool = False) -> str:
+    """A number for a table: whole numbers (epochs, counts) without decimals."""
+    if float(x).is_integer() and abs(x) < 1e15:
+        return f"{int(x):+d}" if sign else str(int(x))
+    return f"{x:+.4f}" if sign else f"{x:.4f}"
+
+
 def _pm(mean: float, std: float | None, n: int) -> str:
-    return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f} ({n})"
+    return _num(mean) if std is None else f"{mean:.4f} ± {std:.4f} ({n})"
 
 
 def _per_class(name: str, a: Cell, b: Cell, ra: RunInfo, rb: RunInfo
@@ -752,7 +759,7 @@ def summary_lines(metrics: dict[str, Any], primary: str | None, limit: int = 12)
     cd = metrics.get("config_diff", [])
     lines.append("config: " + (", ".join(f"{d['key']} {d['a']!r} -> {d['b']!r}" for d in cd)
                                if cd else "identical"))
-    others = [r for r in metrics.get("differs", [])]
+    others = list(metrics.get("differs", []))
     if others:
         shown = [f"{r['aspect']}/{r['key']}: {fmt(r['a'])} -> {fmt(r['b'])}" for r in others[:6]]
         more = f" (+{len(others) - 6} more)" if len(others) > 6 else ""
