@@ -81,7 +81,8 @@ def finish_run(flow: str, cfg: Config, run_id: str, result: dict[str, Any],
     else:
         against, what = (planned or {}).get("a"), "the previous run"
     if not against or against == run_id:
-        log.info("%s run %s: no %s to compare with", flow, run_id, what)
+        log.info("%s run %s: nothing to compare with (no %s)", flow, run_id,
+                 what.removeprefix("the "))
         return result
     tolerance = float(getattr(cfg, "regression_tolerance", 0.0))
     targets = [against]

@@ -204,7 +204,7 @@ def side_by_side(left: bytes | None, right: bytes | None, labels: Sequence[str],
                  height: int = 420) -> bytes:
     """Two images (PNG/JPEG bytes; None: a blank panel saying so) scaled to one height,
     side by side under their labels."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     panels = []
     for data in (left, right):
@@ -218,13 +218,18 @@ def side_by_side(left: bytes | None, right: bytes | None, labels: Sequence[str],
     blank_w = max((p.width for p in panels if p is not None), default=height)
     panels = [p if p is not None else Image.new("RGB", (blank_w, height), (235, 235, 235))
               for p in panels]
-    gap, top = 12, 22
+    gap, top = 12, 26
     out = Image.new("RGB", (sum(p.width for p in panels) + gap, height + top), "white")
     draw = ImageDraw.Draw(out)
+    try:
+        font = ImageFont.load_default(size=16)
+    except TypeError:  # Pillow < 10.1: one fixed size
+        font = ImageFont.load_default()
     x = 0
     for data, panel, label in zip((left, right), panels, labels, strict=True):
         out.paste(panel, (x, top))
-        draw.text((x + 4, 4), label if data is not None else f"{label}: (none)", fill="black")
+        draw.text((x + 4, 4), label if data is not None else f"{label}: (none)", fill="black",
+                  font=font)
         x += panel.width + gap
     buf = io.BytesIO()
     out.save(buf, format="PNG", optimize=True)
