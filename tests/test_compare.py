@@ -137,6 +137,15 @@ def test_every_run_compares_itself_with_its_champion(q1_runs):
     # the question report links it, and the run records its code's per-file hashes
     assert st.url(key) in st.get_text(r2["report"]["report.html"])
     assert "tasks/q1/train.py" in flow_m["code"]["source"]
+    # the Prefect UI shows the verdict and the location
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["q1-mlp-comparison"])))
+    texts = [a.data for a in arts if isinstance(a.data, str)]
+    assert any(st.url(key) in t and f"vs the champion {r1['run_id']}" in t for t in texts)
     # r3 was measured against the champion of its time
     champ = manifest(st, f"runs/q1-mlp/{r3['run_id']}/promote")["metrics"]["champion_run_id"]
     assert manifest(st, f"runs/q1-mlp/{r3['run_id']}")["comparison"]["a"] == champ
@@ -234,6 +243,28 @@ def test_trend_marks_champion_changes(q1_runs, capsys):
     assert m["runs"][0]["champion_before"] is None
     assert m["runs"][1]["champion_before"] == r1["champion"]["value"]
     assert r2["run_id"] in out and "test/accuracy=" in out
+
+
+def test_repeats_give_mean_std_and_the_spread_test(prefect_harness, tmp_path):
+    from flows.q1_mlp import q1_mlp
+
+    uri = f"file://{tmp_path}/store"
+    seeds = {**ONE_CELL, "repeats": 2}
+    r1 = q1_mlp(profile="smoke", store=uri, overrides={**seeds, "epochs": 1})
+    r2 = q1_mlp(profile="smoke", store=uri, overrides={**seeds, "epochs": 2})
+    st = open_store(uri)
+    m = compare_manifest(st, "q1-mlp", r1["run_id"], r2["run_id"])["metrics"]
+    assert list(m["cells"]) == ["b64-relu-cross_entropy"]  # the seeds are one cell
+    d = m["cells"]["b64-relu-cross_entropy"]["test/accuracy"]
+    a_vals = [manifest(st, r1["eval"][c])["metrics"]["test/accuracy"]
+              for c in ("b64-relu-cross_entropy", "b64-relu-cross_entropy-seed1")]
+    b_vals = [manifest(st, r2["eval"][c])["metrics"]["test/accuracy"]
+              for c in ("b64-relu-cross_entropy", "b64-relu-cross_entropy-seed1")]
+    assert d["a_n"] == d["b_n"] == 2
+    assert d["a"] == pytest.approx(sum(a_vals) / 2) and d["b"] == pytest.approx(sum(b_vals) / 2)
+    assert d["a_std"] == pytest.approx(abs(a_vals[0] - a_vals[1]) / math.sqrt(2))
+    assert d["p"] is not None and d["exceeds_spread"] == (d["p"] < 0.05)
+    assert d["test"].startswith("Welch's t-test p=")
 
 
 # ---------------------------------------------------------------- the regression switch
