@@ -243,7 +243,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         "tolerance": tolerance, "out": compare_prefix(a.flow, a.run_id, b.run_id)}, store)
     named = {r.ref: f" ({r.ref})" if r.ref != r.run_id else "" for r in (a, b)}
     print(f"{a.flow}: A {a.run_id}{named[a.ref]} .. B {b.run_id}{named[b.ref]}")
-    for line in summary_lines(m.metrics, comparer(a.flow).primary):
+    cmp = comparer(a.flow)
+    for line in summary_lines(m.metrics, cmp.primary) + cmp.summary(m.metrics):
         print(f"  {line}")
     _print_report(store, m.outputs["report.html"])
     if args.fail_on_regression and m.metrics["verdict"]["regression"]:

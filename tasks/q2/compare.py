@@ -104,4 +104,10 @@ class Q2Comparer(Comparer):
         return ([sec] if sec.paragraphs else []), {"grid": data}
 
 
+    def summary(self, metrics: dict[str, Any]) -> list[str]:
+        return [f"{arch} grid: {d['changed']} of {d['images']} predictions changed "
+                f"({d['right_in_b_only']} right only in B, {d['right_in_a_only']} only in A)"
+                for arch, d in (metrics.get("grid") or {}).items()]
+
+
 COMPARER = Q2Comparer()

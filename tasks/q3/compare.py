@@ -35,7 +35,7 @@ def _sha(store: Store, run: RunInfo) -> dict[str, str]:
 class Q3Comparer(Comparer):
     question = "q3-segmentation"
     primary = None
-    secondary = ("infer_s", "classes present", "background share")
+    secondary = ("classes present", "background share", "infer_s")
     cell_label = "image"
 
     def cells(self, store: Store, run: RunInfo) -> dict[str, Cell]:
@@ -106,6 +106,12 @@ class Q3Comparer(Comparer):
             "Share of pixels that both runs give the same class (1.0: identical maps)."],
             [Table(["image", "pixel agreement", "top class A -> B"], rows)])], {
             "pixel_agreement": data}
+
+
+    def summary(self, metrics: dict[str, Any]) -> list[str]:
+        return [f"{name}: pixel agreement {d['pixel_agreement']:.4f}, top class "
+                f"{d['top_a']} -> {d['top_b']}"
+                for name, d in (metrics.get("pixel_agreement") or {}).items()]
 
 
 COMPARER = Q3Comparer()

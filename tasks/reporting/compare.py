@@ -119,6 +119,10 @@ class Comparer:
         """Question-specific sections, and their numbers for the comparison's manifest."""
         return [], {}
 
+    def summary(self, metrics: dict[str, Any]) -> list[str]:
+        """Extra stdout lines from the comparison manifest's ``metrics``."""
+        return []
+
 
 def numbers(metrics: dict[str, Any]) -> dict[str, float]:
     """The plain numeric metrics (no bools, lists or dicts)."""
@@ -577,8 +581,13 @@ def _cell_table(comparer: Comparer, cells_a: dict[str, Cell], cells_b: dict[str,
             rows.append([name, key + (" (primary)" if key == comparer.primary else ""),
                          _pm(d["a"], d["a_std"], d["a_n"]), _pm(d["b"], d["b_std"], d["b_n"]),
                          _num(d["delta"], sign=True), d["test"]])
+    if all(d["a_n"] == d["b_n"] == 1 for by in data.values() for d in by.values()):
+        return Table([comparer.cell_label, "metric", "A", "B", "B - A"],
+                     [r[:-1] for r in rows], f"Every {comparer.cell_label} in both runs (one "
+                     "seed each: no seed-to-seed spread to test against)"), data
     table = Table([comparer.cell_label, "metric", "A", "B", "B - A", "seed-to-seed spread"],
-                  rows, "Every common cell: mean over its seeds ± standard deviation (n seeds)")
+                  rows, f"Every {comparer.cell_label} in both runs: mean over its seeds ± "
+                  "standard deviation (n seeds)")
     return table, data
 
 
@@ -614,11 +623,15 @@ def _per_class(name: str, a: Cell, b: Cell, ra: RunInfo, rb: RunInfo
                     d = None if va is None or vb is None else vb - va
                     row += [va, vb, None if d is None else f"{d:+.4f}"]
                     data.setdefault(m, {})[cls] = d
-                rows.append(row)
+                if any(v for v in row[1::3] + row[2::3]):  # zero in both runs: not shown
+                    rows.append(row)
             cols = ["class"] + [f"{m} {s}" for m in metrics for s in ("A", "B", "B - A")]
+            hidden = len(a.classes) - len(rows)
             sec.tables.append(Table(cols, rows, f"{name}: per class, A and B and the difference"
                                     + (" (first seed)" if len(a.seeds) + len(b.seeds) > 2
-                                       else "")))
+                                       else "")
+                                    + (f"; {hidden} classes at 0 in both runs not shown"
+                                       if hidden else "")))
     if a.confusion and b.confusion:
         ca, cb = a.confusion, b.confusion
         if len(ca) == len(cb) and all(len(x) == len(y) for x, y in zip(ca, cb, strict=True)):
