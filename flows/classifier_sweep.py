@@ -17,8 +17,8 @@ from flows.common import (
     publish,
     remember_flow_run,
     run_step,
-    write_flow_manifest,
 )
+from flows.compare import finish_run, plan_comparison
 from tasks.core.config import Config
 from tasks.core.store import join, open_store
 
@@ -70,10 +70,11 @@ def run_classifier_sweep(flow: str, cfg: Config, cells: dict[str, dict], groups:
                  for name, value, cid in g["runs"]],
     } for g in groups]
     intro = [*intro, f"Dataset: {data['prefix']} ({data['inputs'].get('source', '?')})."]
+    planned = plan_comparison(flow, profile, run_id, st)
     report = run_step("report", "classifier.report", {
         "out": join("reports", flow, run_id), "question": flow, "profile": profile,
         "run_id": run_id, "title": title, "groups": report_groups, "intro": intro,
-    }, st.uri, launcher)
+        "comparison": planned}, st.uri, launcher)
     progress.advance(1)
 
     def score(cid: str) -> float:
@@ -104,8 +105,8 @@ def run_classifier_sweep(flow: str, cfg: Config, cells: dict[str, dict], groups:
               "champion": {"best_cell": best_cell, "metric": primary,
                            "value": score(best_cell), **promotion["metrics"]},
               "groups": report["metrics"]["groups"], "metrics": rows}
-    result["manifest"] = write_flow_manifest(st, flow, run_id, result)
-    return result
+    steps = [data, report, promotion, *trained.values(), *evaluated.values()]
+    return finish_run(flow, cfg, run_id, result, steps, st, launcher, planned)
 
 
 def train_and_evaluate(cid: str, fields: dict, base: str, data: str, store: str, launcher: str,

@@ -7,6 +7,8 @@
     visionflows doctor --store s3://bucket/prefix   # what works, what to fix
     visionflows mirror --store s3://bucket/prefix   # every full-profile input, for offline runs
     visionflows run q1-mlp --profile full --offline # no network: store mirror, cache, config
+    visionflows compare champion latest --question q1-mlp   # what changed between two runs
+    visionflows compare --trend q1-mlp              # the primary metric of the last runs
 
 Without ``PREFECT_API_URL`` Prefect runs the flow against a temporary local server.
 """
@@ -257,6 +259,70 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Compare two runs of one question (or show a question's trend); no Prefect needed."""
+    from tasks.comparers import COMPARERS, comparer, resolve
+    from tasks.core.store import join
+    from tasks.registry import run_task
+    from tasks.reporting.compare import compare_prefix, summary_lines
+
+    refs = args.refs or []
+    if args.trend:
+        if refs or args.question:
+            raise VisionflowsError("give either two runs to compare or --trend Q, not both "
+                                   "(e.g. visionflows compare --trend q1-mlp)")
+        from tasks.reporting.trend import latest_profile
+
+        if args.trend not in COMPARERS:
+            raise VisionflowsError(f"--trend {args.trend!r}: unknown question; use one of: "
+                                   f"{', '.join(COMPARERS)}")
+        store = _open_checked_store(args.store)
+        profile = args.profile or latest_profile(store, args.trend)
+        if profile is None:
+            raise VisionflowsError(f"no finished {args.trend} run in {store.uri}: nothing to "
+                                   f"trend (run `visionflows run {args.trend}` first)")
+        m = run_task("report.trend", {
+            "question": args.trend, "profile": profile, "last": args.last,
+            "out": join("reports", "compare", args.trend, f"trend-{profile}")}, store)
+        print(f"{args.trend} trend ({profile} profile, last {len(m.metrics['runs'])} runs)")
+        for r in m.metrics["runs"]:
+            if r.get("metric"):
+                flags = ("  NEW CHAMPION" if r["promoted"] else "") + (
+                    "  REGRESSION" if r["regression"] else "")
+                print(f"  {r['run_id']}  {r['metric']}={r['value']:.4f}{flags}")
+            else:
+                print(f"  {r['run_id']}  {r['status']} (ok {r['ok']}, rejected {r['rejected']})")
+        _print_report(store, m.outputs["report.html"])
+        return 0
+    if len(refs) != 2:
+        raise VisionflowsError(f"compare needs two runs, A and B (got {len(refs)}): run ids, "
+                               "champion, latest or latest~N, e.g. `visionflows compare "
+                               "champion latest --question q1-mlp`; or --trend Q")
+    store = _open_checked_store(args.store)
+    a, b = resolve(store, refs[0], refs[1], question=args.question, profile=args.profile)
+    tolerance = args.tolerance
+    if tolerance is None:
+        tolerance = float((b.manifest.get("config") or {}).get("regression_tolerance") or 0.0)
+    m = run_task("report.compare", {
+        "question": a.flow, "a": a.run_id, "b": b.run_id, "a_ref": a.ref, "b_ref": b.ref,
+        "tolerance": tolerance, "out": compare_prefix(a.flow, a.run_id, b.run_id)}, store)
+    named = {r.ref: f" ({r.ref})" if r.ref != r.run_id else "" for r in (a, b)}
+    print(f"{a.flow}: A {a.run_id}{named[a.ref]} .. B {b.run_id}{named[b.ref]}")
+    cmp = comparer(a.flow)
+    for line in summary_lines(m.metrics, cmp.primary) + cmp.summary(m.metrics):
+        print(f"  {line}")
+    _print_report(store, m.outputs["report.html"])
+    if args.fail_on_regression and m.metrics["verdict"]["regression"]:
+        print(f"regression: {m.metrics['verdict']['text']}", file=sys.stderr)
+        return 4
+    return 0
+
+
+def _print_report(store, key: str) -> None:
+    local = store.local_path(key)
+    print(f"report: {local if local is not None else store.url(key)}")
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from flows.doctor import run_doctor
 
@@ -311,6 +377,28 @@ def build_parser() -> argparse.ArgumentParser:
                           "from the environment; the query string is never recorded)")
     mir.add_argument("--no-progress", action="store_true", help="no progress bars")
     mir.set_defaults(func=cmd_mirror)
+    cmp = sub.add_parser("compare", help="what changed between two runs of a question "
+                                         "(or --trend Q: its last runs)")
+    cmp.add_argument("refs", nargs="*", metavar="RUN",
+                     help="A and B: run ids, champion, latest or latest~N (N runs before "
+                          "the latest); differences are B - A")
+    cmp.add_argument("--question", default=None,
+                     help="the question (flow), e.g. q1-mlp; needed when no run id is given")
+    cmp.add_argument("--store", default=None,
+                     help="store URI (default $VF_STORE or file://./artifacts)")
+    cmp.add_argument("--profile", default=None,
+                     help="profile of champion and latest~N (default: the other run's "
+                          "profile for champion, every profile for latest~N)")
+    cmp.add_argument("--tolerance", type=float, default=None,
+                     help="regression tolerance of the verdict (default: B's "
+                          "regression_tolerance, else 0)")
+    cmp.add_argument("--fail-on-regression", action="store_true",
+                     help="exit 4 when B is worse than A by more than the tolerance")
+    cmp.add_argument("--trend", default=None, metavar="Q",
+                     help="instead: the trend page of question Q (last runs of a profile, "
+                          "champion changes, regressions)")
+    cmp.add_argument("--last", type=int, default=20, help="runs in the trend (default 20)")
+    cmp.set_defaults(func=cmd_compare)
     doctor = sub.add_parser("doctor", help="check Prefect API, store, Docker and GPUs; say "
                                            "what to fix")
     doctor.add_argument("--store", default=None,

@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.launchers import launch
 from flows.registry import new_run_id  # noqa: F401 (the flows' run ids)
-from tasks.core import cache
+from tasks.core import cache, promote
 from tasks.core.config import validate
 from tasks.core.errors import is_transient
 from tasks.core.runtime import PROGRESS, STOP, find_manifest, require_intact, set_aside
@@ -172,4 +172,4 @@ def write_flow_manifest(store: Store, flow: str, run_id: str, payload: dict[str,
 
 def champion_question(flow: str, profile: str) -> str:
     """Champions are kept per profile: ``q1-mlp`` for full runs, ``q1-mlp-smoke`` for smoke."""
-    return flow if profile == "full" else f"{flow}-{profile}"
+    return promote.champion_question(flow, profile)

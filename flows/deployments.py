@@ -3,11 +3,16 @@
 ``prefect.yaml`` declares the same deployments for workers (``prefect deploy --all``);
 ``visionflows serve`` serves them from one process with no worker setup. A test keeps the
 two in step.
+
+Nightly runs of the questions with a champion set ``fail_on_regression``: a run worse than
+the champion it was measured against (by more than ``regression_tolerance``) ends Failed,
+with the comparison's location in the message, so Prefect notifications and automations
+can fire on it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DEPLOYMENT = "nightly"
 TIMEZONE = "UTC"
@@ -18,15 +23,23 @@ class Nightly:
     flow: str
     cron: str
     description: str
+    overrides: dict = field(default_factory=dict)  # the flow's `overrides` parameter
+
+
+# Every nightly question run fails when it regresses against its champion (Q3 has none).
+REGRESSION_SWITCH = {"fail_on_regression": True}
 
 
 # Staggered so that runs on one GPU box do not overlap; the report comes last.
 NIGHTLY: dict[str, Nightly] = {n.flow: n for n in (
-    Nightly("q1-mlp", "0 1 * * *", "Q1-MLP sweeps on Fashion-MNIST"),
-    Nightly("q1-cnn", "30 1 * * *", "Q1-CNN pooling/BN and dropout sweep on Fashion-MNIST"),
-    Nightly("q2-transfer", "0 2 * * *", "Q2 transfer learning on STL10 (ResNet18, VGG16)"),
+    Nightly("q1-mlp", "0 1 * * *", "Q1-MLP sweeps on Fashion-MNIST", REGRESSION_SWITCH),
+    Nightly("q1-cnn", "30 1 * * *", "Q1-CNN pooling/BN and dropout sweep on Fashion-MNIST",
+            REGRESSION_SWITCH),
+    Nightly("q2-transfer", "0 2 * * *", "Q2 transfer learning on STL10 (ResNet18, VGG16)",
+            REGRESSION_SWITCH),
     Nightly("q3-segmentation", "0 3 * * *", "Q3 DeepLabV3 segmentation of the given images"),
-    Nightly("q4-yolo", "30 3 * * *", "Q4 YOLOv5s vs YOLOv5x detection (ultralytics)"),
+    Nightly("q4-yolo", "30 3 * * *", "Q4 YOLOv5s vs YOLOv5x detection (ultralytics)",
+            REGRESSION_SWITCH),
     Nightly("report", "0 6 * * *", "Final comparison report across every question"),
 )}
 
@@ -42,6 +55,9 @@ def build_deployments(flows: list[str], parameters: dict, paused: bool = False):
         spec = NIGHTLY[name]
         params = parameters if name != "report" else {
             k: v for k, v in parameters.items() if k == "store"}
+        if spec.overrides:
+            params = {**params, "overrides": {**spec.overrides,
+                                              **(params.get("overrides") or {})}}
         out.append(load_flow(name).to_deployment(
             name=DEPLOYMENT, description=spec.description, parameters=params,
             schedules=[CronSchedule(cron=spec.cron, timezone=TIMEZONE)], paused=paused,

@@ -15,8 +15,8 @@ from flows.common import (
     publish,
     remember_flow_run,
     run_step,
-    write_flow_manifest,
 )
+from flows.compare import finish_run, plan_comparison
 from tasks.core.store import join, open_store
 from tasks.plans import resolve_config
 from tasks.q2 import plan
@@ -63,8 +63,10 @@ def q2_transfer(profile: str = "smoke", store: str | None = None,
         progress.advance()
     weights_note = ("ImageNet weights (torchvision IMAGENET1K_V1)" if cfg.pretrained else
                     "**random initialisation (pretrained: false)**")
+    planned = plan_comparison(FLOW, profile, run_id, st)
     report = run_step("report", "transfer.report", {
         "out": join("reports", FLOW, run_id), "profile": profile, "run_id": run_id,
+        "comparison": planned,
         "title": "Q2: transfer learning on STL10 with ResNet18 and VGG16",
         "data": data["prefix"], "explore": explore["prefix"], "weights": weights["prefix"],
         "models": [{"arch": a, "train": trained[a]["prefix"], "finetune": tuned[a]["prefix"]}
@@ -123,5 +125,5 @@ def q2_transfer(profile: str = "smoke", store: str | None = None,
                      **promotion["metrics"]},
         "metrics": rows,
     }
-    result["manifest"] = write_flow_manifest(st, FLOW, run_id, result)
-    return result
+    steps = [weights, data, explore, report, promotion, *trained.values(), *tuned.values()]
+    return finish_run(FLOW, cfg, run_id, result, steps, st, launcher, planned)

@@ -1,4 +1,5 @@
-"""Flow ``q3-segmentation``: ingest images -> DeepLabV3 per image -> report.
+"""Flow ``q3-segmentation``: ingest images -> DeepLabV3 per image -> report -> comparison
+with the previous run of the same profile (Q3 keeps no champion; ``flows/compare.py``).
 
 Every input gets a status. A rejected input (missing, not an image, truncated, too small,
 unsupported format, failed download) never loses the others' results: their outputs, the
@@ -14,15 +15,8 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.common import (
-    Progress,
-    io_step,
-    new_run_id,
-    publish,
-    remember_flow_run,
-    run_step,
-    write_flow_manifest,
-)
+from flows.common import Progress, io_step, new_run_id, publish, remember_flow_run, run_step
+from flows.compare import finish_run, plan_comparison
 from tasks.core.store import join, open_store
 from tasks.plans import resolve_config
 from tasks.q3 import plan
@@ -67,9 +61,11 @@ def q3_segmentation(profile: str = "smoke", store: str | None = None,
                    plan.segment_config(cfg, join(base, "segment"), ingest["prefix"]),
                    st.uri, launcher, progress=progress.slice(n))
     progress.advance(n)
+    planned = plan_comparison(FLOW, profile, run_id, st)
     report = run_step("report", "segment.report",
                       {"out": join("reports", FLOW, run_id), "segment": seg["prefix"],
-                       "profile": profile, "run_id": run_id}, st.uri, launcher)
+                       "profile": profile, "run_id": run_id, "comparison": planned},
+                      st.uri, launcher)
     progress.advance()
 
     images = [{k: e.get(k) for k in ("index", "name", "source", "status", "stage", "error",
@@ -92,7 +88,7 @@ def q3_segmentation(profile: str = "smoke", store: str | None = None,
               "segment": seg["prefix"], "report": report_keys, "images": images,
               "ok": len(ok), "rejected": len(rejected), "metrics": seg["metrics"],
               "summary": summary, "groups": []}
-    result["manifest"] = write_flow_manifest(st, FLOW, run_id, result)
+    result = finish_run(FLOW, cfg, run_id, result, [ingest, seg, report], st, launcher, planned)
     if rejected and (not cfg.allow_rejected or not ok):
         html = report_keys["report.html"]
         where = st.local_path(html) or st.url(html)

@@ -15,8 +15,8 @@ from flows.common import (
     publish,
     remember_flow_run,
     run_step,
-    write_flow_manifest,
 )
+from flows.compare import finish_run, plan_comparison
 from tasks.core.store import join, open_store
 from tasks.plans import resolve_config
 from tasks.q4 import plan
@@ -63,8 +63,10 @@ def _run(profile: str, store: str | None, overrides: dict[str, Any] | None, laun
             cfg, join(base, f"eval-{slug}"), trained[model]["prefix"]), st.uri, launcher,
             slot=f"{FLOW}/evaluate-{slug}", refresh=refresh)
         progress.advance()
+    planned = plan_comparison(FLOW, profile, run_id, st)
     report = run_step("report", "yolo.report", {
         "out": join("reports", FLOW, run_id), "profile": profile, "run_id": run_id,
+        "comparison": planned,
         "models": [{"label": model_label(m), "model": m, "reference": reference_key(m),
                     "train": trained[m]["prefix"], "eval": evaluated[m]["prefix"]}
                    for m in cfg.models],
@@ -97,7 +99,7 @@ def _run(profile: str, store: str | None, overrides: dict[str, Any] | None, laun
     best = "\n".join(f"- best model by {g['select_by']}: {g['best']} ({g['best_score']:.4f})"
                      for g in groups)
     publish(FLOW, run_id, rows, report["outputs"], st, best)
-    champion = {}
+    champion, promotion = {}, None
     if groups:
         top = next(m for m in cfg.models if model_label(m) == groups[0]["best"])
         promotion = run_step("promote", "model.promote", {
@@ -113,5 +115,5 @@ def _run(profile: str, store: str | None, overrides: dict[str, Any] | None, laun
               "eval": {m: e["prefix"] for m, e in evaluated.items()},
               "report": report["outputs"], "groups": groups, "metrics": rows,
               "per_class": per_class, "champion": champion}
-    result["manifest"] = write_flow_manifest(st, FLOW, run_id, result)
-    return result
+    steps = [data, report, promotion, *trained.values(), *evaluated.values()]
+    return finish_run(FLOW, cfg, run_id, result, steps, st, launcher, planned)

@@ -234,8 +234,8 @@ def deploy_values(root: str | None = None) -> dict[str, Any]:
     pools = load_pools(root)
     out: dict[str, Any] = {"image": default_image(), "overrides": {}}
     needs = {flow: job_needs(flow) for flow in NIGHTLY}
-    for flow, n in needs.items():
-        out["overrides"][flow] = flow_overrides(n)
+    for flow, n in needs.items():  # the nightly switches (fail_on_regression) and packing
+        out["overrides"][flow] = {**NIGHTLY[flow].overrides, **flow_overrides(n)}
     for pool in pools.pools.values():
         if pool.flow_run_image == TASK_IMAGE:
             out[pool.name] = {flow: job_variables(flow, pool, root, n)

@@ -22,6 +22,8 @@ TASKS: dict[str, str] = {
     "classifier.report": "tasks.q1.report:render",
     "model.promote": "tasks.core.promote:promote",
     "report.final": "tasks.reporting.final:render",
+    "report.compare": "tasks.comparers:compare",
+    "report.trend": "tasks.reporting.trend:render",
     "images.ingest": "tasks.q3.segment:ingest",
     "segment.images": "tasks.q3.segment:segment",
     "segment.report": "tasks.q3.report:render",

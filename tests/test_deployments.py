@@ -52,8 +52,23 @@ def test_prefect_yaml_matches_served_deployments():
         if name == "report":
             continue
         assert nightly["parameters"]["profile"] == "full"
+        # the regression switch: on for every question with a champion (not Q3)
+        assert nightly["parameters"].get("overrides", {}) == NIGHTLY[name].overrides, name
+        assert NIGHTLY[name].overrides == ({} if name == "q3-segmentation"
+                                           else {"fail_on_regression": True})
     crons = [n.cron for n in NIGHTLY.values()]
     assert len(set(crons)) == len(crons)  # staggered
+
+
+def test_served_nightly_deployments_carry_the_regression_switch():
+    from flows.deployments import build_deployments
+
+    deps = {d.name + "/" + d.tags[-1]: d for d in build_deployments(
+        ["q1-mlp", "q3-segmentation", "report"], {"profile": "full", "store": "file:///s"})}
+    assert deps["nightly/q1-mlp"].parameters == {
+        "profile": "full", "store": "file:///s", "overrides": {"fail_on_regression": True}}
+    assert "overrides" not in deps["nightly/q3-segmentation"].parameters
+    assert deps["nightly/report"].parameters == {"store": "file:///s"}
 
 
 def free_port() -> int:

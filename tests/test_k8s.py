@@ -252,9 +252,13 @@ def test_rendered_jobs_ask_for_the_resource_table(jobs):
     assert q4["limits"] == {"cpu": "8", "memory": "40Gi", "nvidia.com/gpu": 1}
     q1 = jobs["q1-mlp"]
     assert container(q1["job"])["resources"]["limits"]["memory"] == "20Gi"
-    # the sweep packs its cells on the one GPU: parallel = floor(1 / 0.25)
-    assert q1["deployment"]["parameters"]["overrides"] == {"parallel": 4}
-    assert jobs["q4-yolo"]["deployment"]["parameters"]["overrides"] == {}
+    # the sweep packs its cells on the one GPU: parallel = floor(1 / 0.25); the nightly
+    # regression switch rides along (Q3 keeps no champion)
+    assert q1["deployment"]["parameters"]["overrides"] == {"parallel": 4,
+                                                           "fail_on_regression": True}
+    assert jobs["q4-yolo"]["deployment"]["parameters"]["overrides"] == {
+        "fail_on_regression": True}
+    assert jobs["q3-segmentation"]["deployment"]["parameters"]["overrides"] == {}
 
 
 def test_rendered_jobs_run_the_flow_in_the_task_image_of_this_code(jobs):

@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("tasks", "flows")
 QUESTIONS = ("tasks.q1", "tasks.q2", "tasks.q3", "tasks.q4")
 SHARED = ("tasks.core", "tasks.ml", "tasks.inputs", "tasks.reporting")
-TOP = ("tasks.catalog", "tasks.plans", "tasks.registry", "tasks.selftest", "tasks.__main__")
+TOP = ("tasks.catalog", "tasks.plans", "tasks.registry", "tasks.comparers",
+       "tasks.selftest", "tasks.__main__")
 
 
 def modules() -> dict[str, Path]:

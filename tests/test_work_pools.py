@@ -289,7 +289,7 @@ def test_docker_deployments_create_locked_down_gpu_containers():
         gpus = [r["Count"] for r in host.get("DeviceRequests") or []]
         assert gpus == ([n.gpus] if n.gpus else []), flow
         if flow.startswith("q1-"):
-            assert dep["parameters"]["overrides"] == {"parallel": 4}
+            assert dep["parameters"]["overrides"] == {"parallel": 4, "fail_on_regression": True}
 
 
 # -- against a real Prefect server ---------------------------------------------------------

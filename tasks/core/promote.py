@@ -36,6 +36,32 @@ class PromoteConfig(Config):
     out: str
 
 
+class RegressionOptions(Config):
+    """The regression switch every question with a champion shares (a flow-config mixin).
+
+    After promotion a run is compared with the champion it was measured against; with
+    ``fail_on_regression`` a run worse than that champion by more than
+    ``regression_tolerance`` (in the primary metric's units) ends in a Failed state, after
+    everything is written.
+    """
+
+    fail_on_regression: bool = Field(False, description="fail the run when it is worse than "
+                                     "the champion by more than regression_tolerance")
+    regression_tolerance: float = Field(0.0, ge=0.0, description="how much worse than the "
+                                        "champion (primary metric units, e.g. 0.01 = one "
+                                        "accuracy point) still passes")
+
+
+def champion_question(flow: str, profile: str) -> str:
+    """Champions are kept per profile: ``q1-mlp`` for full runs, ``q1-mlp-smoke`` for smoke."""
+    return flow if profile == "full" else f"{flow}-{profile}"
+
+
+def is_regression(value: float, champion: float, mode: str, tolerance: float = 0.0) -> bool:
+    """Whether ``value`` is worse than ``champion`` by more than ``tolerance``."""
+    return value < champion - tolerance if mode == "max" else value > champion + tolerance
+
+
 def champion_key(question: str) -> str:
     return join("models", question, "champion.json")
 

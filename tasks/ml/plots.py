@@ -176,3 +176,89 @@ def histogram(counts: Sequence[float], edges: Sequence[float], xlabel: str, titl
     if marks:
         ax.legend(fontsize=8)
     return _png(plt, fig)
+
+
+def confusion_delta(delta: Sequence[Sequence[int]], classes: Sequence[str],
+                    title: str = "") -> bytes:
+    """The difference of two confusion matrices (B - A) on a diverging scale: more in B red,
+    fewer in B blue, zero white; each cell labelled with its signed count."""
+    arr = np.asarray(delta)
+    plt, fig, ax = _figure(figsize=(6, 5.2))
+    lim = max(1, int(np.abs(arr).max()) if arr.size else 1)
+    im = ax.imshow(arr, cmap="RdBu_r", vmin=-lim, vmax=lim)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(classes)), classes, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(arr.shape[0]):
+        for j in range(arr.shape[1]):
+            if arr[i, j]:
+                ax.text(j, i, f"{arr[i, j]:+d}", ha="center", va="center", fontsize=6,
+                        color="white" if abs(arr[i, j]) > lim / 2 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title(title)
+    return _png(plt, fig)
+
+
+def side_by_side(left: bytes | None, right: bytes | None, labels: Sequence[str],
+                 height: int = 420) -> bytes:
+    """Two images (PNG/JPEG bytes; None: a blank panel saying so) scaled to one height,
+    side by side under their labels."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    panels = []
+    for data in (left, right):
+        if data is None:
+            panels.append(None)
+            continue
+        img = Image.open(io.BytesIO(data)).convert("RGB")
+        scale = height / img.height
+        panels.append(img.resize((max(1, round(img.width * scale)), height),
+                                 Image.Resampling.LANCZOS))
+    blank_w = max((p.width for p in panels if p is not None), default=height)
+    panels = [p if p is not None else Image.new("RGB", (blank_w, height), (235, 235, 235))
+              for p in panels]
+    gap, top = 12, 26
+    out = Image.new("RGB", (sum(p.width for p in panels) + gap, height + top), "white")
+    draw = ImageDraw.Draw(out)
+    try:
+        font = ImageFont.load_default(size=16)
+    except TypeError:  # Pillow < 10.1: one fixed size
+        font = ImageFont.load_default()
+    x = 0
+    for data, panel, label in zip((left, right), panels, labels, strict=True):
+        out.paste(panel, (x, top))
+        draw.text((x + 4, 4), label if data is not None else f"{label}: (none)", fill="black",
+                  font=font)
+        x += panel.width + gap
+    buf = io.BytesIO()
+    out.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def trend(labels: Sequence[str], values: Sequence[float | None], ylabel: str, title: str = "",
+          champion: Sequence[float | None] | None = None,
+          promoted: Sequence[bool] | None = None,
+          regressions: Sequence[bool] | None = None) -> bytes:
+    """A metric over runs (oldest first, x labelled with ``labels``): the champion's value
+    before each run as a step line, champion changes as stars, regressions as red crosses."""
+    plt, fig, ax = _figure(figsize=(max(6, 0.45 * len(labels) + 3), 4))
+    xs = np.arange(len(labels))
+    ys = np.array([np.nan if v is None else v for v in values], dtype=float)
+    ax.plot(xs, ys, marker="o", color="#4c72b0", label=ylabel)
+    if champion is not None:
+        champ = np.array([np.nan if v is None else v for v in champion], dtype=float)
+        ax.step(xs, champ, where="mid", color="grey", linestyle="--",
+                label="champion before the run")
+    if promoted is not None and any(promoted):
+        sel = np.array(promoted, dtype=bool)
+        ax.plot(xs[sel], ys[sel], "*", color="#e6a000", markersize=14, label="new champion")
+    if regressions is not None and any(regressions):
+        sel = np.array(regressions, dtype=bool)
+        ax.plot(xs[sel], ys[sel], "X", color="#c0392b", markersize=11, label="regression")
+    ax.set_xticks(xs, labels, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(plt, fig)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from tasks.core.config import Config, like
+from tasks.core.promote import RegressionOptions
 from tasks.core.resources import Resources, ResourceTable, on_cpu
 from tasks.inputs.mirror_index import Entry, dataset_name
 from tasks.q1 import data as fmnist
@@ -34,7 +35,7 @@ RESOURCES = ResourceTable(
     evaluate=Resources(cpus=1, memory="2g", gpus=0.25, shm="1g", time_limit_s=3600))
 STEP_KINDS = {"fashion-mnist.fetch": "fetch", "classifier.train": "train",
               "classifier.evaluate": "evaluate", "classifier.report": "report",
-              "model.promote": "report"}
+              "model.promote": "report", "report.compare": "report"}
 # flow key -> task field where the names differ (nested keys dotted)
 RENAMED = {"classifier.evaluate": {"split": "eval.split", "checkpoint": "eval.checkpoint",
                                    "batch_size": "eval.batch_size"}}
@@ -51,7 +52,7 @@ class EvalOptions(Config):
     batch_size: int = like(EvalConfig, "batch_size")
 
 
-class Q1MlpConfig(TrainOptions):
+class Q1MlpConfig(TrainOptions, RegressionOptions):
     """Q1-MLP: batch-size, activation and loss sweeps of one fully connected net.
 
     Each sweep varies one key and holds the others at ``batch_size`` / ``activation`` /
@@ -84,7 +85,7 @@ class Q1MlpConfig(TrainOptions):
         return v
 
 
-class Q1CnnConfig(TrainOptions):
+class Q1CnnConfig(TrainOptions, RegressionOptions):
     """Q1-CNN: (c) no pooling vs (d) max-pooling + BatchNorm, and (e) a dropout sweep on (d).
 
     The architecture comparison uses ``dropout`` (default 0); the sweep varies it over

@@ -20,6 +20,7 @@ from tasks.ml.summary import format_summary, summarize
 from tasks.q1.data import CLASSES
 from tasks.q1.reference import REFERENCE
 from tasks.q1.train import TrainConfig, build_model
+from tasks.reporting.compare import ComparisonLink, link_section
 from tasks.reporting.render import Image, Report, Section, Table, slug, write_report
 
 
@@ -53,6 +54,8 @@ class ReportConfig(Config):
     run_id: str
     groups: list[Group] = Field(min_length=1)
     intro: list[str] = Field(default_factory=list)
+    comparison: ComparisonLink | None = Field(
+        None, description="the comparison with the champion the flow writes after promotion")
 
 
 def _aggregate(manifests: list[Manifest]) -> Manifest:
@@ -219,6 +222,8 @@ def render(cfg: ReportConfig, store: Store) -> Manifest:
         if cfg.profile != "full":
             report.title += f" ({cfg.profile} profile: generated data, not comparable to the "\
                             "reference)"
+        if cfg.comparison is not None:
+            report.sections.append(link_section(cfg.comparison, store))
         seen: set[str] = set()
         results, summary_rows, archs = [], [], {}
         for group in cfg.groups:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from tasks.core.config import like
+from tasks.core.promote import RegressionOptions
 from tasks.core.resources import Resources, ResourceTable, on_cpu
 from tasks.inputs.mirror_index import Entry, dataset_name
 from tasks.q2 import data as stl10
@@ -37,10 +38,11 @@ RESOURCES = ResourceTable(
     report=Resources(cpus=2, memory="8g", time_limit_s=3600))
 STEP_KINDS = {"transfer.weights": "fetch", "stl10.fetch": "fetch", "transfer.explore": "report",
               "transfer.train": "train", "transfer.finetune": "train",
-              "transfer.report": "report", "model.promote": "report"}
+              "transfer.report": "report", "model.promote": "report",
+              "report.compare": "report"}
 
 
-class Q2TransferConfig(TrainOptions):
+class Q2TransferConfig(TrainOptions, RegressionOptions):
     """Q2: ResNet18 and VGG16 with frozen ImageNet backbones and a new 10-class head on STL10.
 
     ``pretrained`` must be said: ``true`` resolves the ImageNet weights (``weights_mirror``,

@@ -18,6 +18,7 @@ from tasks.core.store import Store
 from tasks.ml import plots
 from tasks.q2.reference import REFERENCE as REF
 from tasks.q2.transfer import ARCHS, Arch, head_params
+from tasks.reporting.compare import ComparisonLink, link_section
 from tasks.reporting.render import Image, Report, Section, Table, write_report
 
 REF_RANGE = (-2.1179, 2.6400)
@@ -39,6 +40,8 @@ class ReportConfig(Config):
     weights: str | None = None
     models: list[ModelRef] = Field(min_length=1)
     intro: list[str] = Field(default_factory=list)
+    comparison: ComparisonLink | None = Field(
+        None, description="the comparison with the champion the flow writes after promotion")
 
 
 def _png(store: Store, manifest: Manifest, name: str) -> bytes | None:
@@ -254,6 +257,8 @@ def render(cfg: ReportConfig, store: Store) -> Manifest:
         if cfg.profile != "full":
             report.title += (f" ({cfg.profile} profile: generated data, not comparable to the "
                              "reference)")
+        if cfg.comparison is not None:
+            report.sections.append(link_section(cfg.comparison, store))
         data, ex = find_verified(store, cfg.data), find_verified(store, cfg.explore)
         report.sections.append(_data_section(store, data, ex))
         rows, histories = {}, {}

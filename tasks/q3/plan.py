@@ -22,7 +22,7 @@ RENAMED: dict[str, dict[str, str]] = {}
 RESOURCES = ResourceTable(
     evaluate=Resources(cpus=4, memory="8g", gpus=1, shm="2g", time_limit_s=3600))
 STEP_KINDS = {"images.ingest": "fetch", "segment.images": "evaluate",
-              "segment.report": "report"}
+              "segment.report": "report", "report.compare": "report"}
 
 
 class Q3SegmentationConfig(SegmentOptions, IngestOptions):

@@ -19,6 +19,7 @@ from tasks.core.runtime import Manifest, TaskRun, read_verified, reuse
 from tasks.core.store import Store
 from tasks.q3.images import decode_image
 from tasks.q3.segment import PALETTE, SegmentConfig
+from tasks.reporting.compare import ComparisonLink, link_section
 from tasks.reporting.render import Image, Report, Section, Table, write_report
 
 DEEPLAB_TEXT = [
@@ -58,6 +59,8 @@ class SegmentReportConfig(Config):
     run_id: str = ""
     title: str = "Q3: semantic segmentation with DeepLabV3"
     panel_width: int = Field(420, ge=64, le=2048, description="width of each report panel")
+    comparison: ComparisonLink | None = Field(
+        None, description="the comparison with the previous run the flow writes after the report")
 
 
 def _shrink(arr: np.ndarray, width: int, nearest: bool) -> np.ndarray:
@@ -171,6 +174,8 @@ def render(cfg: SegmentReportConfig, store: Store) -> Manifest:
                 caption="Legend: classes present, by pixel share (shares sum to 100%)"))
             per_image.append(sec)
         sections = [Section(title="DeepLab in brief", paragraphs=list(DEEPLAB_TEXT))]
+        if cfg.comparison is not None:
+            sections.insert(0, link_section(cfg.comparison, store))
         sections.append(Section(
             title="Results", tables=[summary], subsections=per_image,
             paragraphs=[] if ok else ["No image could be segmented."]))

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from tasks.core.config import like
+from tasks.core.promote import RegressionOptions
 from tasks.core.resources import Resources, ResourceTable, on_cpu
 from tasks.inputs.mirror_index import Entry
 from tasks.q4.data import EXPORT_MIRROR_NAME, YoloDataConfig
@@ -33,10 +34,11 @@ RESOURCES = ResourceTable(
     train=Resources(cpus=8, memory="32g", gpus=1, shm="8g", time_limit_s=12 * 3600),
     evaluate=Resources(cpus=4, memory="16g", gpus=1, shm="4g", time_limit_s=3600))
 STEP_KINDS = {"yolo-export.fetch": "fetch", "yolo.train": "train", "yolo.evaluate": "evaluate",
-              "yolo.report": "report", "model.promote": "report"}
+              "yolo.report": "report", "model.promote": "report",
+              "report.compare": "report"}
 
 
-class Q4YoloConfig(YoloTrainOptions):
+class Q4YoloConfig(YoloTrainOptions, RegressionOptions):
     """Q4: ultralytics YOLO detection, one training per model, evaluated on the valid split.
 
     ``full`` is the SPEC's setup (pretrained YOLOv5s and YOLOv5x, 100 epochs at 416 px on

@@ -18,6 +18,7 @@ from tasks.core.store import Store
 from tasks.ml import plots
 from tasks.q4.reference import REFERENCE
 from tasks.q4.yolo import loss_curves
+from tasks.reporting.compare import ComparisonLink, link_section
 from tasks.reporting.render import Image, Report, Section, Table, slug, write_report
 
 QUESTION = "q4-yolo"
@@ -59,6 +60,8 @@ class YoloReportConfig(Config):
     split: str = "val"
     models: list[ModelRef] = Field(min_length=1)
     intro: list[str] = Field(default_factory=list)
+    comparison: ComparisonLink | None = Field(
+        None, description="the comparison with the champion the flow writes after promotion")
 
 
 def hms(seconds: float | None) -> str:
@@ -155,6 +158,8 @@ def render(cfg: YoloReportConfig, store: Store) -> Manifest:
         if cfg.profile != "full":
             report.title += (f" ({cfg.profile} profile: generated data and small models "
                              "trained from scratch, not comparable to the reference)")
+        if cfg.comparison is not None:
+            report.sections.append(link_section(cfg.comparison, store))
         loaded = {m.label: (m, find_verified(store, m.train), find_verified(store, m.eval))
                   for m in cfg.models}
         ok = {k: v for k, v in loaded.items() if v[1] is not None and v[2] is not None}

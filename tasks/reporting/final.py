@@ -22,11 +22,10 @@ from pydantic import Field
 
 from tasks.core.config import Config, config_hash
 from tasks.core.errors import MissingKeyError
-from tasks.core.promote import history
 from tasks.core.runtime import IntegrityError, Manifest, TaskRun, find_manifest, find_verified
 from tasks.core.store import Store, join
-from tasks.ml import plots
 from tasks.reporting.render import Image, Report, Section, Table, write_report
+from tasks.reporting.trend import trend_section
 
 QUESTIONS = ["q1-mlp", "q1-cnn", "q2-transfer", "q3-segmentation", "q4-yolo"]
 TITLES = {
@@ -119,20 +118,9 @@ def _provenance(store: Store, q: dict) -> list[list[Any]]:
 
 
 def _trend(store: Store, question: str, profile: str) -> Section | None:
-    key = question if profile == "full" else f"{question}-{profile}"
-    hist = history(store, key)
-    if not hist:
-        return None
-    rows = [[h["run_id"], h["metric"], h["value"], h["status"]] for h in hist]
-    sec = Section(f"Retraining history ({key})",
-                  [f"{len(hist)} candidates; champion file models/{key}/champion.json."],
-                  [Table(["run id", "metric", "value", "decision"], rows)])
-    if len(hist) >= 2:
-        sec.images.append(Image(f"trend-{key}.png", plots.line(
-            list(range(1, len(hist) + 1)), {hist[0]["metric"]: [h["value"] for h in hist]},
-            "candidate (oldest first)", hist[0]["metric"], f"{key}: candidate trend"),
-            "Primary metric of every candidate, oldest first"))
-    return sec
+    """The question's trend page: its last runs of this profile, champion changes marked,
+    regressions flagged (tasks.reporting.trend)."""
+    return trend_section(store, question, profile)
 
 
 def render(cfg: FinalReportConfig, store: Store) -> Manifest:

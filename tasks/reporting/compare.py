@@ -1,0 +1,799 @@
+"""Compare two runs of one question: what differs between them (resolved config, code, input
+data, library versions, image, device, machine), every cell's metrics with their
+differences, the per-epoch curves of both overlaid, per-class deltas and the difference of
+the confusion matrices, and images side by side.
+
+This is the shared half: run references (run ids, ``champion``, ``latest``, ``latest~N``),
+the provenance diff, the statistics and the report. Each question supplies a
+:class:`Comparer` (which cells a run has and their metrics, curves and per-class numbers,
+its input data's identity, which images to put side by side, its own extra sections); they
+are registered on top (``tasks/comparers.py``) and handed in, never imported here.
+
+A run is its flow manifest ``runs/<flow>/<run-id>/manifest.json``; a run with step
+manifests but no flow manifest has not finished (still running, or interrupted).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import Field
+
+from tasks.core.config import Config
+from tasks.core.errors import ConfigError, MissingKeyError, VisionflowsError
+from tasks.core.promote import champion_key, champion_question, is_regression, read_champion
+from tasks.core.runtime import Manifest, TaskRun, read_manifest
+from tasks.core.store import Store, join
+from tasks.reporting.render import Image, Report, Section, Table, fmt, slug, write_report
+
+ALPHA = 0.05
+REF = re.compile(r"^(?P<kind>champion|latest)(?:~(?P<n>\d+))?$")
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class RunRefError(ConfigError):
+    """A run reference that cannot be compared: unknown, unfinished, or of another question."""
+
+
+class RegressionError(VisionflowsError):
+    """A challenger worse than its champion by more than the tolerance (fail_on_regression).
+
+    Raised by the flow after everything is written, so the run ends Failed (and Prefect
+    notifications and automations can fire); the CLI exits with code 4.
+    """
+
+    exit_code = 4
+
+
+# ---------------------------------------------------------------- what a question supplies
+
+@dataclass
+class Cell:
+    """One experiment of a run (a sweep cell, a model, an image), with its seeds' metrics."""
+
+    name: str
+    seeds: list[dict[str, float]]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    per_class: dict[str, list[float | None]] = field(default_factory=dict)
+    confusion: list[list[int]] | None = None
+    confusion_labels: list[str] | None = None
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class ImagePair:
+    """The same picture from both runs: store keys (None: that run has none)."""
+
+    title: str
+    a: str | None
+    b: str | None
+    caption: str = ""
+
+
+@dataclass
+class RunInfo:
+    """A resolved run: its flow, id, the reference it was named by, its flow manifest."""
+
+    flow: str
+    run_id: str
+    ref: str
+    manifest: dict[str, Any]
+
+    @property
+    def profile(self) -> str:
+        return str(self.manifest.get("profile", "?"))
+
+
+class Comparer:
+    """A question's side of a comparison. Subclasses set the attributes and override the
+    methods that apply; the defaults compare nothing question-specific."""
+
+    question: str = ""
+    primary: str | None = None          # the metric promotion ranks by (None: no champion)
+    mode: str = "max"
+    secondary: tuple[str, ...] = ()     # other metrics shown per cell
+    curve_metrics: tuple[str, ...] = ("loss", "accuracy")
+    curve_splits: tuple[str, ...] = ("train", "dev", "test")
+    cell_label: str = "cell"
+
+    def cells(self, store: Store, run: RunInfo) -> dict[str, Cell]:
+        return {}
+
+    def inputs(self, store: Store, run: RunInfo) -> dict[str, str]:
+        """Identity of the run's input data: name -> sha256 (or another content hash)."""
+        return {}
+
+    def images(self, store: Store, a: RunInfo, b: RunInfo, cells_a: dict[str, Cell],
+               cells_b: dict[str, Cell]) -> list[ImagePair]:
+        return []
+
+    def sections(self, store: Store, a: RunInfo, b: RunInfo, cells_a: dict[str, Cell],
+                 cells_b: dict[str, Cell]) -> tuple[list[Section], dict[str, Any]]:
+        """Question-specific sections, and their numbers for the comparison's manifest."""
+        return [], {}
+
+    def summary(self, metrics: dict[str, Any]) -> list[str]:
+        """Extra stdout lines from the comparison manifest's ``metrics``."""
+        return []
+
+
+def numbers(metrics: dict[str, Any]) -> dict[str, float]:
+    """The plain numeric metrics (no bools, lists or dicts)."""
+    return {k: float(v) for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+def dataset_identity(store: Store, prefix: str | None, label: str = "data") -> dict[str, str]:
+    """``{"<label> <file>": sha256}`` of a fetched dataset (its manifest's sha256 record)."""
+    if not prefix:
+        return {}
+    try:
+        m = read_manifest(store, prefix)
+    except VisionflowsError:
+        return {label: f"missing ({prefix})"}
+    sha = m.metrics.get("sha256") or (m.model_extra or {}).get("sha256")
+    if isinstance(sha, dict):
+        return {f"{label} {k}": str(v) for k, v in sorted(sha.items())}
+    if isinstance(sha, str):
+        return {label: sha}
+    if zip_sha := (m.model_extra or {}).get("zip_sha256"):
+        return {label: str(zip_sha)}
+    return {label: f"{prefix} (no sha256 recorded)"}
+
+
+# ---------------------------------------------------------------- run references
+
+def flow_manifest_key(flow: str, run_id: str) -> str:
+    return join("runs", flow, run_id, "manifest.json")
+
+
+def compare_prefix(flow: str, a: str, b: str) -> str:
+    """Where the comparison of runs ``a`` and ``b`` of ``flow`` is written."""
+    return join("reports", "compare", flow, f"{a}..{b}")
+
+
+def finished_runs(store: Store, flow: str, profile: str | None = None) -> list[dict[str, Any]]:
+    """Flow manifests of every finished run of ``flow`` (of ``profile`` when given), oldest
+    first by finish time."""
+    pattern = re.compile(rf"^runs/{re.escape(flow)}/[^/]+/manifest\.json$")
+    out = []
+    for key in store.list(join("runs", flow)):
+        if pattern.match(key):
+            try:
+                m = store.get_json(key)
+            except MissingKeyError:  # deleted meanwhile
+                continue
+            if profile is None or m.get("profile") == profile:
+                out.append(m)
+    return sorted(out, key=lambda m: (str(m.get("finished_at", "")), str(m.get("run_id"))))
+
+
+def _run_state(store: Store, flow: str, run_id: str) -> tuple[str, int]:
+    """``("finished" | "in progress" | "absent", number of stored files)``."""
+    if store.exists(flow_manifest_key(flow, run_id)):
+        return "finished", 0
+    files = store.list(join("runs", flow, run_id))
+    return ("in progress", len(files)) if files else ("absent", 0)
+
+
+def _recent(store: Store, flow: str, n: int = 5) -> str:
+    runs = finished_runs(store, flow)
+    if not runs:
+        return f"there is no finished {flow} run in {store.url('runs/' + flow)}/"
+    shown = ", ".join(str(m["run_id"]) for m in reversed(runs[-n:]))
+    return f"recent {flow} runs (newest first): {shown}"
+
+
+def _locate(store: Store, run_id: str, flows: Sequence[str]) -> dict[str, str]:
+    """flow -> state for every flow that holds anything of ``run_id``."""
+    out = {}
+    for f in flows:
+        state, _ = _run_state(store, f, run_id)
+        if state != "absent":
+            out[f] = state
+    return out
+
+
+def _check_id(ref: str) -> None:
+    if not RUN_ID.match(ref):
+        raise RunRefError(f"{ref!r} is not a run reference: use a run id (e.g. "
+                          "20260101T010000Z-a1b2c3), champion, latest or latest~N (N runs "
+                          "before the latest)")
+
+
+def _finished(store: Store, flow: str, run_id: str, ref: str) -> RunInfo:
+    state, n_files = _run_state(store, flow, run_id)
+    if state == "in progress":
+        raise RunRefError(
+            f"run {run_id} of {flow} has not finished: {n_files} file(s) are stored under "
+            f"{store.url(join('runs', flow, run_id))}/ but there is no flow manifest "
+            f"(runs/{flow}/{run_id}/manifest.json); it is still running or was interrupted. "
+            f"Compare it once it has finished (an interrupted run finishes with `visionflows "
+            f"run {flow} --run-id {run_id}`)")
+    if state == "absent":
+        raise RunRefError(f"no run {run_id} of {flow} in {store.uri}; {_recent(store, flow)}")
+    return RunInfo(flow, run_id, ref, store.get_json(flow_manifest_key(flow, run_id)))
+
+
+def _latest(store: Store, flow: str, n: int, profile: str | None, ref: str) -> RunInfo:
+    runs = finished_runs(store, flow, profile)
+    of = f" of the {profile} profile" if profile else ""
+    if not runs:
+        raise RunRefError(f"{ref}: there is no finished {flow} run{of} in {store.uri}; run "
+                          f"`visionflows run {flow}` first")
+    if n >= len(runs):
+        raise RunRefError(f"{ref}: only {len(runs)} finished {flow} run(s){of} in "
+                          f"{store.uri}, so the oldest is latest~{len(runs) - 1}")
+    m = runs[-1 - n]
+    return RunInfo(flow, str(m["run_id"]), ref, m)
+
+
+def _champion(store: Store, flow: str, profile: str, ref: str) -> RunInfo:
+    key = champion_question(flow, profile)
+    champ, _ = read_champion(store, key)
+    if champ is None:
+        raise RunRefError(f"champion: {flow} has no champion for the {profile} profile yet "
+                          f"({store.url(champion_key(key))} does not exist); a finished "
+                          f"`visionflows run {flow} --profile {profile}` sets it")
+    run_id = str(champ["run_id"])
+    state, _ = _run_state(store, flow, run_id)
+    if state != "finished":
+        raise RunRefError(f"champion: the champion of {key} is run {run_id}, but that run has "
+                          f"no flow manifest ({state}) under {store.url(join('runs', flow))}/; "
+                          "compare by run id instead")
+    return _finished(store, flow, run_id, ref)
+
+
+def resolve_refs(store: Store, a_ref: str, b_ref: str, *, flows: Sequence[str],
+                 question: str | None = None, profile: str | None = None
+                 ) -> tuple[RunInfo, RunInfo]:
+    """Resolve two run references of one question.
+
+    ``question`` may be left out when a reference is a run id (its flow is looked up).
+    ``latest~N`` counts finished runs of ``profile`` (every profile when None); ``champion``
+    is the champion of ``profile``, else of the other run's profile, else of ``full``.
+    Errors (:class:`RunRefError`, exit code 2) name the problem and the fix.
+    """
+    if question is not None and question not in flows:
+        raise RunRefError(f"unknown question {question!r}; use one of: {', '.join(flows)}")
+    refs = {"A": a_ref.strip(), "B": b_ref.strip()}
+    found: dict[str, str] = {}
+    for side, ref in refs.items():
+        if REF.match(ref):
+            continue
+        _check_id(ref)
+        where = _locate(store, ref, flows)
+        if not where:
+            hint = _recent(store, question) if question else (
+                f"look under {store.url('runs')}/<question>/")
+            raise RunRefError(f"{side}: no run {ref!r} in {store.uri} (not a run id there, nor "
+                              f"champion, latest or latest~N); {hint}")
+        if question is not None and question not in where:
+            other = next(iter(where))
+            raise RunRefError(f"{side}: run {ref} is a {other} run, not a {question} run: runs "
+                              "of different questions cannot be compared; compare it with "
+                              f"another {other} run (--question {other})")
+        found[side] = question or next(iter(where))
+    flow = question
+    if flow is None:
+        kinds = set(found.values())
+        if len(kinds) > 1:
+            raise RunRefError(f"run {refs['A']} is a {found['A']} run and run {refs['B']} a "
+                              f"{found['B']} run: runs of different questions cannot be "
+                              "compared")
+        if not kinds:
+            raise RunRefError(f"{refs['A']} and {refs['B']} need a question: add --question "
+                              f"Q (one of: {', '.join(flows)})")
+        flow = kinds.pop()
+    runs: dict[str, RunInfo] = {}
+    for side, ref in refs.items():  # run ids and latest~N first: champion may need a profile
+        if (m := REF.match(ref)) is None:
+            runs[side] = _finished(store, flow, ref, ref)
+        elif m["kind"] == "latest":
+            runs[side] = _latest(store, flow, int(m["n"] or 0), profile, ref)
+    for side, ref in refs.items():
+        if side not in runs:
+            other = runs.get("B" if side == "A" else "A")
+            runs[side] = _champion(store, flow, profile or (other.profile if other else "full"),
+                                   ref)
+    return runs["A"], runs["B"]
+
+
+# ---------------------------------------------------------------- statistics
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny, eps = 1e-300, 3e-14
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < eps:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                     + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_two_sided_p(t: float, df: float) -> float:
+    """Two-sided p-value of Student's t with ``df`` degrees of freedom."""
+    if math.isinf(t):
+        return 0.0
+    return betainc(df / 2.0, 0.5, df / (df + t * t))
+
+
+def welch(a: Sequence[float], b: Sequence[float]) -> dict[str, float] | None:
+    """Welch's t-test of mean(b) - mean(a) (unequal variances); None below two seeds a side."""
+    n1, n2 = len(a), len(b)
+    if n1 < 2 or n2 < 2:
+        return None
+    m1, m2 = statistics.fmean(a), statistics.fmean(b)
+    v1, v2 = statistics.variance(a), statistics.variance(b)
+    se2 = v1 / n1 + v2 / n2
+    if se2 == 0.0:  # every seed agrees on both sides
+        return {"t": 0.0 if m1 == m2 else math.copysign(math.inf, m2 - m1),
+                "df": float(n1 + n2 - 2), "p": 1.0 if m1 == m2 else 0.0}
+    t = (m2 - m1) / math.sqrt(se2)
+    df = se2 ** 2 / ((v1 / n1) ** 2 / (n1 - 1) + (v2 / n2) ** 2 / (n2 - 1))
+    return {"t": t, "df": df, "p": t_two_sided_p(t, df)}
+
+
+def metric_delta(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+    """Means, spreads and the difference B - A of one metric over each side's seeds, and
+    whether that difference exceeds the seed-to-seed spread (Welch's t-test, two-sided)."""
+    ma, mb = statistics.fmean(a), statistics.fmean(b)
+    out: dict[str, Any] = {
+        "a": ma, "b": mb, "delta": mb - ma, "a_n": len(a), "b_n": len(b),
+        "a_std": statistics.stdev(a) if len(a) > 1 else None,
+        "b_std": statistics.stdev(b) if len(b) > 1 else None,
+        "p": None, "exceeds_spread": None}
+    test = welch(a, b)
+    if test is None:
+        out["test"] = ("one seed each: no spread to compare with" if len(a) == len(b) == 1
+                       else "fewer than 2 seeds on a side: no test")
+    else:
+        out["p"] = test["p"]
+        out["exceeds_spread"] = test["p"] < ALPHA
+        out["test"] = (f"Welch's t-test p={test['p']:.3g}: "
+                       + ("exceeds" if out["exceeds_spread"] else "within")
+                       + f" the seed-to-seed spread (alpha {ALPHA})")
+    return out
+
+
+def verdict(a: RunInfo, b: RunInfo, mode: str, tolerance: float) -> dict[str, Any]:
+    """B against A on the primary metric of the flow manifests (the value promotion used)."""
+    ca, cb = a.manifest.get("champion") or {}, b.manifest.get("champion") or {}
+    metric = ca.get("metric") or cb.get("metric")
+    va, vb = ca.get("value"), cb.get("value")
+    base = {"metric": metric, "mode": mode, "tolerance": tolerance, "a": va, "b": vb,
+            "a_cell": ca.get("best_cell"), "b_cell": cb.get("best_cell"), "delta": None,
+            "regression": False, "outcome": "no primary metric"}
+    if not metric or va is None or vb is None:
+        base["text"] = (f"{a.flow} has no primary metric (no champion is kept): the "
+                        "comparison shows what changed, with no verdict.")
+        return base
+    if ca.get("metric") != cb.get("metric"):
+        base["text"] = (f"A is ranked by {ca.get('metric')}, B by {cb.get('metric')}: no "
+                        "verdict.")
+        base["outcome"] = "not comparable"
+        return base
+    delta = float(vb) - float(va)
+    better = delta > 0 if mode == "max" else delta < 0
+    regression = is_regression(float(vb), float(va), mode, tolerance)
+    outcome = ("regression" if regression else "better" if better
+               else "equal" if delta == 0 else "worse, within tolerance")
+    base.update(delta=delta, regression=regression, outcome=outcome,
+                text=(f"{metric} (best cell): A {float(va):.4f} ({ca.get('best_cell')}), B "
+                      f"{float(vb):.4f} ({cb.get('best_cell')}), B - A = {delta:+.4f}; "
+                      f"tolerance {tolerance:g}: {outcome}."))
+    return base
+
+
+# ---------------------------------------------------------------- what differs
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as dotted keys (lists stay values)."""
+    if not isinstance(d, dict):
+        return {prefix: d} if prefix else {}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+    """The resolved config keys whose values differ, dotted, sorted."""
+    fa, fb = flatten(a), flatten(b)
+    missing = "(absent)"
+    return [{"key": k, "a": fa.get(k, missing), "b": fb.get(k, missing)}
+            for k in sorted(set(fa) | set(fb)) if fa.get(k, missing) != fb.get(k, missing)]
+
+
+def run_steps(store: Store, run: RunInfo, cells: dict[str, Cell]) -> list[dict[str, Any]]:
+    """Every step manifest of a run: those under its folder and those its cells reuse from
+    earlier runs (cache hits)."""
+    seen: dict[str, dict[str, Any]] = {}
+    own = join("runs", run.flow, run.run_id)
+    for key in store.list(own):
+        if key.endswith("/manifest.json") and key != flow_manifest_key(run.flow, run.run_id):
+            try:
+                m = store.get_json(key)
+            except MissingKeyError:
+                continue
+            seen[str(m.get("prefix", key))] = m
+    for cell in cells.values():
+        for m in cell.steps:
+            seen.setdefault(str(m.get("prefix")), m)
+    return list(seen.values())
+
+
+def _values(steps: list[dict[str, Any]], get) -> str:
+    """Distinct values over the steps, with how many steps had each when they disagree."""
+    counts: dict[str, int] = {}
+    for m in steps:
+        v = get(m)
+        if v is None:
+            continue
+        counts[str(v)] = counts.get(str(v), 0) + 1
+    if not counts:
+        return "(not recorded)"
+    if len(counts) == 1:
+        return next(iter(counts))
+    return "; ".join(f"{v} ({n} steps)" for v, n in sorted(counts.items()))
+
+
+def identity(store: Store, run: RunInfo, cells: dict[str, Cell],
+             comparer: Comparer) -> dict[str, dict[str, str]]:
+    """What a run was made of, by aspect: code, data, libraries, image, device, machine."""
+    steps = run_steps(store, run, cells)
+    code = run.manifest.get("code") or {}
+
+    def prov(key):
+        return lambda m: (m.get("provenance") or {}).get(key)
+
+    devices = _values(steps, lambda m: (m.get("metrics") or {}).get("device")
+                      if isinstance((m.get("metrics") or {}).get("device"), str) else None)
+    gpus = _values(steps, lambda m: (m.get("provenance") or {}).get("cuda") or None)
+    libs = {"python": _values(steps, prov("python")), "torch": _values(steps, prov("torch"))}
+    for name, version in sorted((code.get("versions") or {}).items()):
+        libs.setdefault(name, str(version))
+    source = code.get("source")
+    return {
+        "code": {"git commit": _values(steps, prov("git_commit")),
+                 **({f"file {p}": h for p, h in sorted(source.items())} if source else
+                    {"files": "(per-file hashes not recorded by this run)"})},
+        "input data": comparer.inputs(store, run) or {"data": "(not recorded)"},
+        "library versions": libs,
+        "image tag": {"image tag": _values(steps, prov("image_tag"))},
+        "device": {"device": devices, "GPU": gpus if gpus != "(not recorded)" else "none"},
+        "where it ran": {"hostname": _values(steps, prov("hostname")),
+                         "platform": _values(steps, prov("platform"))},
+    }
+
+
+def identity_diff(ia: dict[str, dict[str, str]], ib: dict[str, dict[str, str]]
+                  ) -> tuple[list[dict[str, str]], list[str]]:
+    """Rows ``{aspect, key, a, b}`` that differ, and the aspects that are the same."""
+    rows, same = [], []
+    for aspect in ia:
+        a, b = ia[aspect], ib.get(aspect, {})
+        if aspect == "code" and ("files" in a) != ("files" in b):  # recorded on one side only
+            a = {k: v for k, v in a.items() if not k.startswith("file")}
+            b = {k: v for k, v in b.items() if not k.startswith("file")}
+            rows.append({"aspect": aspect, "key": "files",
+                         "a": "recorded" if "files" not in ia[aspect] else "not recorded",
+                         "b": "recorded" if "files" not in ib[aspect] else "not recorded"})
+        diff = [{"aspect": aspect, "key": k, "a": a.get(k, "(absent)"), "b": b.get(k, "(absent)")}
+                for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        if diff:
+            rows.extend(diff)
+        elif not any(r["aspect"] == aspect for r in rows):
+            same.append(aspect)
+    return rows, same
+
+
+# ---------------------------------------------------------------- the comparison task
+
+class ComparisonLink(Config):
+    """A question report's pointer to the comparison with the champion (or, for a question
+    without one, with the previous run) that the flow writes right after promotion."""
+
+    a: str = Field(description="run id of the run compared against (the champion)")
+    b: str = Field(description="run id of this run")
+    key: str = Field(description="store key of the comparison's report.html")
+    against: str = Field("the champion", description="what run a is, in words")
+
+
+def link_section(link: ComparisonLink, store: Store) -> Section:
+    """The report section pointing at the comparison."""
+    return Section(f"Comparison with {link.against}", [
+        f"This run (B, {link.b}) side by side with {link.against} (A, {link.a}): what "
+        "differs, every metric's difference, curves, per-class deltas and images: "
+        f"{store.url(link.key)}"])
+
+
+class CompareConfig(Config):
+    """Compare two finished runs of one question (resolved run ids)."""
+
+    question: str = Field(description="the flow, e.g. q1-mlp")
+    a: str = Field(description="run id of A (e.g. the champion)")
+    b: str = Field(description="run id of B (e.g. this run)")
+    out: str = Field(description="store prefix of the comparison: reports/compare/<Q>/<A>..<B>")
+    a_ref: str | None = Field(None, description="how A was named (champion, latest~1, ...)")
+    b_ref: str | None = None
+    tolerance: float = Field(0.0, ge=0.0, description="regression tolerance of the verdict")
+
+
+def _cell_table(comparer: Comparer, cells_a: dict[str, Cell], cells_b: dict[str, Cell]
+                ) -> tuple[Table, dict[str, dict[str, Any]]]:
+    rows, data = [], {}
+    for name in [c for c in cells_b if c in cells_a]:
+        a, b = cells_a[name], cells_b[name]
+        keys = [k for k in ([comparer.primary] if comparer.primary else []) + list(
+            comparer.secondary) if any(k in s for s in a.seeds + b.seeds)]
+        if not keys:  # a question without named metrics: every common number
+            keys = sorted(set.intersection(*(set(s) for s in a.seeds + b.seeds)))
+        data[name] = {}
+        for key in keys:
+            va = [s[key] for s in a.seeds if key in s]
+            vb = [s[key] for s in b.seeds if key in s]
+            if not va or not vb:
+                continue
+            d = metric_delta(va, vb)
+            data[name][key] = d
+            rows.append([name, key + (" (primary)" if key == comparer.primary else ""),
+                         _pm(d["a"], d["a_std"], d["a_n"]), _pm(d["b"], d["b_std"], d["b_n"]),
+                         _num(d["delta"], sign=True), d["test"]])
+    if all(d["a_n"] == d["b_n"] == 1 for by in data.values() for d in by.values()):
+        return Table([comparer.cell_label, "metric", "A", "B", "B - A"],
+                     [r[:-1] for r in rows], f"Every {comparer.cell_label} in both runs (one "
+                     "seed each: no seed-to-seed spread to test against)"), data
+    table = Table([comparer.cell_label, "metric", "A", "B", "B - A", "seed-to-seed spread"],
+                  rows, f"Every {comparer.cell_label} in both runs: mean over its seeds ± "
+                  "standard deviation (n seeds)")
+    return table, data
+
+
+def _num(x: float, sign: bool = False) -> str:
+    """A number for a table: whole numbers (epochs, counts) without decimals."""
+    if float(x).is_integer() and abs(x) < 1e15:
+        return f"{int(x):+d}" if sign else str(int(x))
+    return f"{x:+.4f}" if sign else f"{x:.4f}"
+
+
+def _pm(mean: float, std: float | None, n: int) -> str:
+    return _num(mean) if std is None else f"{mean:.4f} ± {std:.4f} ({n})"
+
+
+def _per_class(name: str, a: Cell, b: Cell, ra: RunInfo, rb: RunInfo
+               ) -> tuple[Section | None, dict[str, Any]]:
+    if not (a.per_class and b.per_class) and not (a.confusion and b.confusion):
+        return None, {}
+    sec = Section(name)
+    data: dict[str, Any] = {}
+    if a.per_class and b.per_class:
+        if a.classes != b.classes:
+            sec.paragraphs.append("The two runs have different classes "
+                                  f"({len(a.classes)} vs {len(b.classes)}): no per-class "
+                                  "comparison.")
+        else:
+            metrics = [m for m in a.per_class if m in b.per_class]
+            rows = []
+            for i, cls in enumerate(a.classes):
+                row: list[Any] = [cls]
+                for m in metrics:
+                    va, vb = a.per_class[m][i], b.per_class[m][i]
+                    d = None if va is None or vb is None else vb - va
+                    row += [va, vb, None if d is None else f"{d:+.4f}"]
+                    data.setdefault(m, {})[cls] = d
+                if any(v for v in row[1::3] + row[2::3]):  # zero in both runs: not shown
+                    rows.append(row)
+            cols = ["class"] + [f"{m} {s}" for m in metrics for s in ("A", "B", "B - A")]
+            hidden = len(a.classes) - len(rows)
+            sec.tables.append(Table(cols, rows, f"{name}: per class, A and B and the difference"
+                                    + (" (first seed)" if len(a.seeds) + len(b.seeds) > 2
+                                       else "")
+                                    + (f"; {hidden} classes at 0 in both runs not shown"
+                                       if hidden else "")))
+    if a.confusion and b.confusion:
+        ca, cb = a.confusion, b.confusion
+        if len(ca) == len(cb) and all(len(x) == len(y) for x, y in zip(ca, cb, strict=True)):
+            delta = [[int(y) - int(x) for x, y in zip(r1, r2, strict=True)]
+                     for r1, r2 in zip(ca, cb, strict=True)]
+            labels = b.confusion_labels or b.classes or [str(i) for i in range(len(delta))]
+            from tasks.ml import plots
+
+            sec.images.append(Image(f"confusion-delta-{slug(name)}.png", plots.confusion_delta(
+                delta, labels, f"{name}: confusion matrix B - A"),
+                f"Confusion matrix of B minus A (rows true, columns predicted): red = more "
+                f"in B ({rb.run_id}), blue = fewer"))
+            moved = sorted(((abs(v), v, labels[i], labels[j]) for i, r in enumerate(delta)
+                            for j, v in enumerate(r) if v and i != j), reverse=True)[:3]
+            if moved:
+                sec.paragraphs.append("Largest changes off the diagonal: " + "; ".join(
+                    f"true {t} predicted {p} {v:+d}" for _, v, t, p in moved) + ".")
+            data["confusion_delta"] = delta
+        else:
+            sec.paragraphs.append("The confusion matrices have different shapes: no difference.")
+    return sec, data
+
+
+def render(cfg: CompareConfig, store: Store, comparer: Comparer, flows: Sequence[str]
+           ) -> Manifest:
+    """Write the comparison of runs ``cfg.a`` (A) and ``cfg.b`` (B) under ``cfg.out``."""
+    from tasks.ml import plots
+
+    a, b = resolve_refs(store, cfg.a, cfg.b, flows=flows, question=cfg.question)
+    a.ref, b.ref = cfg.a_ref or cfg.a, cfg.b_ref or cfg.b
+    with TaskRun("report.compare", cfg, store, cfg.out) as run:
+        cells_a, cells_b = comparer.cells(store, a), comparer.cells(store, b)
+        common = [c for c in cells_b if c in cells_a]
+        named = {ref: (f" ({ref})" if ref != rid else "") for ref, rid in
+                 ((a.ref, a.run_id), (b.ref, b.run_id))}
+        report = Report(f"Compare {cfg.question}: A {a.run_id} .. B {b.run_id}", [
+            f"A = run {a.run_id}{named[a.ref]}, profile {a.profile}, finished "
+            f"{a.manifest.get('finished_at', '?')}. B = run {b.run_id}{named[b.ref]}, profile "
+            f"{b.profile}, finished {b.manifest.get('finished_at', '?')}. Every difference is "
+            "B minus A."], meta={
+                "question": cfg.question, "A": f"{a.run_id}{named[a.ref]}",
+                "B": f"{b.run_id}{named[b.ref]}", "store": store.uri,
+                "generated": datetime.now(UTC).isoformat(timespec="seconds")})
+        v = verdict(a, b, comparer.mode, cfg.tolerance)
+        report.sections.append(Section("Verdict", [v["text"]]))
+
+        cdiff = config_diff(a.manifest.get("config") or {}, b.manifest.get("config") or {})
+        ida = identity(store, a, cells_a, comparer)
+        idb = identity(store, b, cells_b, comparer)
+        drows, same = identity_diff(ida, idb)
+        differs = Section("What differs", [
+            ("Resolved config: " + ", ".join(f"{d['key']} {d['a']!r} -> {d['b']!r}"
+                                             for d in cdiff) + "."
+             if cdiff else "Resolved config: identical."),
+            "Same in both: " + (", ".join(same) if same else "nothing else") + "."])
+        if cdiff:
+            differs.tables.append(Table(["config key", "A", "B"],
+                                        [[d["key"], d["a"], d["b"]] for d in cdiff],
+                                        "Config keys that differ (dotted for nested keys)"))
+        if drows:
+            differs.tables.append(Table(["aspect", "what", "A", "B"],
+                                        [[r["aspect"], r["key"], r["a"], r["b"]] for r in drows],
+                                        "Code, data, libraries, image, device, machine: only "
+                                        "what differs"))
+        report.sections.append(differs)
+
+        table, cell_data = _cell_table(comparer, cells_a, cells_b)
+        cells_sec = Section(f"Metrics per {comparer.cell_label}", tables=[table] if table.rows
+                            else [])
+        only_a = [c for c in cells_a if c not in cells_b]
+        only_b = [c for c in cells_b if c not in cells_a]
+        if only_a or only_b:
+            cells_sec.paragraphs.append(
+                f"Only in A: {', '.join(only_a) or 'none'}. Only in B: "
+                f"{', '.join(only_b) or 'none'}.")
+        if not common:
+            cells_sec.paragraphs.append(f"No {comparer.cell_label} is in both runs.")
+        report.sections.append(cells_sec)
+
+        curves: dict[str, dict[str, int]] = {}
+        curve_sec = Section("Per-epoch curves", [
+            f"A ({a.run_id}) in the first colour, B ({b.run_id}) in the second; train solid, "
+            "dev dashed, test/val dotted."])
+        for name in common:
+            ha, hb = cells_a[name].history, cells_b[name].history
+            if not ha and not hb:
+                continue
+            curves[name] = {"a_epochs": len(ha), "b_epochs": len(hb)}
+            shown = [k for k in comparer.curve_metrics if any(
+                f"{s}/{k}" in h for h in ha + hb for s in comparer.curve_splits)]
+            curve_sec.images.append(Image(f"curves-{slug(name)}.png", plots.curves(
+                {"A": ha, "B": hb}, metrics=shown or comparer.curve_metrics,
+                splits=comparer.curve_splits, title=f"{name}: A vs B"),
+                f"{name}: A {len(ha)} epochs, B {len(hb)} epochs"))
+        if curves:
+            report.sections.append(curve_sec)
+
+        per_class: dict[str, Any] = {}
+        pc_sec = Section("Per-class differences")
+        for name in common:
+            sec, data = _per_class(name, cells_a[name], cells_b[name], a, b)
+            if sec is not None:
+                pc_sec.subsections.append(sec)
+                per_class[name] = data
+        if pc_sec.subsections:
+            report.sections.append(pc_sec)
+
+        pairs = comparer.images(store, a, b, cells_a, cells_b)
+        img_sec = Section("Images side by side", [
+            f"Left: A ({a.run_id}); right: B ({b.run_id})."])
+        images = []
+        for i, pair in enumerate(pairs):
+            left = store.get_bytes(pair.a) if pair.a and store.exists(pair.a) else None
+            right = store.get_bytes(pair.b) if pair.b and store.exists(pair.b) else None
+            img_sec.images.append(Image(f"pair-{i:02d}-{slug(pair.title)}.png",
+                                        plots.side_by_side(left, right, [f"A {a.run_id}",
+                                                                         f"B {b.run_id}"]),
+                                        f"{pair.title}. {pair.caption}".strip()))
+            images.append({"title": pair.title, "a": pair.a if left else None,
+                           "b": pair.b if right else None, "caption": pair.caption})
+        if pairs:
+            report.sections.append(img_sec)
+
+        extra, extra_data = comparer.sections(store, a, b, cells_a, cells_b)
+        report.sections.extend(extra)
+        run.outputs.update(write_report(report, store, cfg.out))
+        return run.finish({
+            "question": cfg.question, "a": a.run_id, "b": b.run_id, "a_ref": a.ref,
+            "b_ref": b.ref, "a_profile": a.profile, "b_profile": b.profile, "verdict": v,
+            "config_diff": cdiff, "differs": drows, "same": same, "cells": cell_data,
+            "only_a": only_a, "only_b": only_b, "curves": curves, "per_class": per_class,
+            "images": images, **extra_data})
+
+
+def summary_lines(metrics: dict[str, Any], primary: str | None, limit: int = 12) -> list[str]:
+    """The short stdout table of a comparison manifest's metrics."""
+    lines = []
+    cd = metrics.get("config_diff", [])
+    lines.append("config: " + (", ".join(f"{d['key']} {d['a']!r} -> {d['b']!r}" for d in cd)
+                               if cd else "identical"))
+    others = list(metrics.get("differs", []))
+    if others:
+        shown = [f"{r['aspect']}/{r['key']}: {fmt(r['a'])} -> {fmt(r['b'])}" for r in others[:6]]
+        more = f" (+{len(others) - 6} more)" if len(others) > 6 else ""
+        lines.append("differs: " + "; ".join(shown) + more)
+    lines.append("same: " + (", ".join(metrics.get("same", [])) or "nothing else"))
+    cells = metrics.get("cells", {})
+    if cells:
+        width = max(len(c) for c in cells)
+        lines.append(f"{'cell':{width}s}  {'metric':18s} {'A':>9s} {'B':>9s} {'B - A':>9s}")
+        n = 0
+        for cell, by_metric in cells.items():
+            keys = [primary] if primary in by_metric else list(by_metric)[:1]
+            for key in keys:
+                d = by_metric[key]
+                flag = {True: "  exceeds spread", False: "  within spread"}.get(
+                    d.get("exceeds_spread"), "")
+                lines.append(f"{cell:{width}s}  {key:18s} {d['a']:9.4f} {d['b']:9.4f} "
+                             f"{d['delta']:+9.4f}{flag}")
+                n += 1
+            if n >= limit:
+                lines.append(f"... ({len(cells) - limit} more in the report)")
+                break
+    lines.append("verdict: " + metrics.get("verdict", {}).get("text", ""))
+    return lines
