@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 
+from tasks.core.config import did_you_mean
 from tasks.core.errors import VisionflowsError
 
 FLOWS: dict[str, str] = {
@@ -24,6 +25,7 @@ def load_flow(name: str):
     elif name in FLOWS:
         target = FLOWS[name]
     else:
-        raise VisionflowsError(f"unknown flow {name!r}; known flows: {', '.join(FLOWS)}")
+        raise VisionflowsError(f"unknown flow {name!r}{did_you_mean(name, [*FLOWS, 'report'])}"
+                               f"; known flows: {', '.join(FLOWS)}, report")
     module, attr = target.split(":")
     return getattr(importlib.import_module(module), attr)
