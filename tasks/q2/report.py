@@ -177,7 +177,8 @@ def _model_section(store: Store, ref: ModelRef, tr: Manifest | None, ft: Manifes
     if png:
         grid.images.append(Image(f"grid-{ref.arch}.png", png,
                                  f"{label}: {len(f['grid/true'])} test images with their true "
-                                 "and predicted labels (red: misclassified)", photo=True))
+                                 "and predicted labels (red: misclassified)", photo=True,
+                                 detail=True))
     fine = Section("Fine-tuning every layer on the misclassified images")
     if f["misclassified"]:
         fine.paragraphs.append(
@@ -199,7 +200,7 @@ def _model_section(store: Store, ref: ModelRef, tr: Manifest | None, ft: Manifes
             fine.images.append(Image(f"finetune-{ref.arch}.png", png,
                                      f"{label}: the misclassified grid images, predictions "
                                      "before and after fine-tuning every layer on them",
-                                     photo=True))
+                                     photo=True, detail=True))
     else:
         fine.paragraphs.append("No image of the grid was misclassified: nothing to fine-tune.")
     sec.subsections += [grid, fine]

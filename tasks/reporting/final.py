@@ -180,6 +180,20 @@ def _trend(store: Store, question: str, profile: str) -> Section | None:
     return sec
 
 
+HALF_WIDTH = 505  # px: two figures side by side in the 1040 px column
+
+
+def display_width(fig: dict) -> int | None:
+    """How wide a question report's figure is shown here: wide plots (curves, heat maps,
+    small multiples) and wide photo panels across the column; narrower ones (bars, a single
+    matrix, a photo grid) at half of it, two to a row."""
+    w, h = fig.get("width"), fig.get("height")
+    if not w or not h:
+        return None
+    wide = w / h >= 1.6 if fig.get("photo") else w > 800
+    return w if wide else min(w, HALF_WIDTH)
+
+
 def _figures(store: Store, q: str, info: dict) -> tuple[list[Image], list[Image]]:
     """The question report's figures, main and detail, with their captions."""
     main: list[Image] = []
@@ -191,7 +205,7 @@ def _figures(store: Store, q: str, info: dict) -> tuple[list[Image], list[Image]
                 continue
             img = Image(f"{q}-{f['name']}", store.get_bytes(f["key"]),
                         f.get("caption") or f["name"], photo=bool(f.get("photo")),
-                        detail=bool(f.get("detail")), width=f.get("width"))
+                        detail=bool(f.get("detail")), width=display_width(f))
             (detail if img.detail else main).append(img)
         return main, detail
     for name, key in sorted(info["flow"]["report"].items()):  # an older report: names only

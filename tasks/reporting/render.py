@@ -193,6 +193,8 @@ def fmt(value: Any, kind: str | None = None, digits: int = 4) -> str:
         return f"{int(round(value)):,}"
     if number and kind == "score":
         return f"{value:.3f}"
+    if number and kind in ("choice", "text"):  # a chosen setting: as it is written (0.4)
+        return f"{value:g}"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
@@ -256,6 +258,18 @@ def _cell_html(value: Any, kind: str | None = None):
     return fmt(value, kind)
 
 
+_NUMERIC = re.compile(r"^[-+−]?\d[\d,]*(\.\d+)?( ?(%|pts|x|s|min|h|days?)( \d+ (s|min|h))?)?$")
+
+
+def _td_attrs(value: Any, kind: str | None = None):
+    """`` class="num"`` for a cell that reads as a number (right-aligned), else nothing."""
+    from markupsafe import Markup
+
+    if isinstance(value, bool | Link):
+        return Markup("")
+    return Markup(' class="num"') if _NUMERIC.match(fmt(value, kind)) else Markup("")
+
+
 def _cell_md(value: Any, kind: str | None = None) -> str:
     if isinstance(value, Link):
         return f"[{value.text}]({value.href})"
@@ -278,6 +292,7 @@ def _env():
     env.filters["inline"] = inline
     env.filters["cell_html"] = _cell_html
     env.filters["cell_md"] = _cell_md
+    env.filters["td_attrs"] = _td_attrs
     env.globals["kind"] = _kind
     return env
 
