@@ -11,6 +11,7 @@ import subprocess
 import sys
 import urllib.parse
 import urllib.request
+from html import unescape
 from pathlib import Path
 
 import pytest
@@ -166,10 +167,11 @@ def test_smoke_final_report_fits_the_budget(smoke_all):
         assert size <= BUDGET, f"{path} is {size:,} bytes, over the {BUDGET:,} budget"
     html = smoke_all["html"].read_text()
     assert len(re.findall(r'src="data:image/jpeg;base64,', html)) >= 5  # photos as JPEG
+    text = unescape(html)
     for q in ("q1-mlp", "q1-cnn", "q2-transfer", "q3-segmentation", "q4-yolo"):
         run_id = st.get_json(f"runs/{q}/latest.json")["run_id"]
         index = st.get_json(f"reports/{q}/{run_id}/report.json")
-        assert index["why"] and index["why"] in html.replace("&#39;", "'"), q
+        assert index["why"] and index["why"] in text, q
         for fig in index["figures"]:  # captions say what a figure shows, not its file name
             assert fig["caption"] and not fig["caption"].endswith(".png"), fig
     q3 = html.split('id="q3-semantic-segmentation-with-deeplabv3"')[1].split("<section")[0]

@@ -254,8 +254,9 @@ def test_final_report_formats_and_compares_by_kind(store, profile, vgg, best, ex
     (0.91384, "pct", "91.38 %"), (1.2549, "pts", "+1.25 pts"), (-8.244, "pts", "-8.24 pts"),
     (0.4, "time", "0.40 s"), (42.25, "time", "42.2 s"), (250.4, "time", "4 min 10 s"),
     (4583, "time", "1 h 16 min"), (604800, "time", "7 days"), (11689512, "count", "11,689,512"),
-    (6.0, "count", "6"), (0.92512, "score", "0.925"), (256, "choice", "256"), (0.4, "choice", "0.4"),
-    (None, "pct", "—"), ("1 of 3", "text", "1 of 3"), (0.123456, None, "0.1235")])
+    (6.0, "count", "6"), (0.92512, "score", "0.925"), (256, "choice", "256"),
+    (0.4, "choice", "0.4"), (None, "pct", "—"), ("1 of 3", "text", "1 of 3"),
+    (0.123456, None, "0.1235")])
 def test_fmt_by_kind(value, kind, text):
     from tasks.reporting.render import fmt
 
