@@ -22,12 +22,17 @@ import os
 import shlex
 import signal
 import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from flows.registry import FLOWS, load_flow, new_run_id
 from flows.session import Interrupted, Session
+from tasks.core.config import did_you_mean
 from tasks.core.errors import VisionflowsError
 
 LAUNCHER_CHOICES = ("local", "subprocess", "docker")  # flows.launchers.LAUNCHERS, unimported
+LINK_HELP = ("how long the presigned report links of an S3 store stay valid: 3600, 90m, 12h, "
+             "7d (default $VF_LINK_EXPIRY or 7d, the most S3 allows)")
 
 
 def prefect_env() -> None:
@@ -95,9 +100,30 @@ def resume_command(argv: list[str], run_id: str) -> str:
     return shlex.join(["visionflows", *out, "--run-id", run_id])
 
 
+def _link_lines(store, key: str, label: str) -> list[str]:
+    """``label`` and a clickable address of ``key``: its ``file://`` URI for a local store;
+    for S3 the ``s3://`` URI and, under it, a presigned HTTPS link and its expiry."""
+    from tasks.core.store import link_expiry_seconds
+    from tasks.reporting.render import fmt
+
+    pad = " " * len(label)
+    expires = link_expiry_seconds()
+    link = store.presign(key, expires)
+    if link is not None and link.startswith("file://"):
+        return [f"{label}{link}"]
+    lines = [f"{label}{store.url(key)}"]
+    if link is not None:
+        until = (datetime.now(UTC) + timedelta(seconds=expires)).strftime("%Y-%m-%d %H:%M UTC")
+        lines.append(f"{pad}{link}")
+        lines.append(f"{pad}(presigned link, valid {fmt(expires, 'time')}, until {until}; "
+                     "--link-expiry to change)")
+    else:
+        lines.append(f"{pad}(no presigned link: no S3 credentials to sign with)")
+    return lines
+
+
 def _print_result(name: str, profile: str, result: dict, store) -> None:
     html_key = result["report"]["report.html"]
-    local = store.local_path(html_key)
     print(f"\n{name} run {result['run_id']} finished ({profile} profile)")
     for g in result.get("groups", []):
         print(f"  {g['key']}: best {g.get('best')!r} by {g['select_by']} "
@@ -108,7 +134,19 @@ def _print_result(name: str, profile: str, result: dict, store) -> None:
     for line in result.get("summary", []):
         print(f"  {line}")
     print(f"manifest: {store.url(result['manifest'])}")
-    print(f"report:   {local if local is not None else store.url(html_key)}")
+    print("\n".join(_link_lines(store, html_key, "report:   ")))
+
+
+def _print_final(final: dict, store) -> None:
+    """The final report's lines; the last one is always ``final report: <file:// URI>``
+    (the local copy) or the report's store URI."""
+    key = final["report"]["report.html"]
+    if final.get("local"):
+        if not store.uri.startswith("file://"):
+            print("\n".join(_link_lines(store, key, "in the store: ")))
+        print(f"final report: {Path(final['local']).as_uri()}")
+    else:
+        print("\n".join(_link_lines(store, key, "final report: ")))
 
 
 def _run_report(store, failures: dict[str, str] | None = None) -> dict:
@@ -119,6 +157,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tasks.core.config import parse_sets
     from tasks.plans import resolve_config
 
+    if args.flow not in (*FLOWS, "all"):
+        raise VisionflowsError(f"unknown flow {args.flow!r}"
+                               f"{did_you_mean(args.flow, [*FLOWS, 'all'])}; use one of: "
+                               f"{', '.join(sorted(FLOWS))}, all")
+    _apply_link_expiry(args)
     if args.offline:  # read by every resolver, here and in subprocess/docker tasks
         os.environ["VF_OFFLINE"] = "1"
     overrides = parse_sets(args.set)
@@ -129,7 +172,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for name in names:  # fail fast, before Prefect starts
         resolve_config(name, args.profile, overrides if args.flow != "all" else {})
     if args.launcher not in LAUNCHER_CHOICES:
-        raise VisionflowsError(f"unknown launcher {args.launcher!r} (from VF_LAUNCHER?); use "
+        raise VisionflowsError(f"unknown launcher {args.launcher!r} (from VF_LAUNCHER?)"
+                               f"{did_you_mean(args.launcher, LAUNCHER_CHOICES)}; use "
                                f"one of: {', '.join(LAUNCHER_CHOICES)}")
     if args.launcher == "docker":
         from flows.launchers.container import preflight
@@ -163,7 +207,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                     failures[name] = f"{type(exc).__name__}: {exc}"
                     print(f"\n{name} FAILED: {failures[name]}", file=sys.stderr)
             final = _run_report(store, failures)
-            print(f"\nfinal report: {final['local'] or store.url(final['report']['report.html'])}")
+            print()
+            _print_final(final, store)
     except Interrupted as exc:
         argv = [a for a in sys.argv[1:]] if args.flow != "all" else [
             "run", current["flow"], *sys.argv[3:]]
@@ -178,7 +223,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _apply_link_expiry(args: argparse.Namespace) -> None:
+    """Check ``--link-expiry`` (or ``VF_LINK_EXPIRY``) before anything runs, and hand it to
+    the flows through ``VF_LINK_EXPIRY``."""
+    from tasks.core.store import link_expiry_seconds
+
+    seconds = link_expiry_seconds(getattr(args, "link_expiry", None))
+    if getattr(args, "link_expiry", None):
+        os.environ["VF_LINK_EXPIRY"] = str(seconds)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
+    _apply_link_expiry(args)
     store = _open_checked_store(args.store)
     prefect_env()
     check_prefect_api()
@@ -192,7 +248,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         return exc.exit_code
     for q, status in final["questions"].items():
         print(f"  {q}: {status}")
-    print(f"final report: {final['local'] or store.url(final['report']['report.html'])}")
+    _print_final(final, store)
     return 0
 
 
@@ -207,7 +263,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     names = args.flows or [f for f in [*FLOWS, "report"] if f in NIGHTLY]
     unknown = [f for f in names if f not in NIGHTLY]
     if unknown:
-        raise VisionflowsError(f"no deployment for {', '.join(unknown)}; known: "
+        hints = "".join(did_you_mean(f, NIGHTLY) for f in unknown)
+        raise VisionflowsError(f"no deployment for {', '.join(unknown)}{hints}; known: "
                                f"{', '.join(NIGHTLY)}")
     params: dict = {"profile": args.profile}
     if args.store:
@@ -334,8 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visionflows", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one question's flow now")
-    run.add_argument("flow", choices=[*sorted(FLOWS), "all"],
-                     help="which question ('all': every question, then the final report)")
+    run.add_argument("flow", metavar="FLOW",
+                     help=f"which question: {', '.join(sorted(FLOWS))}, or all (every "
+                          "question, then the final report)")
     run.add_argument("--profile", default="smoke", help="smoke (default) or full")
     run.add_argument("--store", default=None,
                      help="file://DIR or s3://bucket/prefix (default $VF_STORE or "
@@ -351,12 +409,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--refresh", action="store_true",
                      help="recompute cached steps (training, evaluation) instead of reusing them")
     run.add_argument("--json", action="store_true", help="also print the flow result as JSON")
+    run.add_argument("--link-expiry", default=None, metavar="DURATION", help=LINK_HELP)
     run.add_argument("--offline", action="store_true",
                      help="no downloads (VF_OFFLINE=1): inputs come from the config, the "
                           "store's mirror (visionflows mirror) or the local cache")
     run.set_defaults(func=cmd_run)
     rep = sub.add_parser("report", help="build the final comparison report from the store")
     rep.add_argument("--store", default=None, help="store URI (default $VF_STORE or ./artifacts)")
+    rep.add_argument("--link-expiry", default=None, metavar="DURATION", help=LINK_HELP)
     rep.set_defaults(func=cmd_report)
     srv = sub.add_parser("serve", help="serve every flow's nightly deployment (needs a server)")
     srv.add_argument("--flows", nargs="*", help="which flows (default: all)")

@@ -4,11 +4,12 @@ caching and live progress; artifacts; run ids; the flow manifest."""
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import (
+    create_link_artifact,
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
@@ -21,6 +22,7 @@ from flows.registry import new_run_id  # noqa: F401 (the flows' run ids)
 from tasks.core import cache, promote
 from tasks.core.config import validate
 from tasks.core.errors import is_transient
+from tasks.core.log import get_logger
 from tasks.core.runtime import PROGRESS, STOP, find_manifest, require_intact, set_aside
 from tasks.core.store import Store, join, open_store
 from tasks.registry import resolve, task_module
@@ -139,19 +141,55 @@ class Progress:
         update_progress_artifact(self.id, 100.0 * self.done / self.total)
 
 
+def report_links(store: Store, keys: dict[str, str]) -> dict[str, Any]:
+    """Addresses a browser opens for a report's HTML and Markdown: ``file://`` URIs for a
+    local store, presigned URLs for S3 (valid ``VF_LINK_EXPIRY``, default 7 days; a bad
+    value is logged and the links are left out rather than failing a finished run)."""
+    from tasks.core.errors import ConfigError
+    from tasks.core.store import link_expiry_seconds
+
+    out: dict[str, Any] = {"html": None, "md": None, "expires_s": None, "until": None}
+    try:
+        expires = link_expiry_seconds()
+    except ConfigError as exc:
+        get_logger("flows").warning("no report links: %s", exc)
+        return out
+    out["html"] = store.presign(keys["report.html"], expires)
+    out["md"] = store.presign(keys["report.md"], expires) if "report.md" in keys else None
+    if out["html"] and not out["html"].startswith("file://"):
+        out["expires_s"] = expires
+        out["until"] = (datetime.now(UTC) + timedelta(seconds=expires)).strftime(
+            "%Y-%m-%d %H:%M UTC")
+    return out
+
+
+def links_markdown(store: Store, keys: dict[str, str], links: dict[str, Any]) -> str:
+    """Markdown lines with real links to a report, and its URIs in the store."""
+    lines = []
+    if links["html"]:
+        valid = f" (link valid until {links['until']})" if links["until"] else ""
+        lines.append(f"- **[Open the HTML report]({links['html']})**{valid}")
+    if links["md"]:
+        lines.append(f"- [Markdown version]({links['md']})")
+    lines.append(f"- In the store: `{store.url(keys['report.html'])}`")
+    return "\n".join(lines) + "\n"
+
+
 def publish(flow: str, run_id: str, rows: list[dict], report_keys: dict[str, str],
             store: Store, summary_md: str = "") -> None:
-    """Table artifact of the metrics and a markdown artifact pointing at the report."""
+    """Table artifact of the metrics, a markdown artifact with links to the report, and a
+    link artifact (presigned for S3, valid ``VF_LINK_EXPIRY``)."""
     key = flow.replace("_", "-")
     create_table_artifact(table=rows, key=f"{key}-metrics",
                           description=f"{flow} run {run_id}: metrics per experiment")
-    html = store.url(report_keys["report.html"])
-    md = store.url(report_keys["report.md"])
-    local = store.local_path(report_keys["report.html"])
-    text = f"# {flow} report\n\nRun `{run_id}`.\n\n- HTML: `{html}`\n- Markdown: `{md}`\n"
-    if local is not None:
-        text += f"- Open locally: file://{local}\n"
+    links = report_links(store, report_keys)
+    text = f"# {flow} report\n\nRun `{run_id}`.\n\n" + links_markdown(store, report_keys,
+                                                                          links)
     create_markdown_artifact(markdown=text + "\n" + summary_md, key=f"{key}-report",
+                             description=f"{flow} report for run {run_id}")
+    if links["html"]:
+        create_link_artifact(link=links["html"], link_text=f"{flow} report (HTML)",
+                             key=f"{key}-report-link",
                              description=f"{flow} report for run {run_id}")
 
 

@@ -7,6 +7,7 @@ import importlib
 import secrets
 from datetime import UTC, datetime
 
+from tasks.core.config import did_you_mean
 from tasks.core.errors import VisionflowsError
 
 FLOWS: dict[str, str] = {
@@ -26,7 +27,8 @@ def load_flow(name: str):
     elif name in FLOWS:
         target = FLOWS[name]
     else:
-        raise VisionflowsError(f"unknown flow {name!r}; known flows: {', '.join(FLOWS)}")
+        raise VisionflowsError(f"unknown flow {name!r}{did_you_mean(name, [*FLOWS, 'report'])}"
+                               f"; known flows: {', '.join(FLOWS)}, report")
     module, attr = target.split(":")
     return getattr(importlib.import_module(module), attr)
 

@@ -9,8 +9,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
-from flows.common import new_run_id, remember_flow_run, run_step
-from tasks.core.store import join, open_store
+from flows.common import links_markdown, new_run_id, remember_flow_run, report_links, run_step
+from tasks.core.store import join, link_expiry_seconds, open_store
 from tasks.reporting.final import QUESTIONS
 
 FLOW = "report"
@@ -40,20 +40,22 @@ def report(store: str | None = None, questions: list[str] | None = None,
     run_id = new_run_id()
     result = run_step("final-report", "report.final", {
         "out": join("reports", "final", run_id), "questions": questions or QUESTIONS,
-        "run_ids": run_ids or {}, "failures": failures or {}}, st.uri)
+        "run_ids": run_ids or {}, "failures": failures or {},
+        "link_expiry_s": link_expiry_seconds()}, st.uri)
     keys = result["outputs"]
     local = copy_local(st, keys) if local_copy else None
+    links = report_links(st, keys)
     create_markdown_artifact(
-        markdown=(f"# Final comparison report\n\n- HTML: `{st.url(keys['report.html'])}`\n"
-                  f"- Markdown: `{st.url(keys['report.md'])}`\n"
-                  + (f"- Local copy: file://{local}\n" if local else "")
+        markdown=("# Final comparison report\n\n" + links_markdown(st, keys, links)
+                  + (f"- [Local copy]({local.as_uri()})\n" if local else "")
                   + "\n| question | status |\n|---|---|\n"
                   + "".join(f"| {q} | {s} |\n" for q, s in result["metrics"]["questions"].items())),
         key="final-report", description=f"final report {run_id}")
-    url = st.url(keys["report.html"])
-    if url.startswith(("http://", "https://", "file://")):
-        create_link_artifact(link=url, link_text="final report (HTML)", key="final-report-link")
-    get_run_logger().info("final report: %s", local or url)
+    if links["html"]:
+        create_link_artifact(link=links["html"], link_text="final report (HTML)",
+                             key="final-report-link")
+    get_run_logger().info("final report: %s", local or st.url(keys["report.html"]))
     return {"run_id": run_id, "report": keys, "local": str(local) if local else None,
+            "link": links["html"], "link_until": links["until"],
             "questions": result["metrics"]["questions"],
             "experiments": result["metrics"]["experiments"]}

@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tasks.core.config import did_you_mean
 from tasks.core.errors import ConfigError, DataError, StoreError
 from tasks.core.files import cache_dir, sha256_file
 from tasks.core.log import get_logger
@@ -56,7 +57,8 @@ def parse_questions(questions: Iterable[str] | str | None) -> tuple[str, ...]:
         return QUESTIONS
     unknown = [q for q in names if q not in QUESTIONS]
     if unknown:
-        raise ConfigError(f"unknown question(s) {', '.join(unknown)}; use any of "
+        hints = "".join(did_you_mean(q, QUESTIONS) for q in unknown)
+        raise ConfigError(f"unknown question(s) {', '.join(unknown)}{hints}; use any of "
                           f"{', '.join(QUESTIONS)} or all")
     return tuple(q for q in QUESTIONS if q in names)
 

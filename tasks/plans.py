@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.core.config import Config, deep_merge, validate
+from tasks.core.config import Config, deep_merge, did_you_mean, validate
 from tasks.core.errors import ConfigError
 from tasks.q1 import plan as q1
 from tasks.q2 import plan as q2
@@ -29,10 +29,12 @@ def resolve_config(flow: str, profile: str, overrides: dict[str, Any] | None = N
     """Class defaults, then the profile, then the user's overrides, merged key by key;
     validated."""
     if flow not in FLOW_CONFIGS:
-        raise ConfigError(f"unknown flow {flow!r}; known: {', '.join(sorted(FLOW_CONFIGS))}")
+        raise ConfigError(f"unknown flow {flow!r}{did_you_mean(flow, FLOW_CONFIGS)}; known: "
+                          f"{', '.join(sorted(FLOW_CONFIGS))}")
     profiles = PROFILES[flow]
     if profile not in profiles:
-        raise ConfigError(f"unknown profile {profile!r} for {flow}; use one of: "
+        raise ConfigError(f"unknown profile {profile!r} for {flow}"
+                          f"{did_you_mean(profile, profiles)}; use one of: "
                           f"{', '.join(profiles)}")
     # nested tables (e.g. ``resources``) merge key by key: ``--set resources.train.gpus=0.5``
     # keeps the question's other numbers

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-from tasks.core.config import Config, validate
+from tasks.core.config import Config, did_you_mean, validate
 from tasks.core.errors import ConfigError
 from tasks.core.runtime import Manifest
 from tasks.core.store import Store, open_store
@@ -51,7 +51,8 @@ def task_module(name: str) -> str:
         return TASKS[name].split(":")[0]
     except KeyError:
         raise ConfigError(
-            f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}") from None
+            f"unknown task {name!r}{did_you_mean(name, TASKS)}; known tasks: "
+            f"{', '.join(sorted(TASKS))}") from None
 
 
 def resolve(name: str):
@@ -60,7 +61,8 @@ def resolve(name: str):
         target = TASKS[name]
     except KeyError:
         raise ConfigError(
-            f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}") from None
+            f"unknown task {name!r}{did_you_mean(name, TASKS)}; known tasks: "
+            f"{', '.join(sorted(TASKS))}") from None
     module_name, func_name = target.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     cfg_cls = func.__annotations__.get("cfg")

@@ -18,6 +18,8 @@ import yaml
 
 from flows.deployments import DEPLOYMENT, NIGHTLY, TIMEZONE
 from flows.registry import FLOWS, REPORT_FLOW
+from tests.browser_support import chromium
+from tests.browser_support import flags as chromium_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -170,19 +172,12 @@ def test_deployment_run_completes_with_artifacts_and_champion(nightly_run):
     assert champ["metric"] == "test/accuracy" and 0 <= champ["value"] <= 1
 
 
-def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 @pytest.mark.skipif(chromium() is None, reason="Debian's chromium is not installed "
                     "(.ci/run installs it: apt-get install -y chromium)")
 def test_ui_shows_the_completed_run(nightly_run, prefect_server, tmp_path):
     run = nightly_run["runs"][0]
     url = f"{prefect_server['ui']}/runs/flow-run/{run['id']}"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run",
-             f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=20000",
-             "--window-size=1400,1000"]
+    flags = chromium_flags(tmp_path / "chrome", width=1400, height=1000)
     shot = tmp_path / "flow-run.png"
     subprocess.run([chromium(), *flags, f"--screenshot={shot}", url], capture_output=True,
                    timeout=120)

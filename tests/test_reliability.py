@@ -61,6 +61,105 @@ def flaky_s3(monkeypatch):
     state["server"].stop()
 
 
+@pytest.fixture(scope="module")
+def s3_auth(tmp_path_factory):
+    """An S3 endpoint that checks credentials: a real MinIO (``VF_TEST_S3_ENDPOINT``), or
+    moto's server in a process of its own with ``INITIAL_NO_AUTH_ACTION_COUNT`` set: the
+    first calls (an IAM user, its access key and an S3 policy) go unchecked, every later one
+    must be signed with that key. (moto reads the setting once per process, so the test
+    session's own moto server keeps accepting anything.) Stopped by its own handle."""
+    external = os.environ.get("VF_TEST_S3_ENDPOINT")
+    if external:
+        bucket = f"vf-auth-{uuid.uuid4().hex[:8]}"
+        boto3.client("s3", endpoint_url=external, region_name="us-east-1").create_bucket(
+            Bucket=bucket)
+        yield {"endpoint": external, "bucket": bucket,
+               "key_id": os.environ.get("AWS_ACCESS_KEY_ID", "minioadmin"),
+               "secret": os.environ.get("AWS_SECRET_ACCESS_KEY", "minioadmin")}
+        return
+    port = free_port()
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
+    log = tmp_path_factory.mktemp("moto-auth") / "server.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                                   "-p", str(port)], env=env, stdout=out,
+                                  stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+        boot = {"endpoint_url": endpoint, "region_name": "us-east-1",
+                "aws_access_key_id": "bootstrap", "aws_secret_access_key": "bootstrap"}
+        iam = boto3.client("iam", **boot)
+        iam.create_user(UserName="vf-tasks")
+        key = iam.create_access_key(UserName="vf-tasks")["AccessKey"]
+        iam.put_user_policy(UserName="vf-tasks", PolicyName="s3", PolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        bucket = f"vf-auth-{uuid.uuid4().hex[:8]}"
+        good = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                            aws_access_key_id=key["AccessKeyId"],
+                            aws_secret_access_key=key["SecretAccessKey"])
+        good.create_bucket(Bucket=bucket)  # signed: the unchecked calls are used up
+        yield {"endpoint": endpoint, "bucket": bucket, "key_id": key["AccessKeyId"],
+               "secret": key["SecretAccessKey"]}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _all_keys(auth: dict) -> list[str]:
+    s3 = boto3.client("s3", endpoint_url=auth["endpoint"], region_name="us-east-1",
+                      aws_access_key_id=auth["key_id"], aws_secret_access_key=auth["secret"])
+    return [o["Key"] for o in s3.list_objects_v2(Bucket=auth["bucket"]).get("Contents", [])]
+
+
+def test_the_auth_server_checks_credentials(s3_auth, monkeypatch):
+    """The stand-in really checks: the right secret writes and reads, a wrong one is denied
+    by name (and writes nothing)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_auth["key_id"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_auth["secret"])
+    st = S3Store(s3_auth["bucket"], "probe", endpoint_url=s3_auth["endpoint"])
+    st.check()
+    st.put_bytes("ok.txt", b"signed")
+    assert st.get_bytes("ok.txt") == b"signed"
+    st.delete("ok.txt")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "definitely-wrong")
+    bad = S3Store(s3_auth["bucket"], "probe", endpoint_url=s3_auth["endpoint"])
+    with pytest.raises(StoreError, match="access denied while trying to reach"):
+        bad.check()
+    with pytest.raises(StoreError, match="access denied while trying to write"):
+        bad.put_bytes("bad.txt", b"unsigned")
+    assert _all_keys(s3_auth) == []
+
+
+def test_doctor_names_wrong_credentials(s3_auth, monkeypatch):
+    from flows.doctor import run_doctor
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("VF_S3_ENDPOINT_URL", s3_auth["endpoint"])
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_auth["key_id"])
+    uri = f"s3://{s3_auth['bucket']}/vf"
+    for secret, code in ((s3_auth["secret"], 0), ("definitely-wrong", 1)):
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+        lines: list[str] = []
+        assert run_doctor(uri, docker=False, out=lines.append) == code, lines
+        store_line = next(ln for ln in lines if " store: " in ln)
+        if code:
+            assert store_line.startswith("FAIL store: access denied") and \
+                "AWS_SECRET_ACCESS_KEY" in store_line, store_line
+            assert "definitely-wrong" not in "\n".join(lines)
+        else:
+            assert store_line.startswith("ok   store: "), store_line
+    assert _all_keys(s3_auth) == []
+
+
 def test_upload_survives_a_ten_second_outage(flaky_s3, tmp_path, monkeypatch):
     monkeypatch.setenv("VF_S3_RETRY_SECONDS", "40")
     st = S3Store(flaky_s3["bucket"], "vf", endpoint_url=flaky_s3["endpoint"])
@@ -76,15 +175,46 @@ def test_upload_survives_a_ten_second_outage(flaky_s3, tmp_path, monkeypatch):
     assert st.get_bytes("runs/x/model.pt") == src.read_bytes()
 
 
+def stated_wait(message: str) -> float:
+    """The seconds an "unreachable" message says were spent retrying."""
+    found = re.search(r"gave up after (\d+(?:\.\d)?)s of retries", message)
+    assert found, message
+    return float(found.group(1))
+
+
 def test_outage_beyond_budget_fails_clearly_and_leaves_no_manifest(flaky_s3, monkeypatch):
     monkeypatch.setenv("VF_S3_RETRY_SECONDS", "2")
     monkeypatch.setenv("VF_S3_MAX_ATTEMPTS", "2")
     st = S3Store(flaky_s3["bucket"], "vf", endpoint_url=flaky_s3["endpoint"])
     flaky_s3["stop"]()
-    with pytest.raises(StoreError, match="unreachable.*gave up after 2s"):
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="unreachable") as exc:
         run_task("fashion-mnist.fetch", {"source": "generate", "n_train": 20, "n_test": 10}, st)
+    elapsed = time.monotonic() - started
+    # the message states the time really spent on the failed write (not the budget)
+    assert 0.5 <= stated_wait(str(exc.value)) <= elapsed + 0.05
     flaky_s3["start"]()
     assert not [k for k in st.list() if k.endswith("manifest.json")]
+
+
+def test_doctor_states_the_time_it_really_waited(monkeypatch):
+    """The start-up check against an endpoint where nothing listens: the message gives the
+    seconds measured, within what the whole doctor run took."""
+    from flows.doctor import run_doctor
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("VF_S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-value")
+    lines: list[str] = []
+    started = time.monotonic()
+    code = run_doctor("s3://vf-nowhere/vf", docker=False, out=lines.append)
+    elapsed = time.monotonic() - started
+    store_line = next(ln for ln in lines if ln.startswith("FAIL store:"))
+    assert code == 1 and "unreachable" in store_line
+    waited = stated_wait(store_line)
+    assert waited <= elapsed and waited < 60  # not the 60 s budget it used to claim
+    assert waited >= 0.1
 
 
 def test_killed_training_resumes_to_the_same_result(tmp_path):
@@ -324,9 +454,6 @@ class Case(NamedTuple):
 TINY_Q1 = ["--set", "data.n_train=200", "--set", "data.n_test=100", "--set", "epochs=1",
            "--set", "batch_sizes=[64]", "--set", 'activations=["relu"]', "--set",
            'losses=["mse"]']
-NEEDS_MINIO = pytest.mark.skipif(not os.environ.get("VF_TEST_S3_ENDPOINT"),
-                                 reason="moto accepts any credentials; needs a real MinIO "
-                                        "(VF_TEST_S3_ENDPOINT)")
 
 BAD_INPUT = [
     # Fashion-MNIST files
@@ -359,6 +486,17 @@ BAD_INPUT = [
     Case("unknown-key", lambda t, s: ["run", "q1-mlp", "--set", "nope=1"], "unknown key 'nope'"),
     Case("unknown-nested-key", lambda t, s: ["run", "q4-yolo", "--set", "data.colour=1"],
          "unknown key 'data.colour'"),
+    # typos: the closest name is suggested; a nested key lists its own model's keys
+    Case("typo-key", lambda t, s: ["run", "q1-mlp", "--set", "epoch=2"],
+         "unknown key 'epoch' (did you mean 'epochs'?); allowed keys: "),
+    Case("typo-nested-key", lambda t, s: ["run", "q4-yolo", "--set", "resources.trian.gpus=1"],
+         "unknown key 'resources.trian' (did you mean 'resources.train'?); allowed keys in "
+         "resources: evaluate, fetch, report, train"),
+    Case("typo-flow", lambda t, s: ["run", "q1-mpl"],
+         "unknown flow 'q1-mpl' (did you mean 'q1-mlp'?); use one of: q1-cnn, q1-mlp, "
+         "q2-transfer, q3-segmentation, q4-yolo, all"),
+    Case("typo-profile", lambda t, s: ["run", "q2-transfer", "--profile", "smok"],
+         "unknown profile 'smok' for q2-transfer (did you mean 'smoke'?); use one of: "),
     Case("zero-batch", lambda t, s: ["run", "q1-mlp", "--set", "batch_sizes=[0]"],
          "batch_sizes"),
     Case("negative-size", lambda t, s: ["run", "q1-cnn", "--set", "data.n_train=-5"],
@@ -377,10 +515,10 @@ BAD_INPUT = [
          "unsupported store scheme"),
     Case("unreachable-prefect", lambda t, s: ["run", "q1-mlp", "--store", s], "Prefect API",
          env={"PREFECT_API_URL": "<free port>"}),
-    pytest.param(Case("wrong-credentials", lambda t, s: ["run", "q1-mlp", "--store", s],
-                      "access denied", store="s3",
-                      env={"AWS_SECRET_ACCESS_KEY": "definitely-wrong"}),
-                 marks=NEEDS_MINIO, id="wrong-credentials"),
+    # an endpoint that checks signatures (moto with auth on, or MinIO): a wrong secret
+    Case("wrong-credentials", lambda t, s: ["run", "q1-mlp", "--store", s],
+         "access denied while trying to reach", store="s3auth",
+         env={"AWS_SECRET_ACCESS_KEY": "definitely-wrong"}),
     # odd but valid: spaces and non-ASCII in the store prefix work, on both backends
     Case("unicode-prefix-file", lambda t, s: ["run", "q1-mlp", "--store", s, *TINY_Q1], None,
          store="file:dir with spaces/ünïcødé ✓"),
@@ -394,19 +532,24 @@ def _manifests(uri: str) -> set[str]:
 
 
 @pytest.mark.parametrize("case", BAD_INPUT, ids=[c.id for c in BAD_INPUT])
-def test_bad_input_fails_clearly(case: Case, tmp_path, s3_endpoint):
+def test_bad_input_fails_clearly(case: Case, tmp_path, s3_endpoint, request):
     """Exit code 2, a last ``error:`` line naming the problem and the fix, and no manifest
     of a step that read the bad input (nor of the flow); odd-but-valid inputs just work."""
     from tests.conftest import make_bucket
 
     kind, _, sub = case.store.partition(":")
-    if kind == "s3":
+    auth = request.getfixturevalue("s3_auth") if kind == "s3auth" else None
+    endpoint = {}
+    if auth is not None:
+        store_uri = f"s3://{auth['bucket']}/{sub or 'vf'}"
+        endpoint = {"VF_S3_ENDPOINT_URL": auth["endpoint"], "AWS_ACCESS_KEY_ID": auth["key_id"]}
+    elif kind == "s3":
         store_uri = f"s3://{make_bucket(s3_endpoint)}/{sub or 'vf'}"
     else:
         store_uri = f"file://{tmp_path / (sub or 'store')}"
     # a cache of its own: a verified copy cached by another test must not hide a corrupt one
     env = {**os.environ, "VF_STORE": store_uri, "VF_OFFLINE": "1",
-           "VF_CACHE_DIR": str(tmp_path / "cache"), **case.env}
+           "VF_CACHE_DIR": str(tmp_path / "cache"), **endpoint, **case.env}
     if env.get("PREFECT_API_URL") == "<free port>":
         env["PREFECT_API_URL"] = f"http://127.0.0.1:{free_port()}/api"
     if case.setup is not None:
@@ -415,7 +558,9 @@ def test_bad_input_fails_clearly(case: Case, tmp_path, s3_endpoint):
     res = subprocess.run([sys.executable, "-m", "flows.cli", *case.args(tmp_path, store_uri)],
                          capture_output=True, text=True, env=env, timeout=900)
     out = res.stdout[-3000:] + res.stderr[-3000:]
-    after = _manifests(store_uri)
+    if auth is not None:  # read back with the right key: nothing at all was written
+        assert _all_keys(auth) == [], out
+    after = _manifests(store_uri) if auth is None else set()
     if case.message is None:  # must work, and its results are where the URI says
         assert res.returncode == 0, out
         assert f"manifest: {store_uri}/runs/q1-mlp/" in res.stdout, out

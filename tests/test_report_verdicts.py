@@ -142,3 +142,143 @@ def test_q4_report_follows_the_numbers(store, s, x, ranking):
     assert ("Why our numbers may differ: ours: yolov5s, yolov5x trained from random weights "
             "(a .yaml model), 6 epochs at 96 px on generated shapes: 30 validation images, 70 "
             "objects.") in md
+
+
+def _q4_history(spike: float | None) -> list[dict]:
+    rows = []
+    for e in range(1, 9):
+        row = {"epoch": e, "train/box_loss": 3.0 - 0.2 * e, "train/cls_loss": 4.0 - 0.3 * e,
+               "train/dfl_loss": 1.5 - 0.05 * e, "val/box_loss": 3.2 - 0.2 * e,
+               "val/cls_loss": 4.5 - 0.3 * e, "val/dfl_loss": 1.6 - 0.05 * e,
+               "metrics/mAP50(B)": 0.1 * e}
+        if spike is not None and e == 2:
+            row["val/cls_loss"] = spike
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("spike", [530.0, 88.5, None])
+def test_q4_loss_curves_clip_a_spike_and_say_so(store, spike):
+    from tasks.q4.report import YoloReportConfig, render
+
+    put_manifest(store, "yolo-export.fetch", "data/x", {}, {"val/images": 30, "val/objects": 70},
+                 inputs={"source": "generator"})
+    for label, hist in (("yolov5s", _q4_history(spike)), ("yolov5x", _q4_history(None))):
+        _q4_model(store, label, f"{label}.yaml", 0.7, 0.4, epochs=8, time_s=100.0)
+        m = store.get_json(f"r/train-{label}/manifest.json")
+        store.put_json(f"r/train-{label}/manifest.json", {**m, "history": hist})
+    cfg = YoloReportConfig(out="rep", profile="smoke", run_id="r", models=[
+        {"label": k, "model": f"{k}.yaml", "reference": k, "train": f"r/train-{k}",
+         "eval": f"r/eval-{k}"} for k in ("yolov5s", "yolov5x")])
+    md = store.get_text(render(cfg, store).outputs["report.md"])
+    caption = next(line for line in md.splitlines() if line.startswith("*box, cls and dfl"))
+    if spike is None:
+        assert "clipped" not in caption
+    else:
+        assert caption.endswith(f"clipped values (red arrows): yolov5s val cls_loss = "
+                                f"{spike:.3g} at epoch 2*")
+
+
+# ---------------------------------------------------------------- the final report
+
+def _question(store, q: str, run_id: str, profile: str, summary: list[dict],
+              comparison: list[dict], why: str):
+    rep = f"reports/{q}/{run_id}"
+    store.put_text(f"{rep}/report.html", f"<p>{q}</p>")
+    store.put_text(f"{rep}/report.md", q)
+    store.put_json(f"{rep}/report.json", {"title": q, "why": why, "figures": []})
+    put_manifest(store, "x.report", rep, {}, {"summary": summary, "comparison": comparison})
+    store.put_json(f"runs/{q}/{run_id}/manifest.json", {
+        "flow": q, "run_id": run_id, "profile": profile, "config": {}, "duration_s": 754.0,
+        "report": {"report.html": f"{rep}/report.html", "report.md": f"{rep}/report.md"}})
+    store.put_json(f"runs/{q}/latest.json", {"run_id": run_id})
+
+
+@pytest.mark.parametrize("profile, vgg, best, expect", [
+    ("full", 0.9280, 32, {"acc": "+1.26 pts", "best": "differs", "time": "0.50x"}),
+    ("full", 0.9010, 256, {"acc": "-1.44 pts", "best": "agrees", "time": "0.50x"}),
+    ("smoke", 0.3500, 256, {"acc": "not comparable (generated data)", "best": "agrees",
+                            "time": "not comparable (generated data)"}),
+])
+def test_final_report_formats_and_compares_by_kind(store, profile, vgg, best, expect):
+    from tasks.reporting.final import FinalReportConfig, render
+
+    _question(store, "q2-transfer", "r2", profile,
+              [{"variant": "model=vgg16", "status": "ok", "metric": "test/accuracy",
+                "value": vgg, "time_s": 3725.0, "run": "x"}],
+              [{"item": "VGG16 final test accuracy", "ours": vgg, "reference": 0.9154,
+                "kind": "pct"},
+               {"item": "VGG16 total parameters (1000 classes)", "ours": 138357544,
+                "reference": 138357544, "kind": "count"},
+               {"item": "yolov5s training time", "ours": 2291.5, "reference": 4583.0}],
+              "Why our numbers may differ: Q2's own reasons.")
+    _question(store, "q1-mlp", "r1", profile,
+              [{"variant": "batch_size=batch 32", "status": "ok", "metric": "test/accuracy",
+                "value": 0.8712, "time_s": 42.25, "run": "x"}],
+              [{"item": "best batch_size (by test/accuracy)", "ours": best,
+                "reference": 256}],
+              "Why our numbers may differ: Q1's own reasons.")
+    _question(store, "q3-segmentation", "r3", profile, [], [],
+              "Why there is nothing to compare numerically: Q3 trains nothing.")
+    m = render(FinalReportConfig(out="final", questions=["q1-mlp", "q2-transfer",
+                                                         "q3-segmentation", "q4-yolo"]), store)
+    md = store.get_text(m.outputs["report.md"])
+    assert f"| q2-transfer | VGG16 final test accuracy | {100 * vgg:.2f} % | 91.54 % | " \
+           f"{expect['acc']} |" in md
+    assert "| q2-transfer | VGG16 total parameters (1000 classes) | 138,357,544 | " \
+           "138,357,544 | same |" in md
+    assert f"| q2-transfer | yolov5s training time | 38 min 12 s | 1 h 16 min | " \
+           f"{expect['time']} |" in md
+    assert f"| q1-mlp | best batch_size (by test/accuracy) | {best} | 256 | " \
+           f"{expect['best']} |" in md
+    assert f"| q2-transfer | model=vgg16 | ok | test/accuracy | {100 * vgg:.2f} % | " \
+           "1 h 2 min | r2 |" in md
+    assert "| q1-mlp | batch_size=batch 32 | ok | test/accuracy | 87.12 % | 42.2 s | r1 |" in md
+    # each question's own explanation, in its own section, and a link to its own report
+    from tasks.reporting.final import TITLES
+
+    sections = {part.split("\n", 1)[0]: part for part in md.split("\n## ")}
+    for q, why in (("q1-mlp", "Q1's own reasons"), ("q2-transfer", "Q2's own reasons"),
+                   ("q3-segmentation", "Q3 trains nothing")):
+        own = sections[TITLES[q]]
+        assert why in own and all(w not in own for _, w in (
+            ("", "Q1's own reasons"), ("", "Q2's own reasons"), ("", "Q3 trains nothing"))
+            if w != why), q
+        link = (store.root / f"reports/{q}").as_uri()
+        assert f"[HTML]({link}/r{q[1]}/report.html)" in own, q
+    assert "optimizer" not in sections[TITLES["q3-segmentation"]]
+    assert "| q4-yolo | not run |" in md
+
+
+@pytest.mark.parametrize("value, kind, text", [
+    (0.91384, "pct", "91.38 %"), (1.2549, "pts", "+1.25 pts"), (-8.244, "pts", "-8.24 pts"),
+    (0.4, "time", "0.40 s"), (42.25, "time", "42.2 s"), (250.4, "time", "4 min 10 s"),
+    (4583, "time", "1 h 16 min"), (604800, "time", "7 days"), (11689512, "count", "11,689,512"),
+    (6.0, "count", "6"), (0.92512, "score", "0.925"), (256, "choice", "256"),
+    (0.4, "choice", "0.4"), (None, "pct", "—"), ("1 of 3", "text", "1 of 3"),
+    (0.123456, None, "0.1235")])
+def test_fmt_by_kind(value, kind, text):
+    from tasks.reporting.render import fmt
+
+    assert fmt(value, kind) == text
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("test/accuracy", "pct"), ("top class share", "pct"), ("val/mAP50-95", "score"),
+    ("yolov5s P", "score"), ("train/time_s", "time"), ("VGG16 total parameters", "count"),
+    ("VGG16 minus ResNet18 (points)", "pts"), ("variant", None)])
+def test_metric_kind(name, kind):
+    from tasks.reporting.render import metric_kind
+
+    assert metric_kind(name) == kind
+
+
+def test_paragraph_markup_is_escaped_and_links_are_safe():
+    from tasks.reporting.render import inline
+
+    html = str(inline("<b>x</b> `a<b>` **bold** [ok](https://h/x?a=1&b=2) "
+                      "[bad](javascript:alert(1)) [top](#summary)"))
+    assert html.startswith("&lt;b&gt;x&lt;/b&gt; <code>a&lt;b&gt;</code> <strong>bold</strong>")
+    assert '<a href="https://h/x?a=1&amp;b=2">ok</a>' in html
+    assert "<a href=\"javascript" not in html and "[bad](javascript:alert(1))" in html
+    assert '<a href="#summary">top</a>' in html

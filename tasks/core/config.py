@@ -5,6 +5,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import types
+import typing
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -31,11 +34,68 @@ def like(cls: type[BaseModel], name: str, **changes: Any) -> Any:
     return field
 
 
-def _describe(err: dict) -> str:
+def did_you_mean(word: str, options: Iterable[str], prefix: str = "") -> str:
+    """`` (did you mean 'epochs'?)`` for the option closest to ``word``, or an empty string.
+    ``prefix`` is put before the suggestion (``resources.`` for a nested key)."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean {prefix + close[0]!r}?)" if close else ""
+
+
+def _unwrap(tp: Any) -> Any:
+    """``X | None``, ``Annotated[X, ...]`` -> ``X`` (the first model or container)."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(tp)[0])
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            inner = _unwrap(arg)
+            if _is_model(inner) or typing.get_origin(inner) in (list, tuple, set, dict):
+                return inner
+    return tp
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def model_at(cls: type[BaseModel], path: tuple | list) -> type[BaseModel] | None:
+    """The config model that the key at ``path`` (a pydantic error location, list indices
+    and dict keys included) lives in: ``(resources, train)`` -> ``Resources``."""
+    tp: Any = cls
+    parts = list(path)
+    while parts:
+        tp = _unwrap(tp)
+        if _is_model(tp):
+            part = parts.pop(0)
+            field = tp.model_fields.get(part) if isinstance(part, str) else None
+            if field is None:
+                return None
+            tp = field.annotation
+        elif typing.get_origin(tp) in (list, tuple, set, dict):
+            parts.pop(0)  # a list index or a dict key
+            args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+            tp = args[-1] if args else Any
+        else:
+            return None
+    tp = _unwrap(tp)
+    return tp if _is_model(tp) else None
+
+
+def _describe(err: dict, cls: type[BaseModel] | None = None) -> str:
     loc = ".".join(str(p) for p in err.get("loc", ())) or "(root)"
     kind = err.get("type", "")
     if kind == "extra_forbidden":
-        return f"unknown key {loc!r}"
+        path = tuple(err.get("loc", ()))
+        owner = model_at(cls, path[:-1]) if cls is not None else None
+        if owner is None:
+            return f"unknown key {loc!r}"
+        where = ".".join(str(p) for p in path[:-1])
+        prefix = f"{where}." if where else ""
+        allowed = ", ".join(sorted(owner.model_fields))
+        return (f"unknown key {loc!r}{did_you_mean(path[-1], owner.model_fields, prefix)}; "
+                f"allowed keys{f' in {where}' if where else ''}: {allowed}")
     if kind == "missing":
         return f"missing required key {loc!r}"
     got = err.get("input")
@@ -52,14 +112,9 @@ def validate(cls: type[T], data: Any, what: str | None = None) -> T:
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        errors = [_describe(e) for e in exc.errors()]
-        allowed = ""
-        extras = [e for e in exc.errors() if e.get("type") == "extra_forbidden"]
-        if extras:
-            fields = sorted(cls.model_fields)
-            allowed = f"; allowed keys: {', '.join(fields)}"
+        errors = [_describe(e, cls) for e in exc.errors()]
         label = what or cls.__name__
-        raise ConfigError(f"invalid {label} config: " + "; ".join(errors) + allowed) from None
+        raise ConfigError(f"invalid {label} config: " + "; ".join(errors)) from None
 
 
 def parse_value(text: str) -> Any:

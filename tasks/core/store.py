@@ -28,6 +28,31 @@ from tasks.core.files import sha256_file
 from tasks.core.log import get_logger
 
 DEFAULT_STORE = "file://./artifacts"
+LINK_EXPIRY_DEFAULT_S = 7 * 24 * 3600
+LINK_EXPIRY_MAX_S = 7 * 24 * 3600  # S3 Signature Version 4 allows at most 7 days
+
+
+def link_expiry_seconds(value: str | int | None = None) -> int:
+    """How long presigned report links stay valid, in seconds: ``value`` or
+    ``VF_LINK_EXPIRY`` (``3600``, ``90m``, ``12h``, ``7d``), default 7 days, at most 7 days
+    (the S3 SigV4 limit)."""
+    raw = value if value is not None else os.environ.get("VF_LINK_EXPIRY")
+    if raw is None or str(raw).strip() == "":
+        return LINK_EXPIRY_DEFAULT_S
+    text = str(raw).strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        seconds = (float(text[:-1]) * units[text[-1]] if text[-1] in units
+                   else float(text))
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0:
+        raise ConfigError(f"link expiry {raw!r} is not a duration: use seconds (3600) or a "
+                          "number with s, m, h or d (90m, 12h, 7d)")
+    if seconds > LINK_EXPIRY_MAX_S:
+        raise ConfigError(f"link expiry {raw!r} is longer than 7 days, the most an S3 "
+                          "presigned URL allows: use 7d or less")
+    return int(seconds)
 
 
 def _check_key(key: str) -> str:
@@ -38,6 +63,21 @@ def _check_key(key: str) -> str:
     if any(p in ("", ".", "..") for p in parts):
         raise StoreError(f"invalid store key {key!r}: no empty, '.' or '..' segments allowed")
     return key
+
+
+def gave_up(waited_s: float | None) -> str:
+    """``gave up after 6.2s of retries``: the time really spent, as measured by the caller."""
+    if waited_s is None:
+        return "gave up"
+    return f"gave up after {waited_s:.1f}s of retries" if waited_s < 10 else \
+        f"gave up after {waited_s:.0f}s of retries"
+
+
+def _s3_client(endpoint_url: str | None, region: str, config):
+    import boto3
+
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region,
+                                          config=config)
 
 
 def join(*parts: str) -> str:
@@ -107,6 +147,12 @@ class Store(ABC):
         """A filesystem path for ``key`` when the store is local, else None."""
         return None
 
+    def presign(self, key: str, expires_s: int | None = None) -> str | None:
+        """An address a browser opens for ``key``: a ``file://`` URI for a local store, a
+        presigned HTTPS (or the endpoint's HTTP) URL valid ``expires_s`` seconds (default
+        :func:`link_expiry_seconds`) for S3; None when no such address can be made."""
+        return None
+
     @abstractmethod
     def get_versioned(self, key: str) -> tuple[bytes, str] | None:
         """The object at ``key`` and a version token for ``put_if``; None when absent."""
@@ -148,6 +194,11 @@ class LocalStore(Store):
 
     def local_path(self, key: str) -> Path:
         return self._path(key)
+
+    def presign(self, key: str, expires_s: int | None = None) -> str:
+        """The object's ``file://`` URI (percent-encoded, so a browser or terminal opens it);
+        local files do not expire."""
+        return self._path(key).as_uri()
 
     def _atomic_write(self, dest: Path, write) -> None:
         tmp = None
@@ -323,6 +374,8 @@ class S3Store(Store):
             connect_timeout=5, read_timeout=60,
             s3={"addressing_style": "path"},
         )
+        self.region = region
+        self._presigner = None
         self._client = boto3.session.Session().client(
             "s3", endpoint_url=self.endpoint_url, region_name=region, config=cfg)
         self._transfer = TransferConfig(multipart_threshold=16 << 20,
@@ -332,7 +385,9 @@ class S3Store(Store):
         return join(self.prefix, _check_key(key))
 
     def _wrap(self, exc: Exception, action: str, key: str = "",
-              waited: float | None = None) -> StoreError:
+              waited_s: float | None = None) -> StoreError:
+        """Our error for ``exc``; ``waited_s`` is the time really spent on the operation
+        (retries included), stated in the "unreachable" message."""
         from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
         where = f"{self.uri}/{key}" if key else self.uri
@@ -352,12 +407,10 @@ class S3Store(Store):
         if isinstance(exc, NoCredentialsError):
             return StoreError("no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
         if isinstance(exc, EndpointConnectionError) or self._transient(exc):
-            tried = (f"gave up after {waited:.1f}s of retries, budget "
-                     f"{self.retry_seconds:.0f}s (VF_S3_RETRY_SECONDS)" if waited is not None
-                     else "no retry")
             return StoreError(
                 f"could not {action} {where}: S3 endpoint {self.endpoint_url or 'AWS'} is "
-                f"unreachable ({tried}; is MinIO running? check VF_S3_ENDPOINT_URL)")
+                f"unreachable ({gave_up(waited_s)}, budget {self.retry_seconds:.0f}s "
+                "(VF_S3_RETRY_SECONDS); is MinIO running? check VF_S3_ENDPOINT_URL)")
         if "NoSuchBucket" in str(exc):
             return StoreError(
                 f"bucket {self.bucket!r} does not exist at "
@@ -393,14 +446,14 @@ class S3Store(Store):
         from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
 
-        start = time.monotonic()
-        deadline = start + self.retry_seconds
+        started = time.monotonic()
+        deadline = started + self.retry_seconds
         delay = 0.5
         while True:
             try:
                 return fn(*args, **kwargs)
             except ClientError as exc:
-                raise self._wrap(exc, action, key) from None
+                raise self._wrap(exc, action, key, time.monotonic() - started) from None
             except (BotoCoreError, S3UploadFailedError) as exc:
                 if self._transient(exc) and time.monotonic() + delay < deadline:
                     get_logger("store").warning(
@@ -409,8 +462,7 @@ class S3Store(Store):
                     time.sleep(delay)
                     delay = min(delay * 2, 8.0)
                     continue
-                raise self._wrap(exc, action, key,
-                                 waited=time.monotonic() - start) from None
+                raise self._wrap(exc, action, key, time.monotonic() - started) from None
 
     def put_bytes(self, key: str, data: bytes) -> str:
         self._call("write", key, self._client.put_object, Bucket=self.bucket,
@@ -528,6 +580,27 @@ class S3Store(Store):
                 raise
 
         self._call("reach", "", head)
+
+    def presign(self, key: str, expires_s: int | None = None) -> str | None:
+        """A presigned GET URL for ``key`` (SigV4, ``expires_s`` seconds, default
+        :func:`link_expiry_seconds`); None without credentials to sign with. Signing is
+        local: nothing is sent to the endpoint."""
+        from botocore.exceptions import BotoCoreError
+
+        expires = link_expiry_seconds(expires_s)
+        try:
+            if self._presigner is None:
+                from botocore.config import Config
+
+                # the client's own signer presigns with the legacy SigV2 for S3; SigV4 is
+                # what MinIO and every AWS region accept (and allows up to 7 days)
+                self._presigner = _s3_client(self.endpoint_url, self.region, Config(
+                    signature_version="s3v4", s3={"addressing_style": "path"}))
+            return self._presigner.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)},
+                ExpiresIn=expires)
+        except BotoCoreError:  # no credentials
+            return None
 
 
 def store_key(location: str, store: Store | None) -> str | None:

@@ -262,3 +262,150 @@ def trend(labels: Sequence[str], values: Sequence[float | None], ylabel: str, ti
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _png(plt, fig)
+
+
+def confusion_grid(matrices: Mapping[str, Sequence[Sequence[int]]], classes: Sequence[str],
+                   title: str = "", ncols: int = 4) -> bytes:
+    """Small multiples of confusion matrices on one colour scale: each cell is the share of
+    its true class (row-normalised), so panels of runs with different test sizes compare."""
+    names = list(matrices)
+    n = max(len(names), 1)
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    plt, fig, axes = _figure(nrows, ncols, squeeze=False,
+                             figsize=(2.6 * ncols + 0.8, 2.6 * nrows + 0.6))
+    im = None
+    for i, (ax, name) in enumerate(zip(axes.flat, names, strict=False)):
+        arr = np.asarray(matrices[name], dtype=float)
+        rows = arr.sum(axis=1, keepdims=True)
+        share = np.divide(arr, rows, out=np.zeros_like(arr), where=rows > 0)
+        im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        acc = np.trace(arr) / arr.sum() if arr.sum() else float("nan")
+        ax.set_title(f"{name}\n(accuracy {100 * acc:.1f} %)", fontsize=8)
+        # class names on the outer edges only: the left column, and panels with none below
+        left, bottom = i % ncols == 0, i + ncols >= n
+        ax.set_xticks(range(len(classes)), classes if bottom else [], rotation=90, fontsize=6)
+        ax.set_yticks(range(len(classes)), classes if left else [], fontsize=6)
+        if left:
+            ax.set_ylabel("true", fontsize=7)
+        if bottom:
+            ax.set_xlabel("predicted", fontsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    if im is not None:
+        fig.colorbar(im, ax=axes, fraction=0.02, label="share of the true class")
+    if title:
+        fig.suptitle(title, fontsize=10, y=1.0 + 0.06 / nrows)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def heatmaps(tables: Mapping[str, Mapping[str, Sequence[float]]], classes: Sequence[str],
+             title: str = "") -> bytes:
+    """One heat map per metric (e.g. precision, recall): a row per run, a column per class,
+    values annotated; one colour scale (0-1) for all."""
+    metrics = list(tables)
+    runs = list(next(iter(tables.values()))) if tables else []
+    plt, fig, axes = _figure(1, max(len(metrics), 1), squeeze=False,
+                             figsize=(5.2 * max(len(metrics), 1),
+                                      1.2 + 0.32 * max(len(runs), 1)))
+    im = None
+    for k, (ax, metric) in enumerate(zip(axes[0], metrics, strict=False)):
+        arr = np.asarray([list(tables[metric][r]) for r in runs], dtype=float)
+        im = ax.imshow(arr, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(runs)), runs if k == 0 else [], fontsize=7)
+        ax.set_title(metric, fontsize=9)
+        for i in range(arr.shape[0]):
+            for j in range(arr.shape[1]):
+                ax.text(j, i, f"{arr[i, j]:.2f}", ha="center", va="center", fontsize=5.5,
+                        color="white" if arr[i, j] < 0.5 else "black")
+    if im is not None:
+        fig.colorbar(im, ax=axes, fraction=0.02)
+    if title:
+        fig.suptitle(title, fontsize=10, y=1.0 + 0.25 / (1.2 + 0.32 * max(len(runs), 1)))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def robust_limits(values: Sequence[float], factor: float = 3.0) -> tuple[float, float, bool]:
+    """Y limits that a single spike does not flatten: ``(low, high, clipped)``. Values above
+    ``median + factor * (p90 - median)`` (and at least twice the 90th percentile) are
+    outliers: the top is set just above the largest other value and ``clipped`` is True."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    if v.size == 0:
+        return 0.0, 1.0, False
+    lo, hi = float(v.min()), float(v.max())
+    med, p90 = float(np.median(v)), float(np.percentile(v, 90))
+    cut = max(med + factor * (p90 - med), 2 * abs(p90))
+    clipped = v.size >= 4 and hi > cut and p90 > lo
+    if clipped:
+        hi = float(v[v <= cut].max())
+    pad = 0.08 * (hi - lo) if hi > lo else max(abs(hi) * 0.1, 0.1)
+    return lo - pad, hi + pad, bool(clipped)
+
+
+def loss_panels(histories: Mapping[str, Sequence[Mapping]], losses: Sequence[str],
+                splits: Sequence[str] = ("train", "val"),
+                extra: Mapping[str, str] | None = None, title: str = "",
+                ncols: int = 2) -> tuple[bytes, list[str]]:
+    """Loss curves readable at a glance: one panel per loss on a shared epoch axis (2 per
+    row), a colour per run, train solid and validation dashed; a spike does not flatten a
+    panel: the axis is cut above the other values, the clipped points are drawn as arrows at
+    the top edge and listed in the returned notes. ``extra`` adds panels of other metrics
+    (label -> history key, e.g. ``{"val mAP@0.5": "val/mAP50"}``)."""
+    from matplotlib.ticker import MaxNLocator
+
+    panels = [(name, [f"{s}/{name}" for s in splits]) for name in losses]
+    panels += [(label, [key]) for label, key in (extra or {}).items()]
+    ncols = max(1, min(ncols, len(panels)))
+    nrows = -(-len(panels) // ncols)
+    plt, fig, axes = _figure(nrows, ncols, squeeze=False, sharex=True,
+                             figsize=(5.4 * ncols, 3.3 * nrows + 0.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = {"train": "-", "val": "--", "dev": "--", "test": ":"}
+    notes: list[str] = []
+    for ax, (label, keys) in zip(axes.flat, panels, strict=False):
+        values = [h[k] for hist in histories.values() for h in hist for k in keys
+                  if h.get(k) is not None]
+        lo, hi, clipped = robust_limits(values)
+        for i, (run, hist) in enumerate(histories.items()):
+            for key in keys:
+                pts = [(h["epoch"], h[key]) for h in hist if h.get(key) is not None]
+                if not pts:
+                    continue
+                xs, ys = zip(*pts, strict=True)
+                split = key.split("/", 1)[0] if "/" in key else ""
+                ax.plot(xs, [min(y, hi) for y in ys], styles.get(split, "-"),
+                        color=colours[i % len(colours)], marker="o", markersize=2.5,
+                        label=f"{run} {split}".strip())
+                for x, y in pts:
+                    if clipped and y > hi:
+                        ax.annotate(f"{y:.3g}", (x, hi), xytext=(0, -14),
+                                    textcoords="offset points", ha="center", fontsize=7,
+                                    color="red", arrowprops={"arrowstyle": "->",
+                                                             "color": "red"})
+                        notes.append(f"{run} {key.replace('/', ' ')} = {y:.3g} at epoch {x}")
+        ax.set_ylim(lo, hi)
+        ax.set_title(label + (" (axis cut: spike clipped)" if clipped else ""), fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    for ax in axes[-1, :]:
+        ax.set_xlabel("epoch")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8,
+                   bbox_to_anchor=(0.5, 0.0))
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue(), notes

@@ -21,7 +21,15 @@ from tasks.q1.data import CLASSES
 from tasks.q1.reference import REFERENCE
 from tasks.q1.train import TrainConfig, build_model
 from tasks.reporting.compare import ComparisonLink, link_section
-from tasks.reporting.render import Image, Report, Section, Table, slug, write_report
+from tasks.reporting.render import (
+    Image,
+    Report,
+    Section,
+    Table,
+    metric_kind,
+    slug,
+    write_report,
+)
 
 
 class RepeatRef(Config):
@@ -93,7 +101,7 @@ def _metric(train: Manifest | None, ev: Manifest | None, key: str) -> float | No
     return None
 
 
-def _group_section(question: str, group: Group, store: Store, images_seen: set[str],
+def _group_section(question: str, group: Group, store: Store,
                    summary_rows: list[dict]) -> tuple[Section, dict]:
     loaded = {ref.name: (ref, *_load(store, ref)) for ref in group.runs}
     ok = {n: v for n, v in loaded.items() if v[1] is not None and v[2] is not None}
@@ -102,7 +110,8 @@ def _group_section(question: str, group: Group, store: Store, images_seen: set[s
     cols = ["variant", "status", "test acc", *(["± std (n seeds)"] if repeated else []),
             "precision", "recall", "F1", "test loss"]
     cols += ["dev acc (final)", "best dev acc"] if has_dev else []
-    cols += ["train time (s)", "epochs"]
+    cols += ["train time", "epochs"]
+    formats = [None] * (len(cols) - 2) + ["time", "count"]
     rows = []
     for name, (run_ref, tr, ev) in loaded.items():
         status = "ok" if (tr and ev) else ("trained, not evaluated" if tr else "missing/failed")
@@ -123,7 +132,8 @@ def _group_section(question: str, group: Group, store: Store, images_seen: set[s
                              "seeds": _metric(tr, ev, "test/accuracy/n") or 1,
                              "time_s": _metric(tr, ev, "train/time_s"),
                              "run": tr.prefix if tr else run_ref.train})
-    section = Section(group.title, tables=[Table(cols, rows, f"{group.title}: final metrics")])
+    section = Section(group.title, tables=[Table(cols, rows, f"{group.title}: final metrics",
+                                                 formats)])
     result: dict[str, Any] = {"key": group.key, "select_by": group.select_by, "best": None,
                               "comparison": []}
     if ok:
@@ -143,11 +153,13 @@ def _group_section(question: str, group: Group, store: Store, images_seen: set[s
                 result["agrees"] = agree
             result["comparison"].append({
                 "item": f"best {group.key} (by {group.select_by})", "ours": best_ref.value,
-                "reference": ref["best"] if ref.get("best") is not None else ref["note"]})
+                "reference": ref["best"] if ref.get("best") is not None else ref["note"],
+                "kind": "choice" if ref.get("best") is not None else "text"})
             for k in (k for k in ref if "/" in k):
                 result["comparison"].append({
                     "item": f"{k} at the best {group.key}",
-                    "ours": _metric(ok[best_name][1], ok[best_name][2], k), "reference": ref[k]})
+                    "ours": _metric(ok[best_name][1], ok[best_name][2], k), "reference": ref[k],
+                    "kind": metric_kind(k)})
         section.paragraphs.append(text)
         if ref and any("/" in k for k in ref):
             metric_keys = [k for k in ref if "/" in k]
@@ -158,27 +170,31 @@ def _group_section(question: str, group: Group, store: Store, images_seen: set[s
                  ["reference (original report)", ref["best"], *[ref[k] for k in metric_keys]]],
                 "Best setting: ours beside the original report's (reference)"))
         tag = slug(group.key)
+        what = f"one per {group.key}"
         histories = {n: v[1].model_extra.get("history", []) for n, v in ok.items()}
         imgs = [
             Image(f"curves-{tag}.png", plots.curves(histories, title=group.title),
-                  "Loss and accuracy per epoch (train solid, dev dashed, test dotted)"),
+                  f"{group.title}: loss and accuracy per epoch, a colour per {group.key} "
+                  "(train solid, dev dashed, test dotted)"),
             Image(f"aprf-{tag}.png", plots.grouped_bars(
                 {n: {"accuracy": _metric(*v[1:], "test/accuracy"),
                      "precision": _metric(*v[1:], "test/precision_macro"),
                      "recall": _metric(*v[1:], "test/recall_macro"),
                      "F1": _metric(*v[1:], "test/f1_macro")} for n, v in ok.items()},
                 "score", "Accuracy, precision, recall, F1 (macro, test)"),
-                "APRF per variant"),
+                f"{group.title}: test accuracy, precision, recall and F1 (macro), {what}"),
             Image(f"time-{tag}.png", plots.bars(
                 {n: _metric(*v[1:], "train/time_s") for n, v in ok.items()}, "seconds",
-                "Training compute time"), "Wall-clock training time per run"),
+                "Training compute time"),
+                f"{group.title}: wall-clock training time (seconds), {what}"),
         ]
         if repeated:
             imgs.append(Image(f"spread-{tag}.png", plots.bars(
                 {n: _metric(*v[1:], "test/accuracy") for n, v in ok.items()}, "test accuracy",
                 "Test accuracy: mean ± std over seeds",
                 errors={n: _metric(*v[1:], "test/accuracy/std") or 0.0 for n, v in ok.items()}),
-                "Mean test accuracy per variant; error bars: standard deviation over seeds"))
+                f"{group.title}: mean test accuracy {what}; error bars: standard deviation "
+                "over seeds"))
         if group.numeric:
             xs = [v[0].value for v in ok.values()]
             series = {s: [_metric(*v[1:], f"{s}/accuracy") for v in ok.values()]
@@ -190,27 +206,63 @@ def _group_section(question: str, group: Group, store: Store, images_seen: set[s
                 markers["reference test"] = (ref["best"], ref["test/accuracy"])
             imgs.append(Image(f"{tag}-vs-accuracy.png", plots.line(
                 xs, series, group.key, "accuracy", f"Accuracy vs {group.key}", markers),
-                f"Final accuracy vs {group.key}; stars: reference (original report)"))
+                f"{group.title}: final accuracy against {group.key}; stars: the original "
+                "report's (reference)"))
+        # per-cell plots as small multiples: one figure per sweep, one panel/row per cell
+        per_class = {m: {n: v[2].metrics["test/per_class"][m] for n, v in ok.items()}
+                     for m in ("precision", "recall")}
+        imgs.append(Image(f"perclass-{tag}.png", plots.heatmaps(
+            per_class, CLASSES, f"{group.title}: per-class precision and recall (test)"),
+            f"{group.title}: per-class precision and recall on the test set, a row per "
+            f"{group.key}", detail=True))
+        imgs.append(Image(f"confusion-{tag}.png", plots.confusion_grid(
+            {n: v[2].metrics["test/confusion_matrix"] for n, v in ok.items()}, CLASSES,
+            f"{group.title}: confusion matrices (test)"),
+            f"{group.title}: test confusion matrices, {what}, coloured by the share of each "
+            "true class (rows: true, columns: predicted)", detail=True))
         section.images.extend(imgs)
-        for name, (_ref, tr, ev) in ok.items():
-            key = slug(tr.prefix.rsplit("/", 1)[-1])
-            if key in images_seen:  # the same cell shared by two sweeps: plots shown once
-                section.subsections.append(Section(
-                    name, [f"Same run as in an earlier section ({tr.prefix})."]))
-                continue
-            images_seen.add(key)
-            pc = ev.metrics["test/per_class"]
-            section.subsections.append(Section(name, images=[
-                Image(f"perclass-{key}.png", plots.per_class(
-                    {"precision": pc["precision"], "recall": pc["recall"]}, CLASSES,
-                    f"{name}: per-class precision and recall"), "Per-class P/R (test)"),
-                Image(f"confusion-{key}.png", plots.confusion(
-                    ev.metrics["test/confusion_matrix"], CLASSES, f"{name}: confusion matrix"),
-                    "Confusion matrix (test)"),
-            ]))
     else:
         section.paragraphs.append("No run of this sweep finished: nothing to compare.")
     return section, result
+
+
+def why_different(store: Store, question: str, tcfgs: list[TrainConfig],
+                  summary_rows: list[dict]) -> str:
+    """Why our numbers may differ from the original report's, from what this run did."""
+    first = tcfgs[0]
+    data = find_verified(store, first.data)
+    counts = data.metrics.get("counts", {}) if data else {}
+    n_train, n_test = counts.get("train_images"), counts.get("test_images")
+    source = data.inputs.get("source") if data else None
+    sizes = (f" ({n_train:,} training / {n_test:,} test images)"
+             if n_train is not None and n_test is not None else "")
+    if source == "generator":
+        what = f"generated images in Fashion-MNIST's format{sizes}, not the real dataset"
+    elif source:
+        what = f"the real Fashion-MNIST{sizes}, from {source}"
+    else:
+        what = "a dataset whose manifest is missing"
+    epochs = "/".join(str(e) for e in sorted({c.epochs for c in tcfgs}))
+    opt = sorted({f"{c.optimizer} (learning rate {c.learning_rate:g})" for c in tcfgs})
+    seeds = max((int(r.get("seeds") or 1) for r in summary_rows), default=1)
+    parts = [f"ours: {what}", f"{epochs} epoch(s)", f"optimizer {', '.join(opt)}",
+             f"{seeds} seed(s) per setting"]
+    if any(c.model == "mlp" for c in tcfgs):
+        hidden = sorted({" -> ".join(map(str, c.hidden)) for c in tcfgs if c.model == "mlp"})
+        parts.append(f"MLP hidden layers {', '.join(hidden)} (our choice)")
+    if question == "q1-cnn":
+        dev = first.dev_fraction
+        if n_test is not None and dev:
+            n_dev = int(round(n_test * dev))
+            parts.append(f"test set split {n_dev:,} dev / {n_test - n_dev:,} test")
+    stds = [r["std"] for r in summary_rows if isinstance(r.get("std"), int | float)]
+    if stds:
+        parts.append(f"the test accuracy of one setting varies by up to "
+                     f"{100 * max(stds):.2f} points (standard deviation) between our seeds")
+    ref = ("Reference: the real 60,000 / 10,000 images (Q1-CNN: 6,000 dev / 4,000 test); the "
+           "original report does not print its MLP layer sizes, optimizer or learning rate, "
+           "and shows one run per setting.")
+    return "Why our numbers may differ: " + "; ".join(parts) + ". " + ref
 
 
 def render(cfg: ReportConfig, store: Store) -> Manifest:
@@ -224,10 +276,9 @@ def render(cfg: ReportConfig, store: Store) -> Manifest:
                             "reference)"
         if cfg.comparison is not None:
             report.sections.append(link_section(cfg.comparison, store))
-        seen: set[str] = set()
         results, summary_rows, archs = [], [], {}
         for group in cfg.groups:
-            section, result = _group_section(cfg.question, group, store, seen, summary_rows)
+            section, result = _group_section(cfg.question, group, store, summary_rows)
             report.sections.append(section)
             results.append(result)
             for ref in group.runs:
@@ -242,6 +293,10 @@ def render(cfg: ReportConfig, store: Store) -> Manifest:
             arch.subsections.append(Section(label, code=format_summary(s)))
         if archs:
             report.sections.append(arch)
+        if archs:
+            report.why = why_different(store, cfg.question, list(archs.values()), summary_rows)
+            report.sections.append(Section("Why our numbers may differ from the reference",
+                                           [report.why]))
         keys = write_report(report, store, cfg.out)
         for name, key in keys.items():
             run.outputs[name] = key

@@ -99,11 +99,12 @@ def _data_section(store: Store, data: Manifest | None, ex: Manifest | None) -> S
         [[c, mu, sd] for c, mu, sd in zip("RGB", m["normalized/mean"], m["normalized/std"],
                                           strict=True)],
         "Per-channel statistics after normalisation (training set)"))
-    for name, caption in (("histogram", "Histogram of normalised training pixel values"),
-                          ("samples", "Random training images with their labels")):
+    for name, caption in (("histogram", "STL10: histogram of the normalised training pixel "
+                                        "values (ImageNet mean and std)"),
+                          ("samples", "STL10: random training images with their labels")):
         png = _png(store, ex, name)
         if png:
-            sec.images.append(Image(f"{name}.png", png, caption))
+            sec.images.append(Image(f"{name}.png", png, caption, photo=name == "samples"))
     return sec
 
 
@@ -155,7 +156,8 @@ def _model_section(store: Store, ref: ModelRef, tr: Manifest | None, ft: Manifes
         {f"{label} (ours)": hist}, splits=("train", "test"),
         title=f"{label}: loss and accuracy per epoch",
         reference={f"{label} test accuracy": ref_acc}),
-        "Ours (train solid, test dotted) beside the reference test accuracy (dash-dot)"))
+        f"{label}: our loss and accuracy per epoch (train solid, test dotted) beside the "
+        "original report's test accuracy (dash-dot)"))
     try:
         sec.subsections.append(Section("Model summary", [
             f"The 1000-class ImageNet {label}, rows as torchsummary lists them (input "
@@ -176,8 +178,10 @@ def _model_section(store: Store, ref: ModelRef, tr: Manifest | None, ft: Manifes
         f"misclassified (reference: 3 of 25). Red titles mark the misclassified."])
     png = _png(store, ft, "grid")
     if png:
-        grid.images.append(Image(f"grid-{ref.arch}.png", png, f"{label}: true and predicted "
-                                                              "labels"))
+        grid.images.append(Image(f"grid-{ref.arch}.png", png,
+                                 f"{label}: {len(f['grid/true'])} test images with their true "
+                                 "and predicted labels (red: misclassified)", photo=True,
+                                 detail=True))
     fine = Section("Fine-tuning every layer on the misclassified images")
     if f["misclassified"]:
         fine.paragraphs.append(
@@ -197,7 +201,9 @@ def _model_section(store: Store, ref: ModelRef, tr: Manifest | None, ft: Manifes
         png = _png(store, ft, "finetune_grid")
         if png:
             fine.images.append(Image(f"finetune-{ref.arch}.png", png,
-                                     f"{label}: predictions before and after fine-tuning"))
+                                     f"{label}: the misclassified grid images, predictions "
+                                     "before and after fine-tuning every layer on them",
+                                     photo=True, detail=True))
     else:
         fine.paragraphs.append("No image of the grid was misclassified: nothing to fine-tune.")
     sec.subsections += [grid, fine]
@@ -234,7 +240,7 @@ def _comparison(rows: dict[str, dict], histories: dict[str, list]) -> tuple[Sect
             {ARCHS[a]["label"]: {"ours": ok[a]["final"],
                                  "reference": REF[a]["test/accuracy"][-1]} for a in ok},
             "test accuracy", "Final test accuracy: ours vs reference"),
-            "Final test accuracy per model, ours beside the reference"))
+            "Final test accuracy of ResNet18 and VGG16, ours beside the original report's"))
     elif ok:
         best = max(ok, key=lambda a: ok[a]["final"])
         result["best"] = best
@@ -244,8 +250,44 @@ def _comparison(rows: dict[str, dict], histories: dict[str, list]) -> tuple[Sect
             histories, metrics=("accuracy",), splits=("test",),
             title="Test accuracy per epoch, both models",
             reference={f"{ARCHS[a]['label']} accuracy": REF[a]["test/accuracy"] for a in ok}),
-            "Our test accuracy per epoch (dotted) and the reference's (dash-dot)"))
+            "Test accuracy per epoch of both models: ours (dotted) and the original report's "
+            "(dash-dot)"))
     return sec, result
+
+
+def why_different(data: Manifest | None, trained: dict[str, Manifest]) -> str:
+    """Why our numbers may differ from the original report's, from what this run did."""
+    first = next(iter(trained.values()))
+    c, m = first.config, first.metrics
+    source = data.inputs.get("source") if data else None
+    if source == "generator":
+        what = "generated images in STL10's format, not the real dataset"
+    elif source:
+        what = f"the real STL10 (from {source})"
+    else:
+        what = "a dataset whose manifest is missing"
+    random = [ARCHS[a]["label"] for a, t in trained.items()
+              if not t.metrics.get("weights", {}).get("pretrained")]
+    n_train, n_test = m.get("n_train"), m.get("n_test")
+    size = m.get("image_size", c.get("image_size"))
+    sizes = (f", {n_train:,} training / {n_test:,} test images"
+             if isinstance(n_train, int) and isinstance(n_test, int) else "")
+    parts = [f"ours: {what}{sizes} at {size} px"]
+    training = [f"{m.get('epochs', c.get('epochs', '?'))} epochs"]
+    if c.get("batch_size"):
+        training.append(f"batch {c['batch_size']}")
+    if c.get("optimizer") and c.get("learning_rate"):
+        training.append(f"{c['optimizer']} with learning rate {c['learning_rate']:g} (the "
+                        "original report does not print its optimizer or learning rate)")
+    parts.append(", ".join(training))
+    if random:
+        parts.append(f"{', '.join(random)} from random weights (pretrained: false), so no "
+                     "transfer at all")
+    else:
+        parts.append("ImageNet weights as in the reference")
+    return ("Why our numbers may differ: " + "; ".join(parts) + ". Reference: ImageNet "
+            "ResNet18 and VGG16, 10 epochs, batch 32, on the real 5,000 / 8,000 STL10 images "
+            "at 96 px.")
 
 
 def render(cfg: ReportConfig, store: Store) -> Manifest:
@@ -285,6 +327,12 @@ def render(cfg: ReportConfig, store: Store) -> Manifest:
             [[ARCHS[a]["label"], r.get("features_time_s"), r.get("train_time_s"),
               r.get("cached")] for a, r in rows.items()]))
         report.sections.append(speed)
+        trained = {ref.arch: tr for ref in cfg.models
+                   if (tr := find_verified(store, ref.train)) is not None}
+        if trained:
+            report.why = why_different(data, trained)
+            report.sections.append(Section("Why our numbers may differ from the reference",
+                                           [report.why]))
         keys = write_report(report, store, cfg.out)
         run.outputs.update(keys)
         result["summary"], result["comparison"] = _final_rows(cfg, rows, result)
@@ -303,18 +351,24 @@ def _final_rows(cfg: ReportConfig, rows: dict[str, dict], result: dict) -> tuple
         if "final" not in r:
             continue
         label = ARCHS[ref.arch]["label"]
+        fixed = (fixed_text(r["fixed"], r["misclassified"])
+                 if isinstance(r.get("fixed"), int) and isinstance(r.get("misclassified"), int)
+                 else None)
         comparison += [
             {"question": "q2-transfer", "item": f"{label} final test accuracy",
-             "ours": r["final"], "reference": REF[ref.arch]["test/accuracy"][-1]},
+             "ours": r["final"], "reference": REF[ref.arch]["test/accuracy"][-1],
+             "kind": "pct"},
             {"question": "q2-transfer", "item": f"{label} best test accuracy",
-             "ours": r.get("best"), "reference": max(REF[ref.arch]["test/accuracy"])},
+             "ours": r.get("best"), "reference": max(REF[ref.arch]["test/accuracy"]),
+             "kind": "pct"},
             {"question": "q2-transfer", "item": f"{label} total parameters (1000 classes)",
-             "ours": r.get("total"), "reference": REF[ref.arch]["total_params"]},
+             "ours": r.get("total"), "reference": REF[ref.arch]["total_params"],
+             "kind": "count"},
             {"question": "q2-transfer", "item": f"{label} fine-tuning fixed",
-             "ours": f"{r.get('fixed')} of {r.get('misclassified')}",
-             "reference": fixed_text(*REF[ref.arch]["finetune_fixed"])}]
+             "ours": fixed, "reference": fixed_text(*REF[ref.arch]["finetune_fixed"]),
+             "kind": "text"}]
     if "vgg_minus_resnet_points" in result:
         comparison.append({"question": "q2-transfer", "item": "VGG16 minus ResNet18 (points)",
                            "ours": result["vgg_minus_resnet_points"],
-                           "reference": result["reference_points"]})
+                           "reference": result["reference_points"], "kind": "pts"})
     return summary, comparison

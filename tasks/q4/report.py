@@ -17,7 +17,6 @@ from tasks.core.runtime import Manifest, TaskRun, find_verified
 from tasks.core.store import Store
 from tasks.ml import plots
 from tasks.q4.reference import REFERENCE
-from tasks.q4.yolo import loss_curves
 from tasks.reporting.compare import ComparisonLink, link_section
 from tasks.reporting.render import Image, Report, Section, Table, slug, write_report
 
@@ -189,8 +188,11 @@ def render(cfg: YoloReportConfig, store: Store) -> Manifest:
             ref_one = ref_all.get(_ref.reference or "")
             if ref_one and ev is not None:
                 comparison += [{"question": QUESTION, "item": f"{label} {name}",
-                                "ours": em.get(f"{sp}/{k}"), "reference": ref_one[k]}
-                               for k, name in METRICS]
+                                "ours": em.get(f"{sp}/{k}"), "reference": ref_one[k],
+                                "kind": "score"} for k, name in METRICS]
+                comparison.append({"question": QUESTION, "item": f"{label} training time",
+                                   "ours": tm.get("train/time_s"),
+                                   "reference": ref_one.get("train_time_s"), "kind": "time"})
         for key, ref in ref_all.items():
             rows.append([key.replace("yolov5", "YOLOv5"), "reference", "—",
                          *(ref.get(k) for k, _ in METRICS), hms(ref.get("train_time_s")), 100,
@@ -215,10 +217,12 @@ def render(cfg: YoloReportConfig, store: Store) -> Manifest:
                 bars[f"{key} (ref)"] = {c: ref[m] for m, c in METRICS}
             overall.images.append(Image("overall.png", plots.grouped_bars(
                 bars, "score", "Validation P, R, mAP: ours vs reference"),
-                "Overall metrics, ours and the reference"))
+                f"Precision, recall, mAP@0.5 and mAP@0.5:0.95 on the {sp} split, per model: "
+                "ours and the original report's (ref)"))
             overall.images.append(Image("train-time.png", plots.bars(
                 {k: (v[1].metrics.get("train/time_s") or 0.0) for k, v in ok.items()},
-                "seconds", "Training time (ours)"), "Wall-clock training time per model"))
+                "seconds", "Training time (ours)"),
+                "Wall-clock training time per model (seconds, ours)"))
         report.sections.append(overall)
 
         # ---- per class
@@ -247,15 +251,26 @@ def render(cfg: YoloReportConfig, store: Store) -> Manifest:
                 series["YOLOv5s ref mAP@0.5"] = [ref_pc[c][0] for c in classes]
             if classes:
                 per_class.images.append(Image("per-class.png", plots.per_class(
-                    series, classes, "Per-class mAP@0.5"), "Per-class mAP@0.5"))
+                    series, classes, "Per-class mAP@0.5"),
+                    f"mAP@0.5 per class on the {sp} split, per model"
+                    + (", and the original report's YOLOv5s" if "YOLOv5s ref mAP@0.5" in series
+                       else "")))
         report.sections.append(per_class)
 
         # ---- training curves
         if ok:
-            hist = {k: v[1].model_extra.get("history", []) for k, v in ok.items()}
-            curves = Section("Training", images=[Image("loss-curves.png", loss_curves(
-                hist, "Training (solid) and validation (dashed) losses, mAP per epoch"),
-                "box, cls and dfl losses and validation mAP@0.5 per epoch (results.csv)")])
+            hist = {k: [{**h, "val/mAP50": h.get("metrics/mAP50(B)")}
+                        for h in v[1].model_extra.get("history", [])] for k, v in ok.items()}
+            png, clipped = plots.loss_panels(
+                hist, ("box_loss", "cls_loss", "dfl_loss"), extra={"val mAP@0.5": "val/mAP50"},
+                title="Losses per epoch: training (solid) and validation (dashed)")
+            caption = ("box, cls and dfl losses per epoch, training (solid) and validation "
+                       "(dashed), and validation mAP@0.5, every panel on one epoch axis "
+                       "(results.csv)")
+            if clipped:
+                caption += ("; axes cut above spikes so the other epochs stay readable, "
+                            "clipped values (red arrows): " + "; ".join(clipped))
+            curves = Section("Training", images=[Image("loss-curves.png", png, caption)])
             for k, v in ok.items():
                 sessions = v[1].model_extra.get("sessions", [])
                 if len(sessions) > 1:
@@ -276,10 +291,13 @@ def render(cfg: YoloReportConfig, store: Store) -> Manifest:
             tag = slug(label)
             if png := _png(store, ev, "predictions"):
                 sec.images.append(Image(f"predictions-{tag}.png", png,
-                                        f"{label}: sample validation images"))
+                                        f"{label}: sample {sp} images, ground truth (left, "
+                                        "magenta) beside its predictions (right, orange)",
+                                        photo=True))
             if png := _png(store, ev, "confusion"):
                 sec.images.append(Image(f"confusion-{tag}.png", png,
-                                        f"{label}: confusion matrix (rows: true class)"))
+                                        f"{label}: confusion matrix on the {sp} split (rows: "
+                                        "true class, columns: predicted)", detail=True))
             report.sections.append(sec)
 
         missing = [k for k in loaded if k not in ok]
@@ -287,7 +305,8 @@ def render(cfg: YoloReportConfig, store: Store) -> Manifest:
         if missing:
             notes.paragraphs.append(f"Not finished (see the table): {', '.join(missing)}.")
         if ok:
-            notes.paragraphs.append(why_different(store, {k: v[1] for k, v in ok.items()}, sp))
+            report.why = why_different(store, {k: v[1] for k, v in ok.items()}, sp)
+            notes.paragraphs.append(report.why)
         report.sections.append(notes)
         keys = write_report(report, store, cfg.out)
         run.outputs.update(keys)

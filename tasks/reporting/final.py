@@ -5,17 +5,24 @@ of a given run id, then that run's question report manifest. The contract each q
 keeps (see ``flows/common.write_flow_manifest`` and the question report tasks):
 
 - flow manifest ``runs/<q>/<run-id>/manifest.json``: ``run_id``, ``profile``, ``config``,
-  ``report`` (output name -> store key; ``report.html`` and the report's PNGs);
+  ``report`` (output name -> store key; ``report.html`` and the report's images);
 - question report manifest (beside ``report.html``): ``metrics.summary`` (one row per
   experiment run: ``variant``, ``status``, ``metric``, ``value``, ``time_s``, ``run``) and
-  ``metrics.comparison`` (``item``, ``ours``, ``reference``).
+  ``metrics.comparison`` (``item``, ``ours``, ``reference``, optional ``kind``: ``pct``,
+  ``pts``, ``score``, ``time``, ``count``, ``choice``, ``text``);
+- ``report.json`` beside it (``tasks.reporting.render.report_index``): the question's own
+  "why our numbers may differ" text and each figure's caption and role (main or detail).
 
-Questions that never ran, and runs that failed, are shown as such, never dropped.
+Questions that never ran, and runs that failed, are shown as such, never dropped. Every
+number is formatted by its kind; a difference is given only where the two values measure
+the same thing (a choice agrees or differs; a smoke run's measurements on generated data are
+not compared with the reference's). Each question links its own report: a ``file://`` URI
+for a local store, a presigned URL for S3 (valid ``link_expiry_s``, stated in the report).
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import Field
@@ -23,8 +30,17 @@ from pydantic import Field
 from tasks.core.config import Config, config_hash
 from tasks.core.errors import MissingKeyError
 from tasks.core.runtime import IntegrityError, Manifest, TaskRun, find_manifest, find_verified
-from tasks.core.store import Store, join
-from tasks.reporting.render import Image, Report, Section, Table, write_report
+from tasks.core.store import LINK_EXPIRY_MAX_S, Store, join, link_expiry_seconds
+from tasks.reporting.render import (
+    Image,
+    Link,
+    Report,
+    Section,
+    Table,
+    fmt,
+    metric_kind,
+    write_report,
+)
 from tasks.reporting.trend import trend_section
 
 QUESTIONS = ["q1-mlp", "q1-cnn", "q2-transfer", "q3-segmentation", "q4-yolo"]
@@ -35,6 +51,7 @@ TITLES = {
     "q3-segmentation": "Q3: semantic segmentation with DeepLabV3",
     "q4-yolo": "Q4: object detection with YOLOv5s and YOLOv5x",
 }
+MEASURED = ("pct", "pts", "score", "time")  # kinds compared only between like data
 
 
 class FinalReportConfig(Config):
@@ -45,6 +62,10 @@ class FinalReportConfig(Config):
     failures: dict[str, str] = Field(default_factory=dict,
                                      description="question -> error of a flow run that failed")
     title: str = "visionflows: every experiment, ours beside the original report"
+    link_expiry_s: int | None = Field(
+        None, gt=0, le=LINK_EXPIRY_MAX_S,
+        description="how long the presigned links to each question's report stay valid "
+                    "(S3 stores); default VF_LINK_EXPIRY or 7 days")
 
 
 def _load_question(store: Store, question: str, run_id: str | None) -> dict[str, Any] | None:
@@ -62,38 +83,63 @@ def _load_question(store: Store, question: str, run_id: str | None) -> dict[str,
         report = find_verified(store, report_dir)
     except IntegrityError as exc:  # shown as such in the final report, never used as is
         return {"run_id": run_id, "missing": True, "damaged": str(exc)}
-    return {"run_id": run_id, "flow": flow, "report": report, "report_dir": report_dir}
+    try:
+        index = store.get_json(join(report_dir, "report.json"))
+    except MissingKeyError:  # a report written before report.json existed
+        index = None
+    return {"run_id": run_id, "flow": flow, "report": report, "report_dir": report_dir,
+            "index": index}
 
 
 def _number(x: Any) -> float | None:
     return float(x) if isinstance(x, int | float) and not isinstance(x, bool) else None
 
 
-def _difference(ours: Any, ref: Any) -> str:
+def comparison_kind(row: dict) -> str:
+    """A comparison row's kind: its own, else ``choice`` for "best ..." items, else from the
+    item's name."""
+    if row.get("kind"):
+        return row["kind"]
+    if str(row.get("item", "")).startswith("best "):
+        return "choice"
+    return metric_kind(str(row.get("item", ""))) or "text"
+
+
+def difference(ours: Any, ref: Any, kind: str, comparable_data: bool) -> str:
+    """Ours against the reference, only where that means something: a choice agrees or
+    differs; accuracies differ by percentage points, scores by their difference, times by a
+    ratio (all only when ``comparable_data``: the same kind of data as the reference);
+    counts by their difference; text is not compared."""
     a, b = _number(ours), _number(ref)
+    if ours is None or ref is None:
+        return "—"
+    if kind == "choice":
+        return "agrees" if ours == ref else "differs"
+    if kind in MEASURED and not comparable_data:
+        return "not comparable (generated data)"
     if a is None or b is None:
-        return "same" if ours == ref else "differs"
-    return f"{a - b:+.4f}"
+        return "same" if ours == ref else "—"
+    if kind == "pct":
+        return fmt(100 * (a - b), "pts")
+    if kind == "pts":
+        return fmt(a - b, "pts")
+    if kind == "score":
+        return f"{a - b:+.3f}"
+    if kind == "time":
+        return f"{a / b:.2f}x" if b else "—"
+    if kind == "count":
+        return "same" if a == b else f"{int(a - b):+,}"
+    return "same" if a == b else "—"
 
 
-def _why(flow: dict, prov: dict) -> str:
-    profile = flow.get("profile", "?")
-    cfg = flow.get("config", {})
-    data = cfg.get("data", {}) if isinstance(cfg.get("data"), dict) else {}
-    epochs = cfg.get("epochs")
-    hw = prov.get("cuda") or "CPU"
-    parts = [f"profile {profile}"]
-    if profile != "full":
-        parts.append("generated data in the real format, not the real dataset, so the numbers "
-                     "are not comparable to the reference")
-    elif data.get("source"):
-        parts.append(f"data source {data.get('source')}")
-    if epochs is not None:
-        parts.append(f"{epochs} epochs")
-    parts.append(f"hardware {hw}")
-    parts.append("the original report's unstated choices (layer sizes, optimizer, learning "
-                 "rate, seeds) are ours, and a single seed is not a distribution")
-    return "Why they may differ: " + "; ".join(parts) + "."
+def _why(info: dict) -> str:
+    """The question's own explanation (its report.json), or what the flow manifest says."""
+    why = (info.get("index") or {}).get("why")
+    if why:
+        return why
+    profile = info["flow"].get("profile", "?")
+    return (f"Profile {profile}. This question's report predates its own explanation of the "
+            "differences: rerun it for one.")
 
 
 def _provenance(store: Store, q: dict) -> list[list[Any]]:
@@ -114,7 +160,8 @@ def _provenance(store: Store, q: dict) -> list[list[Any]]:
             ["config hash", config_hash(flow.get("config", {}))],
             ["hardware", f"{prov.get('cuda') or 'CPU'} on {prov.get('hostname', '?')} "
                          f"(torch {prov.get('torch', '?')})"],
-            ["duration (s)", round(duration, 1) if isinstance(duration, int | float) else "?"]]
+            ["flow run time", fmt(duration, "time") if _number(duration) is not None
+             else "?"]]
 
 
 def _trend(store: Store, question: str, profile: str) -> Section | None:
@@ -123,24 +170,82 @@ def _trend(store: Store, question: str, profile: str) -> Section | None:
     return trend_section(store, question, profile)
 
 
+HALF_WIDTH = 505  # px: two figures side by side in the 1040 px column
+
+
+def display_width(fig: dict) -> int | None:
+    """How wide a question report's figure is shown here: wide plots (curves, heat maps,
+    small multiples) and wide photo panels across the column; narrower ones (bars, a single
+    matrix, a photo grid) at half of it, two to a row."""
+    w, h = fig.get("width"), fig.get("height")
+    if not w or not h:
+        return None
+    wide = w / h >= 1.6 if fig.get("photo") else w > 800
+    return w if wide else min(w, HALF_WIDTH)
+
+
+def _figures(store: Store, q: str, info: dict) -> tuple[list[Image], list[Image]]:
+    """The question report's figures, main and detail, with their captions."""
+    main: list[Image] = []
+    detail: list[Image] = []
+    index = info.get("index")
+    if index is not None:
+        for f in index.get("figures", []):
+            if not store.exists(f["key"]):
+                continue
+            img = Image(f"{q}-{f['name']}", store.get_bytes(f["key"]),
+                        f.get("caption") or f["name"], photo=bool(f.get("photo")),
+                        detail=bool(f.get("detail")), width=display_width(f))
+            (detail if img.detail else main).append(img)
+        return main, detail
+    for name, key in sorted(info["flow"]["report"].items()):  # an older report: names only
+        if name.endswith(".png") and store.exists(key):
+            main.append(Image(f"{q}-{name}", store.get_bytes(key), name))
+    return main, detail
+
+
+def _headline(rows: list[dict]) -> str:
+    """The best ok run by the question's primary metric (its first row's), in words."""
+    metric = next((r.get("metric") for r in rows if r.get("metric")), None)
+    scored = [r for r in rows if r.get("status") == "ok" and r.get("metric") == metric
+              and _number(r.get("value")) is not None]
+    if not scored:
+        return "—"
+    best = max(scored, key=lambda r: r["value"])
+    return f"{best.get('variant')}: {metric} {fmt(best['value'], metric_kind(metric))}"
+
+
 def render(cfg: FinalReportConfig, store: Store) -> Manifest:
     """Assemble the cross-question report (HTML + Markdown) from the stored manifests."""
+    expires = link_expiry_seconds(cfg.link_expiry_s)
     with TaskRun("report.final", cfg, store, cfg.out) as run:
+        now = datetime.now(UTC)
         loaded = {q: _load_question(store, q, cfg.run_ids.get(q)) for q in cfg.questions}
         profiles = {q["flow"]["profile"] for q in loaded.values() if q and q.get("flow")}
         title = cfg.title
         if profiles - {"full"}:
             title += f" ({', '.join(sorted(profiles))} profile runs: not comparable to the " \
                      "reference)"
+        meta: dict[str, Any] = {"store": store.uri,
+                                "generated": now.isoformat(timespec="seconds"),
+                                "questions": ", ".join(cfg.questions)}
+        presigned = store.uri.startswith("s3://")
+        if presigned:
+            until = (now + timedelta(seconds=expires)).strftime("%Y-%m-%d %H:%M UTC")
+            meta["links to the question reports"] = \
+                f"presigned, valid {fmt(expires, 'time')} (until {until})"
         report = Report(title, [
             "Each question's latest run (or the runs named), with our numbers beside the "
-            "original report's (reference). Missing or failed runs are listed as such.",
-        ], meta={"store": store.uri, "generated": datetime.now(UTC).isoformat(timespec="seconds"),
-                 "questions": ", ".join(cfg.questions)})
+            "original report's (reference). Missing or failed runs are listed as such. Each "
+            "question's section links its own, complete report; the figures here are its "
+            "main ones, the per-cell detail sits in a collapsed section below them.",
+        ], meta=meta, compact=True)
+        glance: list[list[Any]] = []
         summary: list[list[Any]] = []
         comparison: list[list[Any]] = []
         sections: list[Section] = []
         status: dict[str, str] = {}
+        links: dict[str, dict[str, str | None]] = {}
         for q, info in loaded.items():
             if q in cfg.failures:
                 status[q] = "failed"
@@ -149,43 +254,73 @@ def render(cfg: FinalReportConfig, store: Store) -> Manifest:
                 sections.append(Section(TITLES.get(q, q), [
                     f"The latest flow run failed: {cfg.failures[q]}"]))
                 if info is None or info.get("missing"):
+                    glance.append([q, "failed", "—", "—", "—", "—", "—"])
                     continue
             if info is None or info.get("missing"):
                 status[q] = ("not run" if info is None else f"damaged: {info['damaged']}"
                              if info.get("damaged") else "failed (no flow manifest)")
                 summary.append([q, "—", status[q], None, None, None, None])
+                glance.append([q, status[q], "—", "—", "—", "—", "—"])
                 sections.append(Section(TITLES.get(q, q), [
                     f"No finished run of {q} in this store ({status[q]}): run "
                     f"`visionflows run {q}`."]))
                 continue
             status.setdefault(q, "ok")
             flow, rep = info["flow"], info["report"]
+            profile = flow.get("profile", "?")
             rows = rep.metrics.get("summary", []) if rep else []
             for r in rows:
+                kind = metric_kind(r.get("metric"))
                 summary.append([q, r.get("variant"), r.get("status"), r.get("metric"),
-                                r.get("value"), r.get("time_s"), info["run_id"]])
+                                fmt(r.get("value"), kind), fmt(r.get("time_s"), "time"),
+                                info["run_id"]])
             if not rows:
                 summary.append([q, "—", "no report manifest", None, None, None, info["run_id"]])
             for c in rep.metrics.get("comparison", []) if rep else []:
-                comparison.append([q, c["item"], c["ours"], c["reference"],
-                                   _difference(c["ours"], c["reference"])])
-            prov_rows = _provenance(store, info)
+                kind = comparison_kind(c)
+                comparison.append([q, c["item"], fmt(c["ours"], kind),
+                                   fmt(c["reference"], kind),
+                                   difference(c["ours"], c["reference"], kind,
+                                              profile == "full")])
+            keys = flow["report"]
+            links[q] = {n: store.presign(keys[n], expires) for n in ("report.html", "report.md")
+                        if n in keys}
+            html_link = links[q].get("report.html")
+            ok_rows = sum(1 for r in rows if r.get("status") == "ok")
+            glance.append([Link(q, html_link) if html_link else q, status[q], profile,
+                           f"{ok_rows} of {len(rows)}", _headline(rows),
+                           fmt(flow.get("duration_s"), "time"), info["run_id"]])
+            parts = [f"[{label}]({links[q][n]})" for n, label in
+                     (("report.html", "HTML"), ("report.md", "Markdown")) if links[q].get(n)]
+            where = f"In the store: `{store.url(keys['report.html'])}`."
             sec = Section(TITLES.get(q, q), [
-                _why(flow, rep.provenance if rep else {}),
-                f"Full question report: {store.url(flow['report']['report.html'])}"])
-            sec.tables.append(Table(["field", "value"], prov_rows, "Provenance"))
-            for name, key in sorted(flow["report"].items()):
-                if name.endswith(".png") and store.exists(key):
-                    sec.images.append(Image(f"{q}-{name}", store.get_bytes(key), name))
-            if (trend := _trend(store, q, flow.get("profile", "full"))) is not None:
+                ("Its own report: " + " · ".join(parts) + ". " if parts else "") + where,
+                _why(info)])
+            sec.tables.append(Table(["field", "value"], _provenance(store, info), "Provenance"))
+            main, detail = _figures(store, q, info)
+            sec.images.extend(main)
+            sec.grid = True
+            if detail:
+                sec.subsections.append(Section(
+                    f"{q}: {len(detail)} more figure{'s' if len(detail) > 1 else ''} "
+                    "(per cell, per model)", images=detail, collapsed=True, grid=True))
+            if (trend := _trend(store, q, profile)) is not None:
                 sec.subsections.append(trend)
             sections.append(sec)
+        report.sections.append(Section("At a glance", tables=[Table(
+            ["question", "status", "profile", "runs ok", "best run (primary metric)",
+             "flow run time", "run id"], glance,
+            "One row per question; the question links its own report")]))
         report.sections.append(Section("Summary: every experiment run", tables=[Table(
-            ["question", "variant", "status", "metric", "ours", "time (s)", "run id"], summary,
+            ["question", "variant", "status", "metric", "ours", "time", "run id"], summary,
             "One row per experiment run (missing and failed ones included)")]))
         report.sections.append(Section("Ours beside the reference", [
-            "Reference = the original report's printed numbers (SPEC.md). Difference = ours "
-            "minus reference where both are numbers."], [Table(
+            "Reference = the original report's printed numbers (SPEC.md). Accuracies are in "
+            "%, P/R/mAP as fractions, times as durations. Difference: percentage points for "
+            "accuracies, ours minus reference for scores and counts, ours / reference for "
+            "times; a choice (e.g. the best batch size) agrees or differs. Measurements of "
+            "runs on generated data (any profile but full) are not compared with the "
+            "reference's."], [Table(
                 ["question", "item", "ours", "reference", "difference"], comparison)]))
         report.sections.extend(sections)
         keys = write_report(report, store, cfg.out)
