@@ -164,6 +164,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _apply_link_expiry(args)
     if args.offline:  # read by every resolver, here and in subprocess/docker tasks
         os.environ["VF_OFFLINE"] = "1"
+    if args.no_progress:
+        os.environ["VF_NO_PROGRESS"] = "1"
     overrides = parse_sets(args.set)
     if args.flow == "all" and overrides:
         raise VisionflowsError("--set applies to one flow's config; run that flow alone "
@@ -410,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="recompute cached steps (training, evaluation) instead of reusing them")
     run.add_argument("--json", action="store_true", help="also print the flow result as JSON")
     run.add_argument("--link-expiry", default=None, metavar="DURATION", help=LINK_HELP)
+    run.add_argument("--no-progress", action="store_true",
+                     help="no live progress bars on the terminal (log lines only); also "
+                          "VF_NO_PROGRESS=1")
     run.add_argument("--offline", action="store_true",
                      help="no downloads (VF_OFFLINE=1): inputs come from the config, the "
                           "store's mirror (visionflows mirror) or the local cache")

@@ -4,6 +4,7 @@ caching and live progress; artifacts; run ids; the flow manifest."""
 from __future__ import annotations
 
 import os
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,10 +21,11 @@ from prefect.cache_policies import NO_CACHE
 from flows.launchers import launch
 from flows.registry import new_run_id  # noqa: F401 (the flows' run ids)
 from tasks.core import cache, promote
+from tasks.core import progress as vf_progress
 from tasks.core.config import validate
 from tasks.core.errors import is_transient
 from tasks.core.log import get_logger
-from tasks.core.runtime import PROGRESS, STOP, find_manifest, require_intact, set_aside
+from tasks.core.runtime import STOP, find_manifest, require_intact, set_aside
 from tasks.core.store import Store, join, open_store
 from tasks.registry import resolve, task_module
 
@@ -73,23 +75,40 @@ def run_step(name: str, task_name: str, cfg: dict[str, Any], store: str,
                          cache.cache_key(parts))
                 return hit.model_dump(mode="json")
             log.info("cache miss for %s: %s", slot, "; ".join(reasons))
-    token = None
-    if progress:
-        def report(done: int, total: int) -> None:
-            pct = progress["start"] + progress["width"] * done / max(total, 1)
-            update_progress_artifact(progress["id"], min(100.0, pct))
-
-        token = PROGRESS.set(report)
+    token = vf_progress.SINK.set(step_sink(progress))
     try:
         manifest = launch(task_name, cfg, store, launcher, env=env)
     finally:
-        if token is not None:
-            PROGRESS.reset(token)
+        vf_progress.SINK.reset(token)
     if parts is not None:
         cache.record(st, task_name, slot, parts, manifest)
     log.info("%s done in %.1fs -> %s", name, manifest.duration_s,
              f"{manifest.store}/{manifest.prefix}")
     return manifest.model_dump(mode="json")
+
+
+# The terminal's live bars of this command (flows.session sets them on a terminal).
+BARS: list = []
+
+
+def step_sink(artifact: dict | None):
+    """Where a step's progress updates go: the terminal's bars, and its task-level updates
+    (epochs, images) onto the flow's Prefect progress artifact as they happen (at most
+    every 2 s, the last one always)."""
+    last = [0.0]
+
+    def sink(update: dict) -> None:
+        if BARS:
+            BARS[0].update(update)
+        if artifact and update.get("unit") != "batch" and update.get("unit") != "B" \
+                and update.get("total"):
+            now = time.monotonic()
+            if update.get("final") or now - last[0] >= 2.0:
+                last[0] = now
+                pct = artifact["start"] + artifact["width"] * update["done"] / update["total"]
+                update_progress_artifact(artifact["id"], min(100.0, pct))
+
+    return sink
 
 
 def remember_flow_run() -> None:

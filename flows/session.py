@@ -27,6 +27,7 @@ import threading
 from pathlib import Path
 
 from flows.launchers import children
+from tasks.core import progress
 from tasks.core.runtime import STOP
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -59,6 +60,8 @@ class Session:
         self._old: dict[int, object] = {}
         self._settings = None
         self._env_before: dict[str, str | None] = {}
+        self.bars = None
+        self._sink = None
 
     # ------------------------------------------------------------ setup
 
@@ -75,6 +78,12 @@ class Session:
                 self._old[sig] = signal.signal(sig, self._on_signal)
         if self.want_server and not os.environ.get("PREFECT_API_URL"):
             self._start_server()
+        if sys.stderr.isatty() and not progress.off():  # live bars, where a person watches
+            from flows.common import BARS
+
+            self.bars = progress.TerminalBars()
+            BARS[:] = [self.bars]
+            self._sink = progress.SINK.set(self.bars.update)
         print(f"visionflows: work folder {self.root};"
               + ("" if self.server is None else f" temporary Prefect server "
                  f"{self.server.api_url} (pid {self.server.pid})"), file=sys.stderr, flush=True)
@@ -148,6 +157,12 @@ class Session:
                 children.stop_all()
                 self.cancel_flow_runs(f"stopped by {signal.Signals(self.stopping).name}")
         finally:
+            if self.bars is not None:
+                from flows.common import BARS
+
+                self.bars.stop()
+                BARS.clear()
+                progress.SINK.reset(self._sink)
             for sig, old in self._old.items():
                 with contextlib.suppress(ValueError, TypeError):
                     signal.signal(sig, old)

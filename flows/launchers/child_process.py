@@ -218,7 +218,7 @@ def launch_subprocess(task: str, cfg: Mapping[str, Any], store: str | None,
                *(["--store", store] if store else []), "--manifest-out", str(manifest_path),
                "--error-out", str(error_path)]
         env = {**os.environ, **(extra_env or {}), "PYTHONUNBUFFERED": "1",
-               "VF_PARENT_PID": str(os.getpid())}
+               "VF_PARENT_PID": str(os.getpid()), "VF_PROGRESS_LINES": "1"}
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
         children.track("pgid", proc.pid)

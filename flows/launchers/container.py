@@ -218,7 +218,8 @@ def container_spec(task: str, cfg: Mapping[str, Any], store: str, opts: DockerOp
     st = open_store(store)
     image = image_for(task, opts)
     environment = {k: env[k] for k in FORWARD_ENV if env.get(k)}
-    environment.update({"PYTHONUNBUFFERED": "1", "VF_IMAGE_TAG": image})
+    environment.update({"PYTHONUNBUFFERED": "1", "VF_IMAGE_TAG": image,
+                        "VF_PROGRESS_LINES": "1"})
     volumes: dict[str, dict] = {}
     user = None if opts.user == "auto" else opts.user
     if isinstance(st, LocalStore):

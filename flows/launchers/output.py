@@ -7,6 +7,7 @@ import logging
 import re
 from collections.abc import Iterable, Iterator
 
+from tasks.core import progress
 from tasks.core.log import redact
 
 # A line of our CLI's log format (tasks.core.log.setup_cli_logging), as a task's child prints it
@@ -36,8 +37,12 @@ def emit(log: logging.Logger, task: str, line: str) -> None:
 
 
 def relay(lines: Iterable[str], log: logging.Logger, task: str, tail) -> None:
-    """Log a child task's output lines, redacted, keeping the last ones in ``tail`` (a deque)."""
+    """Log a child task's output lines, redacted, keeping the last ones in ``tail`` (a deque);
+    its progress lines (``@@vf-progress``) become progress updates in this process instead."""
     for line in lines:
+        if (update := progress.parse_line(line)) is not None:
+            progress.emit(update)
+            continue
         line = redact(line.rstrip())
         tail.append(line)
         emit(log, task, line)

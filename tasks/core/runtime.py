@@ -19,7 +19,6 @@ damaged or computed from other inputs:
 
 from __future__ import annotations
 
-import contextvars
 import hashlib
 import json
 import os
@@ -34,6 +33,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.core import progress
 from tasks.core.config import Config, config_hash
 from tasks.core.errors import (
     ConfigError,
@@ -48,8 +48,6 @@ from tasks.core.store import Store, join
 
 MANIFEST = "manifest.json"
 
-# Set by whoever runs a task (the Prefect layer) to hear about progress: fn(done, total).
-PROGRESS: contextvars.ContextVar = contextvars.ContextVar("vf_progress", default=None)
 # Set when the run is being stopped (Ctrl-C, SIGTERM); see check_stop().
 STOP = threading.Event()
 # Config fields that name an upstream task's prefix: its manifest is an input.
@@ -324,6 +322,7 @@ class TaskRun:
         self.workdir = work_dir("vf-task-")
         self.log = get_logger(task)
         self.shared = shared
+        self._ticker: progress.Ticker | None = None
         # a shared prefix (a dataset several runs may fetch at once) gets its outputs under a
         # folder of this attempt, published by a conditional write of the manifest
         self.out_prefix = (join(self.prefix, f"v-{os.urandom(4).hex()}") if shared
@@ -346,11 +345,24 @@ class TaskRun:
     def key(self, rel: str) -> str:
         return join(self.out_prefix, rel)
 
-    def progress(self, done: int, total: int) -> None:
-        """Report progress (e.g. epochs done) to the runner, if it listens."""
-        callback = PROGRESS.get()
-        if callback is not None:
-            callback(done, total)
+    def progress(self, done: int, total: int, unit: str = "epoch",
+                 info: dict[str, Any] | None = None) -> None:
+        """Report this task's progress (epochs or images done, with e.g. the current loss):
+        the flow's progress artifact and the terminal's bars (tasks.core.progress)."""
+        if self._ticker is None or self._ticker.unit != unit:
+            self._ticker = progress.Ticker(self.prefix, self.label, total, unit,
+                                           interval_s=0.0)
+        self._ticker.total = total
+        self._ticker.tick(done, info)
+
+    @property
+    def label(self) -> str:
+        """A short name for people: the task and the last part of its prefix."""
+        return f"{self.prefix.rsplit('/', 1)[-1]}"
+
+    def batches(self, epoch: int):
+        """``with run.batches(epoch):`` a bar of the epoch's batches (the loop ticks it)."""
+        return progress.batches(f"{self.prefix}#batches", f"  epoch {epoch} batches")
 
     def put_file(self, name: str, path: str | os.PathLike, rel: str | None = None) -> str:
         key = self.key(rel or Path(path).name)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from tasks.core.progress import batch_done
 from tasks.core.runtime import check_stop
 
 Preprocess = Callable[[torch.Tensor, bool], torch.Tensor]
@@ -87,6 +88,7 @@ def train_one_epoch(model: nn.Module, data: Split, *, batch_size: int,
         total_loss += loss.detach() * bs
         correct += (logits.detach().argmax(1) == yb).sum()
         seen += bs
+        batch_done(i // batch_size + 1, -(-stop // batch_size))  # progress bars, throttled
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return {"loss": float(total_loss) / max(seen, 1), "accuracy": float(correct) / max(seen, 1),

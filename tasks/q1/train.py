@@ -255,9 +255,11 @@ def train(cfg: TrainConfig, store: Store) -> Manifest:
         for epoch in range(start_epoch, cfg.epochs + 1):
             torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout/flip: resumable
             gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
-            tr = train_one_epoch(net, splits["train"], batch_size=cfg.batch_size,
-                                 optimizer=optimizer, loss_fn=loss_fn, preprocess=preprocess,
-                                 generator=gen, autocast=cfg.autocast)
+            with run.batches(epoch):  # a bar of the epoch's batches on a terminal
+                tr = train_one_epoch(net, splits["train"], batch_size=cfg.batch_size,
+                                     optimizer=optimizer, loss_fn=loss_fn,
+                                     preprocess=preprocess, generator=gen,
+                                     autocast=cfg.autocast)
             row = {"epoch": epoch, "train/loss": tr["loss"], "train/accuracy": tr["accuracy"],
                    "train/time_s": tr["time_s"]}
             for name in ("dev", "test"):
@@ -271,7 +273,9 @@ def train(cfg: TrainConfig, store: Store) -> Manifest:
                              if k != "epoch" and not k.endswith("time_s"))
             run.log.info("[%s] epoch %d/%d %s (%.1fs)", cfg.out.rsplit("/", 1)[-1], epoch,
                          cfg.epochs, shown, tr["time_s"])
-            run.progress(epoch, cfg.epochs)
+            run.progress(epoch, cfg.epochs, info={
+                "loss": tr["loss"], "acc": tr["accuracy"],
+                **({"dev_acc": row["dev/accuracy"]} if "dev/accuracy" in row else {})})
             if "dev" in splits and row["dev/accuracy"] > best_dev:
                 best_dev = row["dev/accuracy"]
                 _save_checkpoint(run, "best.pt", model, optimizer, epoch, history, cfg)

@@ -428,6 +428,8 @@ def train(cfg: TrainConfig, store: Store) -> Manifest:
             run.log.info("[%s] epoch %d/%d train loss %.4f acc %.4f | test loss %.4f acc %.4f "
                          "(%.2fs)", cfg.arch, epoch, cfg.epochs, tr["loss"], tr["accuracy"],
                          ev["loss"], ev["accuracy"], row["train/time_s"])
+            run.progress(epoch, cfg.epochs, info={"loss": tr["loss"],
+                                                  "test_acc": ev["accuracy"]})
         check_only_head_trains(model, cfg.arch)  # nothing else was unfrozen along the way
         names = set(trainable(model))
         state = {k: v.detach().cpu() for k, v in model.state_dict().items() if k in names}

@@ -447,7 +447,8 @@ def segment(cfg: SegmentConfig, store: Store) -> Manifest:
         order = [e for e in entries if e["index"] in decoded]
         t0 = time.perf_counter()
         maps, secs, errs = predict(model, [decoded[e["index"]].rgb for e in order], transform,
-                                   cfg.batch_size, str(device), progress=run.progress)
+                                   cfg.batch_size, str(device),
+                                   progress=lambda d, n: run.progress(d, n, unit="image"))
         labels: dict[int, np.ndarray] = {}
         for e, lab, sec, err in zip(order, maps, secs, errs, strict=True):
             if lab is None:

@@ -202,8 +202,15 @@ def _clean(line: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", line).strip()
 
 
-def run_worker(spec: dict[str, Any], run_dir: Path, label: str, log) -> dict[str, Any]:
-    """Start ``python -m tasks.q4.worker`` on ``spec``; relay its log; return its result."""
+_EPOCH = re.compile(r"^\[worker\] epoch (\d+)/(\d+)")
+
+
+def run_worker(spec: dict[str, Any], run_dir: Path, label: str, log,
+               on_epoch=None) -> dict[str, Any]:
+    """Start ``python -m tasks.q4.worker`` on ``spec``; relay its log; return its result.
+
+    ``on_epoch(done, total)`` hears of each finished training epoch (progress).
+    """
     spec_path = run_dir / "spec.json"
     spec_path.write_text(json.dumps(spec))
     env = {**os.environ, "YOLO_CONFIG_DIR": str(run_dir / "ultralytics-config"),
@@ -228,6 +235,8 @@ def run_worker(spec: dict[str, Any], run_dir: Path, label: str, log) -> dict[str
                     continue
                 tail.append(line)
                 log.info("[%s] %s", label, redact(line))
+                if on_epoch is not None and (m := _EPOCH.match(line)):
+                    on_epoch(int(m.group(1)), int(m.group(2)))
         code = proc.wait()
     except BaseException:
         proc.kill()
@@ -361,7 +370,7 @@ def train(cfg: YoloTrainConfig, store: Store) -> Manifest:
         spec["state"] = state
         work = run.workdir / "worker"
         work.mkdir()
-        result = run_worker(spec, work, label, log)
+        result = run_worker(spec, work, label, log, on_epoch=run.progress)
         # outputs: the worker stored last.pt / best.pt / results.csv / train_state.json
         state = store.get_json(state_key)
         for name, rel in (("last", "last.pt"), ("best", "best.pt"), ("results", "results.csv"),

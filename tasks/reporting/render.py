@@ -15,12 +15,13 @@ photos as JPEG), which keeps a report with dozens of figures to a few megabytes.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 import json
 import math
 import re
 from dataclasses import dataclass, field
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from tasks.core.store import Store, join
@@ -280,11 +281,25 @@ def _kind(table: Table, i: int) -> str | None:
     return table.formats[i] if table.formats and i < len(table.formats) else None
 
 
+def template_dir() -> Path:
+    """The ``reports`` package's ``templates/`` folder. Looked up among every location of the
+    package: a ``reports/`` folder in the working directory (``reports/out``, where the CLI
+    copies the final report) can join the package's search path, and must not hide ours."""
+    spec = importlib.util.find_spec("reports")
+    beside = Path(__file__).resolve().parents[2] / "reports"  # installed beside ``tasks``
+    for location in [*((spec.submodule_search_locations or []) if spec else []), beside]:
+        folder = Path(location) / "templates"
+        if (folder / "report.html.j2").is_file():
+            return folder
+    raise FileNotFoundError("the report templates (reports/templates/*.j2) are not installed: "
+                            "reinstall visionflows (pip install -e .)")
+
+
 def _env():
     import jinja2
 
-    loader = jinja2.FunctionLoader(
-        lambda name: resources.files("reports").joinpath("templates", name).read_text())
+    folder = template_dir()
+    loader = jinja2.FunctionLoader(lambda name: (folder / name).read_text())
     env = jinja2.Environment(loader=loader, autoescape=jinja2.select_autoescape(["html"]),
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters["fmt"] = fmt
