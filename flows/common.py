@@ -20,7 +20,8 @@ from prefect.cache_policies import NO_CACHE
 from flows.launchers import launch
 from tasks.core import cache
 from tasks.core.errors import is_transient
-from tasks.core.runtime import PROGRESS
+from tasks.core.resources import Resources
+from tasks.core.runtime import PROGRESS, ray_context
 from tasks.core.store import Store, join, open_store
 from tasks.registry import task_module
 
@@ -39,20 +40,31 @@ def refresh_default() -> bool:
     return os.environ.get("VF_REFRESH", "").lower() in ("1", "true", "yes")
 
 
-@task(name="run-task", task_run_name="{name}", cache_policy=NO_CACHE, retries=0)
-def run_step(name: str, task_name: str, cfg: dict[str, Any], store: str,
+def run_step_fn(name: str, task_name: str, cfg: dict[str, Any], store: str,
              launcher: str = "local", slot: str | None = None, refresh: bool | None = None,
-             progress: dict | None = None, env: dict[str, str] | None = None) -> dict[str, Any]:
+             progress: dict | None = None, env: dict[str, str] | None = None,
+             resources: dict[str, Any] | None = None,
+             upstream: dict[str, Any] | None = None) -> dict[str, Any]:
     """One task run in Prefect: launch ``task_name`` and return its manifest as a dict.
 
     With ``slot`` (a stable step name like ``q1-mlp/train-b64-relu-cross_entropy``) and a
     task in ``CACHED_TASKS``, a previous result with the same cache key is reused; a miss is
     logged with the parts that changed. ``refresh`` (or ``VF_REFRESH=1``) recomputes.
     ``progress`` (from ``Progress.slice``) maps the task's own progress onto the flow's
-    progress artifact. ``env`` goes to a ``subprocess`` launcher's child (thread counts).
+    progress artifact. ``env`` sets the task's thread counts (``OMP_NUM_THREADS``: a child
+    process's environment; in-process, torch's thread count for the call). ``resources``
+    (a row of the question's resource table) sets the subprocess and docker launchers'
+    limits. ``upstream`` maps config keys to earlier steps' manifests (submitted futures,
+    resolved by Prefect): each key gets that step's output prefix.
     """
     log = get_run_logger()
     st = open_store(store)
+    if upstream:
+        cfg = {**cfg, **{key: m["prefix"] for key, m in upstream.items()}}
+    if (ray := ray_context()) is not None:  # a Ray worker: where it ran reaches the manifest
+        log.info("%s on Ray node %s, worker pid %d", name, ray["node_id"], ray["worker_pid"])
+        env = {**(env or {}), "VF_RAY_NODE_ID": ray["node_id"],
+               "VF_RAY_WORKER_PID": str(ray["worker_pid"])}
     refresh = refresh_default() if refresh is None else refresh
     parts = None
     if slot and task_name in CACHED_TASKS:
@@ -74,7 +86,8 @@ def run_step(name: str, task_name: str, cfg: dict[str, Any], store: str,
 
         token = PROGRESS.set(report)
     try:
-        manifest = launch(task_name, cfg, store, launcher, env=env)
+        manifest = launch(task_name, cfg, store, launcher, env=env,
+                          resources=Resources.model_validate(resources) if resources else None)
     finally:
         if token is not None:
             PROGRESS.reset(token)
@@ -83,6 +96,12 @@ def run_step(name: str, task_name: str, cfg: dict[str, Any], store: str,
     log.info("%s done in %.1fs -> %s", name, manifest.duration_s,
              f"{manifest.store}/{manifest.prefix}")
     return manifest.model_dump(mode="json")
+
+
+# The Prefect task around it. The plain function stays importable by its own name, so a Ray
+# worker unpickles it by reference (from the code the run ships) instead of by value.
+run_step = task(name="run-task", task_run_name="{name}", cache_policy=NO_CACHE,
+                retries=0)(run_step_fn)
 
 
 def worth_retrying(_task, _task_run, state) -> bool:
@@ -108,12 +127,15 @@ class Progress:
     """A Prefect progress artifact: the flow's work in weighted units (e.g. epochs)."""
 
     def __init__(self, total: float, description: str):
-        self.total, self.done = max(float(total), 1.0), 0.0
+        self.total, self.done, self.reserved = max(float(total), 1.0), 0.0, 0.0
         self.id = create_progress_artifact(0.0, description=description)
 
     def slice(self, weight: float) -> dict:
-        """The share of the bar a step of ``weight`` units fills, for ``run_step``."""
-        return {"id": str(self.id), "start": 100.0 * self.done / self.total,
+        """The share of the bar a step of ``weight`` units fills, for ``run_step``: the next
+        one after those handed out (steps submitted ahead of their results)."""
+        start = max(self.reserved, self.done)
+        self.reserved = start + weight
+        return {"id": str(self.id), "start": 100.0 * start / self.total,
                 "width": 100.0 * weight / self.total}
 
     def advance(self, weight: float = 1.0) -> None:
