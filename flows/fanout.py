@@ -150,7 +150,7 @@ class Steps:
         retries = RETRIES[kind]
         launcher, env = self.launcher, None
         if self.on_ray:
-            self._check_fits(kind, res)
+            res = self._fitted(kind, res)
             env = threads_env(step_threads(res))
         elif self.parallel > 1 and kind == "train":
             launcher, env = packed_launcher(self.launcher), packed_env(self.parallel)
@@ -188,21 +188,35 @@ class Steps:
                 return
             next(as_completed(list(self._in_flight)))
 
-    def _check_fits(self, kind: str, res: Resources) -> None:
-        """A step no Ray node can hold waits forever: on a Ray started for this run that is
-        an error (naming the fix); on a given cluster a warning (an autoscaler may add one)."""
-        if kind in self._checked:
-            return
-        self._checked.add(kind)
+    def _fitted(self, kind: str, res: Resources) -> Resources:
+        """A step no Ray node can hold would wait forever. On the Ray started for this run
+        (this machine) it runs with what the machine has, like on the thread pool; on a
+        given cluster it waits (an autoscaler may add a node) after a warning."""
         from flows.runners import current_session
 
         session = current_session()
         msg = unfit(kind, res, session.nodes) if session is not None else None
-        if msg is None:
-            return
-        if session is not None and session.local:
-            raise ConfigError(msg + " or run on a cluster that has such a node")
-        self.log.warning("%s; they wait until the cluster has such a node", msg)
+        if msg is None or session is None:
+            return res
+        if not session.local:
+            if kind not in self._checked:
+                self.log.warning("%s; they wait until the cluster has such a node", msg)
+        else:
+            res = clamped(res, session.nodes[0])
+            if kind not in self._checked:
+                self.log.warning("%s; on this machine's Ray they run with %g CPUs, %g GPUs "
+                                 "and %s memory", msg, res.cpus, res.gpus, res.memory)
+        self._checked.add(kind)
+        return res
+
+
+def clamped(res: Resources, node: dict[str, float]) -> Resources:
+    """``res`` cut down to what ``node`` offers."""
+    memory = min(res.memory_bytes, int(node.get("memory", res.memory_bytes)))
+    gpus = min(res.gpus, float(node.get("GPU", 0)))
+    return res.model_copy(update={
+        "cpus": min(res.cpus, max(float(node.get("CPU", 1)), 0.01)),
+        "gpus": float(int(gpus)) if gpus > 1 else gpus, "memory": f"{memory // 2**20}m"})
 
 
 def unfit(kind: str, res: Resources, nodes: list[dict[str, float]]) -> str | None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from prefect import flow
 
-from flows.fanout import RETRIES, Steps, fits, ray_options, step_threads, unfit
+from flows.fanout import RETRIES, Steps, clamped, fits, ray_options, step_threads, unfit
 from flows.launchers.child_process import SubprocessOptions
 from flows.launchers.container import DockerOptions, container_spec
 from flows.runners import (
@@ -133,6 +133,10 @@ def test_a_step_no_node_can_hold_is_named_with_the_fix():
     msg = unfit("train", res, nodes)
     assert msg and "8 CPUs, 1 GPUs and 32g" in msg and "--set resources.train.cpus" in msg
     assert unfit("train", Resources(cpus=4, memory="8g", gpus=1), nodes) is None
+    # on the Ray started for a run (this machine) such a step runs with what it has
+    small = clamped(res, {"CPU": 2.0, "memory": 3 * 2**30})
+    assert (small.cpus, small.gpus, small.memory_bytes) == (2, 0, 3 * 2**30)
+    assert fits(small, {"CPU": 2.0, "memory": 3 * 2**30})
 
 
 def test_subprocess_limits_from_the_table_unless_set(tmp_path):
