@@ -4,13 +4,14 @@ trivial step.
 
     python -m bench.fanout [--flow q1-cnn] [--profile smoke] [--parallel 2] [--tasks 100]
                            [--gpu-share 0] [--set KEY=VALUE ...] [--only sweep,overhead]
+                           [--runners seq,pool,ray]
 
 - ``one after another``: the thread-pool runner with ``parallel=1`` (every cell in this
   process, with all its threads);
 - ``thread pool``: ``parallel=N`` (each training in a child process with 1/N of the threads);
 - ``local Ray``: a Ray started for the run with N CPUs (and one GPU with ``--gpu-share``),
   each training asking ``resources.train.cpus`` = 1/N of the threads and ``--gpu-share`` of
-  the GPU (0.25: four cells on one GPU); Ray's start is timed apart.
+  the GPU (0.25: four cells on one GPU; evaluations too); Ray's start is timed apart.
 
 Every sweep recomputes (``refresh``); the dataset is fetched once beforehand. Prints the wall
 times, ratios to one-after-another, images/s of each sweep (training images / wall time)
@@ -111,6 +112,8 @@ def main() -> None:
                     help="GPUs per training on Ray (0.25: four cells share one GPU)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--only", default="sweep,overhead", help="sweep, overhead or both")
+    ap.add_argument("--runners", default="seq,pool,ray",
+                    help="sweep contenders: seq (one after another), pool, ray")
     ap.add_argument("--store", default=None, help="default: a temporary file:// folder")
     args = ap.parse_args()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -139,8 +142,9 @@ def main() -> None:
     store = args.store or f"file://{tempfile.mkdtemp(prefix='vf-bench-fanout-')}"
     run_task("fashion-mnist.fetch", cfg.data.model_dump(), store)  # shared by every sweep
     sweep = load_flow(args.flow)
+    runners = set(args.runners.split(","))
     ray_table = {"resources": {"train": {"cpus": each, "gpus": args.gpu_share},
-                               "evaluate": {"cpus": 1, "gpus": 0}}}
+                               "evaluate": {"cpus": 1, "gpus": args.gpu_share}}}
     harness = contextlib.nullcontext()
     if not os.environ.get("PREFECT_API_URL"):
         from prefect.testing.utilities import prefect_test_harness
@@ -155,8 +159,9 @@ def main() -> None:
                     overrides=deep_merge(deep_merge(overrides, extra), {"parallel": parallel}))
             return go
 
-        if "sweep" in only:
+        if "sweep" in only and "seq" in runners:
             rows["one after another"] = timed(run("thread", 1, {}))
+        if "sweep" in only and "pool" in runners:
             rows[f"thread pool (parallel={n})"] = timed(run("thread", n, {}))
         ray_start = time.perf_counter()
         gpus = 1 if args.gpu_share > 0 else None
@@ -165,7 +170,7 @@ def main() -> None:
             import ray
 
             ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-            if "sweep" in only:
+            if "sweep" in only and "ray" in runners:
                 rows[f"local Ray ({n * each} CPUs"
                      + (f", {args.gpu_share:g} GPU per cell)" if gpus else ")")] = timed(
                     run("ray", 1, ray_table, session))
