@@ -40,7 +40,7 @@ INIT_TIMEOUT_S = 300.0  # an answering cluster that does not open a session with
 WORKER_ENV = (
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
     "AWS_REGION", "VF_S3_ENDPOINT_URL", "VF_S3_REGION", "VF_S3_MAX_ATTEMPTS", "VF_OFFLINE",
-    "VF_CACHE_DIR", "VF_RETRY_DELAY_S", "VF_REFRESH", "VF_TASK_TIMEOUT_S", "VF_TASK_MEMORY",
+    "VF_RETRY_DELAY_S", "VF_REFRESH", "VF_TASK_TIMEOUT_S", "VF_TASK_MEMORY",
     "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
     "PREFECT_API_KEY", "PREFECT_SERVER_ANALYTICS_ENABLED", "DO_NOT_TRACK",
 )
@@ -169,13 +169,16 @@ def code_dirs() -> list[str]:
     return [str(Path(importlib.import_module(p).__file__).parent) for p in CODE_PACKAGES]
 
 
-def worker_runtime_env(api_url: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+def worker_runtime_env(api_url: str, env: Mapping[str, str] | None = None,
+                       local: bool = False) -> dict[str, Any]:
     """Ray's runtime environment for the steps: this code, the API URL, the store's
-    endpoint and credentials. Holds secrets: never log it."""
+    endpoint and credentials (and, for a Ray on this machine, the download cache folder).
+    Holds secrets: never log it."""
     from tasks.core.runtime import git_commit
 
     env = os.environ if env is None else env
-    env_vars = {k: env[k] for k in WORKER_ENV if env.get(k)}
+    names = (*WORKER_ENV, "VF_CACHE_DIR") if local else WORKER_ENV
+    env_vars = {k: env[k] for k in names if env.get(k)}
     env_vars.update({"PREFECT_API_URL": api_url, "VF_GIT_COMMIT": git_commit(),
                      "PREFECT_LOGGING_EXTRA_LOGGERS": "visionflows", "PYTHONUNBUFFERED": "1",
                      "RAY_USAGE_STATS_ENABLED": "0"})
@@ -267,7 +270,8 @@ def ray_session(address: str | None, *, connect_timeout_s: float | None = None,
     if address is not None:
         probe(address, timeout)  # a dead address fails here, within the timeout
     with prefect_api_for_workers() as api_url:
-        kwargs: dict[str, Any] = {"runtime_env": worker_runtime_env(api_url),
+        kwargs: dict[str, Any] = {"runtime_env": worker_runtime_env(api_url,
+                                                                    local=address is None),
                                   "namespace": "visionflows", "log_to_driver": True}
         if address is None:
             kwargs.update(include_dashboard=False, num_cpus=num_cpus, num_gpus=num_gpus)

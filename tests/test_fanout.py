@@ -104,9 +104,12 @@ def test_missing_ray_says_how_to_install(monkeypatch, tmp_path, capsys):
 
 def test_worker_environment_carries_code_api_and_store_settings(monkeypatch):
     for k, v in {**ENV, "VF_S3_ENDPOINT_URL": "http://minio:9000", "HOME": "/root",
-                 "UNRELATED": "x"}.items():
+                 "UNRELATED": "x", "VF_CACHE_DIR": "/home/me/.cache/vf"}.items():
         monkeypatch.setenv(k, v)
+    assert worker_runtime_env("http://x/api", local=True)["env_vars"]["VF_CACHE_DIR"] == \
+        "/home/me/.cache/vf"  # a Ray on this machine shares its folders, a cluster does not
     env = worker_runtime_env("http://10.0.0.2:4200/api")
+    assert "VF_CACHE_DIR" not in env["env_vars"]
     assert {os.path.basename(p) for p in env["py_modules"]} == {"tasks", "flows", "reports"}
     assert all(os.path.isdir(p) for p in env["py_modules"])
     v = env["env_vars"]
