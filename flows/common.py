@@ -41,10 +41,10 @@ def refresh_default() -> bool:
 
 
 def run_step_fn(name: str, task_name: str, cfg: dict[str, Any], store: str,
-             launcher: str = "local", slot: str | None = None, refresh: bool | None = None,
-             progress: dict | None = None, env: dict[str, str] | None = None,
-             resources: dict[str, Any] | None = None,
-             upstream: dict[str, Any] | None = None) -> dict[str, Any]:
+                launcher: str = "local", slot: str | None = None,
+                refresh: bool | None = None, progress: dict | None = None,
+                env: dict[str, str] | None = None, resources: dict[str, Any] | None = None,
+                upstream: dict[str, Any] | None = None) -> dict[str, Any]:
     """One task run in Prefect: launch ``task_name`` and return its manifest as a dict.
 
     With ``slot`` (a stable step name like ``q1-mlp/train-b64-relu-cross_entropy``) and a
