@@ -2,7 +2,7 @@
 # The GPU check: every question's smoke profile on the GPU, a timed slice of the full Q1
 # sweeps (generated data at full size, 1 epoch, 1 seed), a YOLOv5s epoch at 416 px on the
 # generated detection dataset, then (budget permitting) the Q1 speed options and sweep
-# packing on the GPU. Prints images/s and GPU utilisation (nvidia-smi, sampled every 0.5 s)
+# packing on the GPU (our packing, and Ray's: 0.25 GPU per cell). Prints images/s and GPU utilisation (nvidia-smi, sampled every 0.5 s)
 # per step; stays under 8 minutes on one H100 (a total budget caps every step's time-out).
 #
 #   bench/gpu_check.sh              # on the GPU (fails fast without one)
@@ -65,6 +65,7 @@ if [ "$MODE" = gpu ]; then
                       --set data.n_valid=58 --set workers=8)
     OPTIONS=(--models cnn_pool_bn,mlp --n 20000 --repeats 2)
     PACKING=(--parallel 3)
+    RAY_PACKING=(--parallel 4 --gpu-share 0.25)  # four cells on the one GPU
     LIMIT_SMOKE=90; LIMIT_FULL=120; LIMIT_YOLO=150; LIMIT_EXTRA=150
 else
     BUDGET="${GPU_CHECK_BUDGET_S:-1200}"
@@ -85,6 +86,7 @@ else
                      --set data.n_valid=8 --set batch=8 --set workers=0 --set plots=false)
     OPTIONS=(--models mlp --n 256 --repeats 1 --options bf16)
     PACKING=(--parallel 2)
+    RAY_PACKING=(--parallel 2 --gpu-share 0)
     LIMIT_SMOKE=240; LIMIT_FULL=240; LIMIT_YOLO=240; LIMIT_EXTRA=240
 fi
 GEN=(--set data.source=generate --set data.n_train=$N_FULL --set data.n_test=$N_FULL_TEST
@@ -246,6 +248,10 @@ step yolo416 "$LIMIT_YOLO" 40 -- "${FLOW[@]}" yolo416 q4-yolo "$YOLO_N" 0 \
 step q1-options "$LIMIT_EXTRA" 60 -- "$PY" -m bench.q1_options --device $DEV "${OPTIONS[@]}"
 step q1-packing "$LIMIT_EXTRA" 60 -- "$PY" -m bench.q1_packing --flow q1-mlp --profile full \
     "${GEN[@]}" "${FULL_MLP[@]}" "${PACKING[@]}"
+# the same sweep packed on the one GPU by Ray (0.25 GPU per cell) vs one cell at a time:
+# images/s and GPU utilisation of each (needs the [ray] extra; says so and passes without)
+step q1-ray-packing "$LIMIT_EXTRA" 90 -- "$PY" -m bench.fanout --flow q1-mlp --profile full \
+    "${GEN[@]}" "${FULL_MLP[@]}" --only sweep --runners seq,ray "${RAY_PACKING[@]}"
 
 if [ "$DRY" = 0 ]; then
     echo "TOTAL $(( $(date +%s) - START ))s (budget ${BUDGET}s): $OK ok, $FAILED failed," \

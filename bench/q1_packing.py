@@ -6,7 +6,7 @@ another, the same flow, store and data, interleaved in one process.
 
 Sequential is the default path (``parallel=1``: every cell in this process); packed runs
 up to N trainings at once, each in a child process with 1/N of the CPU threads (see
-``flows.classifier_sweep.train_packed``). Every run recomputes (``refresh``); the dataset
+``flows.fanout.Steps``). Every run recomputes (``refresh``); the dataset
 is fetched once beforehand. Prints the medians and the ratio packed / sequential (< 1:
 packing pays).
 """
@@ -33,7 +33,7 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-    from flows.classifier_sweep import packed_env
+    from flows.fanout import packed_env
     from flows.registry import load_flow
     from tasks.core.config import parse_sets
     from tasks.plans import resolve_config

@@ -4,6 +4,8 @@
     visionflows run q1-mlp --profile full --set data.mirror=/data/fashion-mnist
     visionflows run q1-mlp --store s3://bucket/prefix --set epochs=2 --set batch_sizes=[32,256]
     visionflows run q1-mlp --launcher docker    # one container per task (images/build*.sh)
+    visionflows run q1-cnn --task-runner ray    # steps fan out on a local Ray (GPU shares)
+    visionflows run q4-yolo --ray-address ray://HEAD:10001 --store s3://bucket/prefix
     visionflows doctor --store s3://bucket/prefix   # what works, what to fix
     visionflows mirror --store s3://bucket/prefix   # every full-profile input, for offline runs
     visionflows run q1-mlp --profile full --offline # no network: store mirror, cache, config
@@ -16,6 +18,7 @@ Without ``PREFECT_API_URL`` Prefect runs the flow against a temporary local serv
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -26,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from flows.registry import FLOWS, load_flow, new_run_id
+from flows.runners import RUNNERS, choose_runner
 from flows.session import Interrupted, Session
 from tasks.core.config import did_you_mean
 from tasks.core.errors import VisionflowsError
@@ -153,6 +157,23 @@ def _run_report(store, failures: dict[str, str] | None = None) -> dict:
     return load_flow("report")(store=store.uri, failures=failures)
 
 
+@contextlib.contextmanager
+def _task_runners(kind: str, ray_address: str | None):
+    """Yields ``runner_for(flow, cfg)``: the flow object with this run's task runner (a
+    thread pool of the config's ``parallel`` workers, or Ray, connected once for the whole
+    command)."""
+    from flows.runners import ray_session, task_runner
+
+    with contextlib.ExitStack() as stack:
+        session = stack.enter_context(ray_session(ray_address)) if kind == "ray" else None
+
+        def runner_for(name: str, cfg):
+            runner = task_runner(kind, getattr(cfg, "parallel", 1), session)
+            return load_flow(name).with_options(task_runner=runner)
+
+        yield runner_for
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from tasks.core.config import parse_sets
     from tasks.plans import resolve_config
@@ -181,6 +202,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         from flows.launchers.container import preflight
 
         preflight()  # engine reachable, image for this code built
+    runner_kind, ray_address = choose_runner(args.task_runner, args.ray_address)
+    if runner_kind == "ray":  # before the store or Prefect: refused setups write nothing
+        from flows.runners import check_cluster_setup, configured_api_url, require_ray
+        from tasks.core.store import open_store
+
+        check_cluster_setup(ray_address, open_store(args.store).uri,
+                            api_url=configured_api_url())
+        require_ray()
     store = _open_checked_store(args.store)
     prefect_env()
     check_prefect_api()
@@ -188,11 +217,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     kwargs = {"refresh": True} if args.refresh else {}
     current = {"flow": names[0], "run_id": args.run_id or new_run_id()}
     try:
-        with Session():
+        with Session(), _task_runners(runner_kind, ray_address) as runner_for:
             if args.flow != "all":
-                result = load_flow(args.flow)(profile=args.profile, store=store.uri,
-                                              overrides=overrides, launcher=args.launcher,
-                                              run_id=current["run_id"], **kwargs)
+                cfg = resolve_config(args.flow, args.profile, overrides)
+                result = runner_for(args.flow, cfg)(
+                    profile=args.profile, store=store.uri, overrides=overrides,
+                    launcher=args.launcher, run_id=current["run_id"], **kwargs)
                 _print_result(args.flow, args.profile, result, store)
                 if args.json:
                     print(json.dumps(result, indent=2, default=str))
@@ -201,9 +231,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             for name in names:
                 current.update(flow=name, run_id=new_run_id())
                 try:
-                    result = load_flow(name)(profile=args.profile, store=store.uri,
-                                             launcher=args.launcher, run_id=current["run_id"],
-                                             **kwargs)
+                    cfg = resolve_config(name, args.profile, {})
+                    result = runner_for(name, cfg)(profile=args.profile, store=store.uri,
+                                                   launcher=args.launcher,
+                                                   run_id=current["run_id"], **kwargs)
                     _print_result(name, args.profile, result, store)
                 except Exception as exc:  # one question failing must not hide the others
                     failures[name] = f"{type(exc).__name__}: {exc}"
@@ -407,6 +438,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where tasks run: in this process (default, or $VF_LAUNCHER), a "
                           "child process, or one container per task (docker; settings "
                           "VF_IMAGE, VF_DOCKER_*)")
+    run.add_argument("--task-runner", default=None, choices=RUNNERS,
+                     help="how steps fan out: thread (default: Prefect's thread pool, "
+                          "`parallel` at once) or ray (RayTaskRunner: a local Ray, or the "
+                          "cluster at --ray-address; needs pip install -e '.[ray]'); default "
+                          "$VF_TASK_RUNNER, or ray when $VF_RAY_ADDRESS is set")
+    run.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                     help="an existing Ray cluster: ray://HOST:10001 (e.g. KubeRay), "
+                          "HOST:6379 or auto (default $VF_RAY_ADDRESS; none: a local Ray "
+                          "started for this run); needs an s3:// store")
     run.add_argument("--run-id", default=None, help="reuse a run id (resumes unfinished steps)")
     run.add_argument("--refresh", action="store_true",
                      help="recompute cached steps (training, evaluation) instead of reusing them")

@@ -20,12 +20,14 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.launchers import launch
 from flows.registry import new_run_id  # noqa: F401 (the flows' run ids)
+from flows.session import BARS, FLOW_RUNS
 from tasks.core import cache, promote
 from tasks.core import progress as vf_progress
 from tasks.core.config import validate
 from tasks.core.errors import is_transient
 from tasks.core.log import get_logger
-from tasks.core.runtime import STOP, find_manifest, require_intact, set_aside
+from tasks.core.resources import Resources
+from tasks.core.runtime import STOP, find_manifest, ray_context, require_intact, set_aside
 from tasks.core.store import Store, join, open_store
 from tasks.registry import resolve, task_module
 
@@ -39,10 +41,11 @@ def refresh_default() -> bool:
     return os.environ.get("VF_REFRESH", "").lower() in ("1", "true", "yes")
 
 
-@task(name="run-task", task_run_name="{name}", cache_policy=NO_CACHE, retries=0)
-def run_step(name: str, task_name: str, cfg: dict[str, Any], store: str,
-             launcher: str = "local", slot: str | None = None, refresh: bool | None = None,
-             progress: dict | None = None, env: dict[str, str] | None = None) -> dict[str, Any]:
+def run_step_fn(name: str, task_name: str, cfg: dict[str, Any], store: str,
+                launcher: str = "local", slot: str | None = None,
+                refresh: bool | None = None, progress: dict | None = None,
+                env: dict[str, str] | None = None, resources: dict[str, Any] | None = None,
+                upstream: dict[str, Any] | None = None) -> dict[str, Any]:
     """One task run in Prefect: launch ``task_name`` and return its manifest as a dict.
 
     With ``slot`` (a stable step name like ``q1-mlp/train-b64-relu-cross_entropy``) and a
@@ -52,10 +55,20 @@ def run_step(name: str, task_name: str, cfg: dict[str, Any], store: str,
     prefix is moved aside first. Without it, a prefix holding another config's result (a
     reused run id) is refused by the task before anything runs. ``progress`` (from
     ``Progress.slice``) maps the task's own progress onto the flow's progress artifact.
-    ``env`` goes to a ``subprocess`` launcher's child (thread counts).
+    ``env`` sets the task's thread counts (``OMP_NUM_THREADS``: a child process's
+    environment; in-process, torch's thread count for the call). ``resources`` (a row of the
+    question's resource table) sets the subprocess and docker launchers' limits.
+    ``upstream`` maps config keys to earlier steps' manifests (submitted futures, resolved by
+    Prefect): each key gets that step's output prefix.
     """
     log = get_run_logger()
     st = open_store(store)
+    if upstream:
+        cfg = {**cfg, **{key: m["prefix"] for key, m in upstream.items()}}
+    if (ray := ray_context()) is not None:  # a Ray worker: where it ran reaches the manifest
+        log.info("%s on Ray node %s, worker pid %d", name, ray["node_id"], ray["worker_pid"])
+        env = {**(env or {}), "VF_RAY_NODE_ID": ray["node_id"],
+               "VF_RAY_WORKER_PID": str(ray["worker_pid"])}
     refresh = refresh_default() if refresh is None else refresh
     parts = None
     if slot and task_name in CACHED_TASKS:
@@ -77,7 +90,8 @@ def run_step(name: str, task_name: str, cfg: dict[str, Any], store: str,
             log.info("cache miss for %s: %s", slot, "; ".join(reasons))
     token = vf_progress.SINK.set(step_sink(progress))
     try:
-        manifest = launch(task_name, cfg, store, launcher, env=env)
+        manifest = launch(task_name, cfg, store, launcher, env=env,
+                          resources=Resources.model_validate(resources) if resources else None)
     finally:
         vf_progress.SINK.reset(token)
     if parts is not None:
@@ -85,10 +99,6 @@ def run_step(name: str, task_name: str, cfg: dict[str, Any], store: str,
     log.info("%s done in %.1fs -> %s", name, manifest.duration_s,
              f"{manifest.store}/{manifest.prefix}")
     return manifest.model_dump(mode="json")
-
-
-# The terminal's live bars of this command (flows.session sets them on a terminal).
-BARS: list = []
 
 
 def step_sink(artifact: dict | None):
@@ -116,10 +126,14 @@ def remember_flow_run() -> None:
     (:mod:`flows.session`). Call it first thing in every flow."""
     from prefect.runtime import flow_run
 
-    from flows.session import FLOW_RUNS
-
     if flow_run.id:
         FLOW_RUNS.append(str(flow_run.id))
+
+
+# The Prefect task around it. The plain function stays importable by its own name, so a Ray
+# worker unpickles it by reference (from the code the run ships) instead of by value.
+run_step = task(name="run-task", task_run_name="{name}", cache_policy=NO_CACHE,
+                retries=0)(run_step_fn)
 
 
 def worth_retrying(_task, _task_run, state) -> bool:
@@ -135,24 +149,28 @@ def worth_retrying(_task, _task_run, state) -> bool:
     return False
 
 
-def io_step(name: str, retries: int = 2, delay_s: float | None = None):
-    """``run_step`` with retries under the one retry rule, for fetches, weights and other
-    I/O-bound steps (``VF_RETRY_DELAY_S``, default 5 s, between attempts)."""
+def retrying_step(name: str, retries: int, delay_s: float | None = None):
+    """``run_step`` named ``name`` (Ray shows it as ``ray::<name>``) with ``retries`` under
+    the one retry rule, :func:`worth_retrying` (``VF_RETRY_DELAY_S``, default 5 s, between
+    attempts). :class:`flows.fanout.Steps` gets every step from here."""
     delay = float(os.environ.get("VF_RETRY_DELAY_S", "5")) if delay_s is None else delay_s
-    return run_step.with_options(retries=retries, retry_delay_seconds=delay,
-                                 task_run_name=name, retry_condition_fn=worth_retrying)
+    return run_step.with_options(name=name, task_run_name=name, retries=retries,
+                                 retry_delay_seconds=delay, retry_condition_fn=worth_retrying)
 
 
 class Progress:
     """A Prefect progress artifact: the flow's work in weighted units (e.g. epochs)."""
 
     def __init__(self, total: float, description: str):
-        self.total, self.done = max(float(total), 1.0), 0.0
+        self.total, self.done, self.reserved = max(float(total), 1.0), 0.0, 0.0
         self.id = create_progress_artifact(0.0, description=description)
 
     def slice(self, weight: float) -> dict:
-        """The share of the bar a step of ``weight`` units fills, for ``run_step``."""
-        return {"id": str(self.id), "start": 100.0 * self.done / self.total,
+        """The share of the bar a step of ``weight`` units fills, for ``run_step``: the next
+        one after those handed out (steps submitted ahead of their results)."""
+        start = max(self.reserved, self.done)
+        self.reserved = start + weight
+        return {"id": str(self.id), "start": 100.0 * start / self.total,
                 "width": 100.0 * weight / self.total}
 
     def advance(self, weight: float = 1.0) -> None:

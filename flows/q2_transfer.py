@@ -7,16 +7,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.common import (
-    Progress,
-    champion_question,
-    io_step,
-    new_run_id,
-    publish,
-    remember_flow_run,
-    run_step,
-)
+from flows.common import Progress, champion_question, new_run_id, publish, remember_flow_run
 from flows.compare import finish_run, plan_comparison
+from flows.fanout import Steps
 from tasks.core.store import join, open_store
 from tasks.plans import resolve_config
 from tasks.q2 import plan
@@ -36,35 +29,41 @@ def q2_transfer(profile: str = "smoke", store: str | None = None,
     st = open_store(store)
     run_id = run_id or new_run_id()
     base = join("runs", FLOW, run_id)
+    steps = Steps(cfg, st.uri, launcher, plan.STEP_KINDS, refresh=refresh)
     log.info("q2-transfer run %s (profile %s, pretrained %s) -> %s", run_id, profile,
              cfg.pretrained, st.url(base))
     progress = Progress(3 + 2 * len(cfg.models) + 1, f"q2-transfer {run_id}")
 
     # the weights first: a full run without them stops before a 2.6 GB download
-    weights = io_step("weights")("weights", "transfer.weights",
-                                 plan.weights_config(cfg, join(base, "weights")), st.uri,
-                                 launcher)
+    weights = steps.run("weights", "transfer.weights",
+                        plan.weights_config(cfg, join(base, "weights")))
     progress.advance()
-    data = io_step("fetch-stl10")("fetch-stl10", "stl10.fetch", cfg.data.model_dump(), st.uri,
-                                  launcher)
+    data = steps.run("fetch-stl10", "stl10.fetch", cfg.data.model_dump())
     progress.advance()
-    explore = run_step("explore", "transfer.explore", plan.explore_config(
-        cfg, join(base, "explore"), data["prefix"]), st.uri, launcher)
+    explore = steps.submit("explore", "transfer.explore", plan.explore_config(
+        cfg, join(base, "explore"), data["prefix"]))
+    # the models are independent: every training at once (as the runner allows), then each
+    # model's fine-tuning after its own training
+    training = {arch: steps.submit(f"train-{arch}", "transfer.train", plan.train_config(
+        cfg, arch, join(base, f"train-{arch}"), data["prefix"]),
+        slot=f"{FLOW}/train-{arch}") for arch in cfg.models}
+    tuning = {arch: steps.submit(f"finetune-{arch}", "transfer.finetune", plan.finetune_config(
+        cfg, join(base, f"finetune-{arch}"), train=""),  # "train": from its training, below
+        slot=f"{FLOW}/finetune-{arch}", upstream={"train": training[arch]})
+        for arch in cfg.models}
+    explore = explore.result()
     progress.advance()
     trained, tuned = {}, {}
     for arch in cfg.models:
-        trained[arch] = run_step(f"train-{arch}", "transfer.train", plan.train_config(
-            cfg, arch, join(base, f"train-{arch}"), data["prefix"]), st.uri, launcher,
-            slot=f"{FLOW}/train-{arch}", refresh=refresh)
+        trained[arch] = training[arch].result()
         progress.advance()
-        tuned[arch] = run_step(f"finetune-{arch}", "transfer.finetune", plan.finetune_config(
-            cfg, join(base, f"finetune-{arch}"), trained[arch]["prefix"]), st.uri, launcher,
-            slot=f"{FLOW}/finetune-{arch}", refresh=refresh)
+    for arch in cfg.models:
+        tuned[arch] = tuning[arch].result()
         progress.advance()
     weights_note = ("ImageNet weights (torchvision IMAGENET1K_V1)" if cfg.pretrained else
                     "**random initialisation (pretrained: false)**")
     planned = plan_comparison(FLOW, profile, run_id, st)
-    report = run_step("report", "transfer.report", {
+    report = steps.run("report", "transfer.report", {
         "out": join("reports", FLOW, run_id), "profile": profile, "run_id": run_id,
         "comparison": planned,
         "title": "Q2: transfer learning on STL10 with ResNet18 and VGG16",
@@ -82,8 +81,7 @@ def q2_transfer(profile: str = "smoke", store: str | None = None,
             f"on the misclassified images of a {cfg.grid_size}-image grid (seed "
             f"{cfg.grid_seed}). The reference's optimiser and learning rate are not printed; "
             "these are our choices.",
-            f"Dataset: {data['prefix']} ({data['inputs'].get('source', '?')})."],
-    }, st.uri, launcher)
+            f"Dataset: {data['prefix']} ({data['inputs'].get('source', '?')})."]})
     progress.advance()
     rows = []
     for arch in cfg.models:
@@ -103,11 +101,10 @@ def q2_transfer(profile: str = "smoke", store: str | None = None,
         f"- {r['model']}: test accuracy {r['test_accuracy']:.4f}, fine-tuning fixed "
         f"{r['fixed']} of {r['misclassified']}" for r in rows)
     publish(FLOW, run_id, rows, report["outputs"], st, summary_md)
-    promotion = run_step("promote", "model.promote", {
+    promotion = steps.run("promote", "model.promote", {
         "question": champion_question(FLOW, profile), "run_id": run_id,
         "metric": "test/accuracy", "value": trained[best]["metrics"]["test/accuracy"],
-        "model": trained[best]["prefix"], "profile": profile, "out": join(base, "promote")},
-        st.uri, launcher)
+        "model": trained[best]["prefix"], "profile": profile, "out": join(base, "promote")})
     result = {
         "run_id": run_id, "profile": profile, "store": st.uri,
         "config": cfg.model_dump(mode="json"), "data": data["prefix"],
@@ -123,7 +120,7 @@ def q2_transfer(profile: str = "smoke", store: str | None = None,
         "champion": {"best_cell": best, "metric": "test/accuracy",
                      "value": trained[best]["metrics"]["test/accuracy"],
                      **promotion["metrics"]},
-        "metrics": rows,
+        "metrics": rows, "task_runner": steps.describe(),
     }
-    steps = [weights, data, explore, report, promotion, *trained.values(), *tuned.values()]
-    return finish_run(FLOW, cfg, run_id, result, steps, st, launcher, planned)
+    done = [weights, data, explore, report, promotion, *trained.values(), *tuned.values()]
+    return finish_run(FLOW, cfg, run_id, result, done, st, launcher, planned)

@@ -15,8 +15,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.common import Progress, io_step, new_run_id, publish, remember_flow_run, run_step
+from flows.common import Progress, new_run_id, publish, remember_flow_run
 from flows.compare import finish_run, plan_comparison
+from flows.fanout import Steps
 from tasks.core.store import join, open_store
 from tasks.plans import resolve_config
 from tasks.q3 import plan
@@ -53,19 +54,20 @@ def q3_segmentation(profile: str = "smoke", store: str | None = None,
     n = len(cfg.images)
     progress = Progress(n + 2, f"q3-segmentation {run_id}: {n} image(s)")
 
-    ingest = io_step("ingest-images")(
-        "ingest-images", "images.ingest", plan.ingest_config(cfg, join(base, "inputs")),
-        st.uri, launcher)
+    # one step after another (each needs the last one's output), each through the task
+    # runner: on Ray the segmentation runs where a GPU is (resources.evaluate)
+    steps = Steps(cfg, st.uri, launcher, plan.STEP_KINDS)
+    ingest = steps.run("ingest-images", "images.ingest",
+                       plan.ingest_config(cfg, join(base, "inputs")))
     progress.advance()
-    seg = run_step("segment", "segment.images",
-                   plan.segment_config(cfg, join(base, "segment"), ingest["prefix"]),
-                   st.uri, launcher, progress=progress.slice(n))
+    seg = steps.run("segment", "segment.images",
+                    plan.segment_config(cfg, join(base, "segment"), ingest["prefix"]),
+                    progress=progress.slice(n))
     progress.advance(n)
     planned = plan_comparison(FLOW, profile, run_id, st)
-    report = run_step("report", "segment.report",
-                      {"out": join("reports", FLOW, run_id), "segment": seg["prefix"],
-                       "profile": profile, "run_id": run_id, "comparison": planned},
-                      st.uri, launcher)
+    report = steps.run("report", "segment.report",
+                       {"out": join("reports", FLOW, run_id), "segment": seg["prefix"],
+                        "profile": profile, "run_id": run_id, "comparison": planned})
     progress.advance()
 
     images = [{k: e.get(k) for k in ("index", "name", "source", "status", "stage", "error",
@@ -87,7 +89,7 @@ def q3_segmentation(profile: str = "smoke", store: str | None = None,
               "config": cfg.model_dump(mode="json"), "ingest": ingest["prefix"],
               "segment": seg["prefix"], "report": report_keys, "images": images,
               "ok": len(ok), "rejected": len(rejected), "metrics": seg["metrics"],
-              "summary": summary, "groups": []}
+              "summary": summary, "groups": [], "task_runner": steps.describe()}
     result = finish_run(FLOW, cfg, run_id, result, [ingest, seg, report], st, launcher, planned)
     if rejected and (not cfg.allow_rejected or not ok):
         html = report_keys["report.html"]

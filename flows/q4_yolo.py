@@ -7,16 +7,9 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from flows.common import (
-    Progress,
-    champion_question,
-    io_step,
-    new_run_id,
-    publish,
-    remember_flow_run,
-    run_step,
-)
+from flows.common import Progress, champion_question, new_run_id, publish, remember_flow_run
 from flows.compare import finish_run, plan_comparison
+from flows.fanout import Steps
 from tasks.core.store import join, open_store
 from tasks.plans import resolve_config
 from tasks.q4 import plan
@@ -47,24 +40,31 @@ def _run(profile: str, store: str | None, overrides: dict[str, Any] | None, laun
     log.info("q4-yolo run %s (profile %s, models %s) -> %s", run_id, profile,
              ", ".join(cfg.models), st.url(base))
 
-    data = io_step("fetch-yolo-export")("fetch-yolo-export", "yolo-export.fetch",
-                                        cfg.data.model_dump(mode="json"), st.uri, launcher)
+    steps = Steps(cfg, st.uri, launcher, plan.STEP_KINDS, refresh=refresh)
+    data = steps.run("fetch-yolo-export", "yolo-export.fetch", cfg.data.model_dump(mode="json"))
     progress = Progress(2 * len(cfg.models) + 1, f"q4-yolo {run_id}: {len(cfg.models)} models")
+    # the models are independent: every training at once (as the runner allows: on Ray a
+    # whole GPU each by the resource table), then each evaluation after its own training
+    training, evaluation = {}, {}
+    for model in cfg.models:
+        slug = model_slug(model)
+        training[model] = steps.submit(f"train-{slug}", "yolo.train", plan.train_config(
+            cfg, model, join(base, f"train-{slug}"), data["prefix"]),
+            slot=f"{FLOW}/train-{slug}")
+    for model in cfg.models:
+        slug = model_slug(model)
+        evaluation[model] = steps.submit(f"evaluate-{slug}", "yolo.evaluate", plan.eval_config(
+            cfg, join(base, f"eval-{slug}"), ""),  # "train": from its training
+            slot=f"{FLOW}/evaluate-{slug}", upstream={"train": training[model]})
     trained, evaluated = {}, {}
     for model in cfg.models:
-        slug = model_slug(model)
-        trained[model] = run_step(f"train-{slug}", "yolo.train", plan.train_config(
-            cfg, model, join(base, f"train-{slug}"), data["prefix"]), st.uri, launcher,
-            slot=f"{FLOW}/train-{slug}", refresh=refresh)
+        trained[model] = training[model].result()
         progress.advance()
     for model in cfg.models:
-        slug = model_slug(model)
-        evaluated[model] = run_step(f"evaluate-{slug}", "yolo.evaluate", plan.eval_config(
-            cfg, join(base, f"eval-{slug}"), trained[model]["prefix"]), st.uri, launcher,
-            slot=f"{FLOW}/evaluate-{slug}", refresh=refresh)
+        evaluated[model] = evaluation[model].result()
         progress.advance()
     planned = plan_comparison(FLOW, profile, run_id, st)
-    report = run_step("report", "yolo.report", {
+    report = steps.run("report", "yolo.report", {
         "out": join("reports", FLOW, run_id), "profile": profile, "run_id": run_id,
         "comparison": planned,
         "models": [{"label": model_label(m), "model": m, "reference": reference_key(m),
@@ -74,7 +74,7 @@ def _run(profile: str, store: str | None, overrides: dict[str, Any] | None, laun
                   f"batch {cfg.batch}, optimizer {cfg.optimizer}, seed {cfg.seed}. Dataset: "
                   f"{data['prefix']} ({data['inputs'].get('source', '?')}, classes "
                   f"{', '.join(data.get('classes', []))}). Metrics: ultralytics val on the "
-                  "validation split."]}, st.uri, launcher)
+                  "validation split."]})
     progress.advance()
 
     rows = []
@@ -102,11 +102,11 @@ def _run(profile: str, store: str | None, overrides: dict[str, Any] | None, laun
     champion, promotion = {}, None
     if groups:
         top = next(m for m in cfg.models if model_label(m) == groups[0]["best"])
-        promotion = run_step("promote", "model.promote", {
+        promotion = steps.run("promote", "model.promote", {
             "question": champion_question(FLOW, profile), "run_id": run_id,
             "metric": groups[0]["select_by"], "value": groups[0]["best_score"],
             "model": trained[top]["prefix"], "profile": profile,
-            "out": join(base, "promote")}, st.uri, launcher)
+            "out": join(base, "promote")})
         champion = {"best_cell": model_label(top), "metric": groups[0]["select_by"],
                     "value": groups[0]["best_score"], **promotion["metrics"]}
     result = {"run_id": run_id, "profile": profile, "store": st.uri,
@@ -114,6 +114,7 @@ def _run(profile: str, store: str | None, overrides: dict[str, Any] | None, laun
               "train": {m: t["prefix"] for m, t in trained.items()},
               "eval": {m: e["prefix"] for m, e in evaluated.items()},
               "report": report["outputs"], "groups": groups, "metrics": rows,
-              "per_class": per_class, "champion": champion}
-    steps = [data, report, promotion, *trained.values(), *evaluated.values()]
-    return finish_run(FLOW, cfg, run_id, result, steps, st, launcher, planned)
+              "per_class": per_class, "champion": champion,
+              "task_runner": steps.describe()}
+    done = [data, report, promotion, *trained.values(), *evaluated.values()]
+    return finish_run(FLOW, cfg, run_id, result, done, st, launcher, planned)

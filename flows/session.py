@@ -33,6 +33,8 @@ from tasks.core.runtime import STOP
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 # Flow runs started in this process (flows.common.remember_flow_run), newest last.
 FLOW_RUNS: list[str] = []
+# The terminal's live bars of this command, set on a terminal (flows.common.step_sink).
+BARS: list = []
 
 
 class Interrupted(KeyboardInterrupt):
@@ -79,8 +81,6 @@ class Session:
         if self.want_server and not os.environ.get("PREFECT_API_URL"):
             self._start_server()
         if sys.stderr.isatty() and not progress.off():  # live bars, where a person watches
-            from flows.common import BARS
-
             self.bars = progress.TerminalBars()
             BARS[:] = [self.bars]
             self._sink = progress.SINK.set(self.bars.update)
@@ -158,8 +158,6 @@ class Session:
                 self.cancel_flow_runs(f"stopped by {signal.Signals(self.stopping).name}")
         finally:
             if self.bars is not None:
-                from flows.common import BARS
-
                 self.bars.stop()
                 BARS.clear()
                 progress.SINK.reset(self._sink)

@@ -19,6 +19,7 @@ import pytest
 from flows.launchers import LAUNCHERS, images, launch
 from flows.launchers.container import (
     CONFIG_PATH,
+    ERROR_PATH,
     MANIFEST_PATH,
     DockerOptions,
     LaunchError,
@@ -57,7 +58,8 @@ def test_spec_puts_credentials_in_env_only():
         assert SECRET not in _flat(spec.get(key)), key
         assert "fake-key-id" not in _flat(spec.get(key)), key
     assert spec["command"] == ["classifier.train", "--config", CONFIG_PATH, "--store",
-                               "s3://bucket/vf", "--manifest-out", MANIFEST_PATH]
+                               "s3://bucket/vf", "--manifest-out", MANIFEST_PATH,
+                               "--error-out", ERROR_PATH]
     assert spec["labels"]["org.visionflows.task"] == "classifier.train"
 
 
@@ -234,6 +236,7 @@ def _tar(name: str, data: bytes) -> bytes:
 class FakeContainer:
     def __init__(self, spec, script):
         self.spec, self.script = spec, script
+        self.id = f"fake-{spec['name']}"
         self.archives: dict[str, bytes] = {}
         self.dirs: dict[str, int] = {}
         self.started = self.removed = False

@@ -52,7 +52,7 @@ def test_same_class_and_same_retry_decision_under_every_launcher(launcher, reque
     error class and fields; transient ones are retried (3 attempts), permanent ones not."""
     from prefect import flow
 
-    from flows.common import io_step
+    from flows.common import retrying_step
     from tasks.core.store import open_store
 
     if launcher == "docker":
@@ -61,8 +61,9 @@ def test_same_class_and_same_retry_decision_under_every_launcher(launcher, reque
 
     @flow(name="retry-rule")
     def failing(error: str) -> dict:
-        return io_step("fail", delay_s=0)("fail", "selftest.fail",
-                                          {"out": f"t/{error}", "error": error}, uri, launcher)
+        return retrying_step("fail", 2, delay_s=0)("fail", "selftest.fail",
+                                                   {"out": f"t/{error}", "error": error}, uri,
+                                                   launcher)
 
     for error, cls, transient in CASES:
         with pytest.raises(cls) as info:

@@ -19,7 +19,7 @@ from tasks.plans import resolve_config
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
 STEPS = ["smoke-q1-mlp", "smoke-q1-cnn", "smoke-q2", "smoke-q3", "smoke-q4", "full-q1-mlp",
-         "full-q1-cnn", "yolo416", "q1-options", "q1-packing"]
+         "full-q1-cnn", "yolo416", "q1-options", "q1-packing", "q1-ray-packing"]
 
 FAKE_SMI = """#!/bin/sh
 case "$*" in
@@ -56,7 +56,7 @@ def flow_config(argv: list[str]):
     elif "flows.cli" in argv:
         i = argv.index("run")
         flow, rest = argv[i + 1], argv[i + 2:]
-    elif "bench.q1_packing" in argv:
+    elif "bench.q1_packing" in argv or "bench.fanout" in argv:
         flow, rest = argv[argv.index("--flow") + 1], argv
     else:
         return None
@@ -77,9 +77,12 @@ def test_dry_run_lists_every_step_with_valid_configs(mode):
             continue
         expected = ("cpu" if mode else "0") if name in ("smoke-q4", "yolo416") else device
         assert cfg.device == expected, name
-        if name.startswith("full-") or name == "q1-packing":
+        if name.startswith("full-") or name in ("q1-packing", "q1-ray-packing"):
             assert cfg.data.source == "generate" and cfg.epochs == 1 and cfg.repeats == 1
             assert cfg.data.n_train == (300 if mode else 60000)
+    ray = steps["q1-ray-packing"]  # four cells per GPU on Ray vs one at a time
+    assert ray[ray.index("--gpu-share") + 1] == ("0" if mode else "0.25")
+    assert ray[ray.index("--runners") + 1] == "seq,ray"
     yolo = flow_config(steps["yolo416"])
     assert yolo.models == ["yolov5s.yaml"] and yolo.epochs == 1
     assert (yolo.imgsz, yolo.data.image_size) == ((64, 64) if mode else (416, 416))

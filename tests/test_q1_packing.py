@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flows.classifier_sweep import cpu_threads, packed_env, packed_launcher
+from flows.fanout import cpu_threads, packed_env, packed_launcher
 from tasks.core.errors import ConfigError
 from tasks.core.store import open_store
 from tasks.plans import resolve_config

@@ -6,9 +6,11 @@ budget and a memory limit.
   (ultralytics' worker, DataLoader workers) form one process group that is stopped as one.
   The child also dies with the launching process (``VF_PARENT_PID``).
 - **Time budget**: ``timeout_s`` (``launch(..., timeout_s=...)``, else ``VF_TASK_TIMEOUT_S``,
-  default 6 h like the docker launcher; ``none`` turns it off). Past it, the group is
-  killed (SIGKILL) and ``TaskTimeoutError`` names the task and the budget.
-- **Memory limit**: ``VF_TASK_MEMORY`` (``512m``, ``4g``; default none). A watchdog sums the
+  else the step's ``time_limit_s`` in the question's resource table, else 6 h like the
+  docker launcher; ``none`` turns it off). Past it, the group is killed (SIGKILL) and
+  ``TaskTimeoutError`` names the task and the budget.
+- **Memory limit**: ``VF_TASK_MEMORY`` (``512m``, ``4g``), else the step's ``memory`` in the
+  resource table (flows pass it), else none. A watchdog sums the
   proportional set size (PSS: shared pages counted once) of the group every ``poll_s``;
   past the limit it kills the group and ``TaskOutOfMemoryError`` names the task, the limit
   and what it reached. The limit covers the whole group, like a container's cgroup limit,
@@ -53,6 +55,7 @@ from tasks.core.errors import (
 from tasks.core.files import work_dir
 from tasks.core.limits import EXIT_OUT_OF_MEMORY, mib, parse_size
 from tasks.core.log import get_logger
+from tasks.core.resources import Resources
 from tasks.core.runtime import STOP, Manifest, StopRequested
 from tasks.registry import resolve
 
@@ -82,6 +85,15 @@ class SubprocessOptions(Config):
     @property
     def memory_bytes(self) -> int | None:
         return None if self.memory is None else parse_size(self.memory)
+
+    def with_resources(self, res: Resources | None) -> SubprocessOptions:
+        """The step's time limit and memory from the resource table, where ``VF_TASK_*``
+        did not set them (an explicit setting, ``none`` included, wins)."""
+        if res is None:
+            return self
+        update = {k: v for k, v in (("timeout_s", res.time_limit_s), ("memory", res.memory))
+                  if k not in self.model_fields_set}
+        return self.model_copy(update=update) if update else self
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SubprocessOptions:
@@ -196,14 +208,17 @@ def _chunks(proc: subprocess.Popen, watchdog: _Watchdog) -> Iterator[bytes]:
 def launch_subprocess(task: str, cfg: Mapping[str, Any], store: str | None,
                       timeout_s: float | None = None, *,
                       options: SubprocessOptions | None = None,
-                      extra_env: Mapping[str, str] | None = None) -> Manifest:
+                      extra_env: Mapping[str, str] | None = None,
+                      resources: Resources | None = None) -> Manifest:
     """Run ``task`` in a child process group and return its manifest; see the module doc.
 
-    ``extra_env`` adds environment variables for the child (e.g. its thread count).
+    ``extra_env`` adds environment variables for the child (e.g. its thread count);
+    ``resources`` (the step's row of the resource table) gives the time budget and memory
+    limit where ``VF_TASK_*`` does not.
     """
     _func, cfg_cls = resolve(task)
     validate(cfg_cls, cfg, what=f"task {task!r}")  # fail before starting anything
-    opts = options or SubprocessOptions.from_env()
+    opts = (options or SubprocessOptions.from_env()).with_resources(resources)
     budget = timeout_s if timeout_s is not None else opts.timeout_s
     limit = opts.memory_bytes
     log = get_logger("launcher")
@@ -244,13 +259,15 @@ def launch_subprocess(task: str, cfg: Mapping[str, Any], store: str | None,
         if watchdog.reason == "timeout":
             raise TaskTimeoutError(
                 f"task {task} ran past its time budget of {budget:g}s and was stopped, with "
-                "every process it started; it left no manifest. Give it more time with "
-                f"VF_TASK_TIMEOUT_S=SECONDS ('none': no budget). {quote_tail(tail)}")
+                "every process it started; it left no manifest. Give it more time (a flow "
+                "step: --set resources.<kind>.time_limit_s=SECONDS; any task: "
+                f"VF_TASK_TIMEOUT_S=SECONDS, 'none': no budget). {quote_tail(tail)}")
         if watchdog.reason == "memory":
             raise TaskOutOfMemoryError(
                 f"task {task} ran out of memory (limit {mib(limit or 0)} MiB; it reached "
                 f"{mib(watchdog.peak)} MiB) and was stopped, with every process it started; "
-                "it left no manifest. Raise VF_TASK_MEMORY (e.g. 8g) or make the task "
+                "it left no manifest. Raise the limit (a flow step's: --set "
+                "resources.<kind>.memory=8g; any task's: VF_TASK_MEMORY=8g) or make the task "
                 f"smaller (batch size, workers). {quote_tail(tail)}")
         if code == EXIT_OUT_OF_MEMORY:
             where = f"limit {mib(limit)} MiB" if limit else "no limit set: the machine's memory"

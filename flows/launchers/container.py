@@ -9,10 +9,14 @@ the task's config into it as a file, and runs the image's entrypoint
   command line, the labels or the logs (log lines are redacted before they are emitted).
 - ``network_mode="host"``: the task reaches MinIO, moto or Prefect on 127.0.0.1 exactly as
   the launching process does. A ``file://`` store folder is bind-mounted at the same path.
-- GPUs: ``device_requests`` follow the task config's ``device`` (``cuda`` -> one GPU,
-  ``cuda:N`` -> all, so index N exists; ``auto`` -> one GPU when the engine has the NVIDIA
-  runtime) unless ``VF_DOCKER_GPUS`` (``none``, ``all``, a count, or ``device=0,1``) says so.
-- Memory, shared memory and CPU limits; a timeout that kills the container and reports it.
+- Limits from the step's row of the question's resource table (flows pass it): memory (no
+  swap beyond it), ``/dev/shm``, CPUs, time limit, and GPUs (a share of one asks for a
+  whole device); ``VF_DOCKER_*`` settings override them. A timeout kills the container
+  and reports it.
+- GPUs without a table entry: ``device_requests`` follow the task config's ``device``
+  (``cuda`` -> one GPU, ``cuda:N`` -> all, so index N exists; ``auto`` -> one GPU when the
+  engine has the NVIDIA runtime) unless ``VF_DOCKER_GPUS`` (``none``, ``all``, a count, or
+  ``device=0,1``) says so.
 - Locked down: a read-only root filesystem (``VF_DOCKER_READ_ONLY=0`` turns it off) with a
   tmpfs at ``/tmp`` where every writable directory points (``HOME``, ``XDG_CACHE_HOME``,
   ``TORCH_HOME``, ``MPLCONFIGDIR``, ``YOLO_CONFIG_DIR``, the task's work folders), the
@@ -32,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import re
 import secrets
@@ -49,6 +54,7 @@ from flows.launchers.output import iter_lines, quote_tail, relay
 from tasks.core.config import Config, validate
 from tasks.core.errors import VisionflowsError, error_from_record
 from tasks.core.log import get_logger
+from tasks.core.resources import Resources
 from tasks.core.runtime import STOP, Manifest, StopRequested
 from tasks.core.store import LocalStore, open_store
 from tasks.registry import resolve
@@ -125,6 +131,19 @@ class DockerOptions(Config):
                     len(parts) == 3 and parts[2] not in ("ro", "rw")):
                 raise ValueError(f"bad mount {m!r}: use HOST:CONTAINER or HOST:CONTAINER:ro")
         return v
+
+    def with_resources(self, res: Resources | None) -> DockerOptions:
+        """The step's limits from the resource table where ``VF_DOCKER_*`` did not set them:
+        memory, ``/dev/shm``, CPUs, time limit, and GPUs (a share of one asks for a whole
+        device: containers cannot split one; 0 leaves ``auto``, from the config's device)."""
+        if res is None:
+            return self
+        table = {"memory": res.memory, "shm_size": res.shm, "cpus": res.cpus,
+                 "timeout_s": res.time_limit_s}
+        if res.gpus > 0:
+            table["gpus"] = math.ceil(res.gpus)
+        update = {k: v for k, v in table.items() if k not in self.model_fields_set}
+        return self.model_copy(update=update) if update else self
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DockerOptions:
@@ -210,14 +229,20 @@ def _parse_mount(spec: str) -> tuple[str, dict]:
 
 def container_spec(task: str, cfg: Mapping[str, Any], store: str, opts: DockerOptions, *,
                    env: Mapping[str, str] | None = None, engine_has_gpus: bool = False,
-                   name: str | None = None) -> dict[str, Any]:
-    """Keyword arguments for ``client.containers.create`` (pure: no engine needed)."""
+                   name: str | None = None, extra_env: Mapping[str, str] | None = None
+                   ) -> dict[str, Any]:
+    """Keyword arguments for ``client.containers.create`` (pure: no engine needed).
+
+    ``env`` is the environment forwarded from (default: this process's); ``extra_env`` adds
+    the step's own variables (thread counts).
+    """
     from docker.types import Mount
 
     env = os.environ if env is None else env
     st = open_store(store)
     image = image_for(task, opts)
     environment = {k: env[k] for k in FORWARD_ENV if env.get(k)}
+    environment.update(extra_env or {})
     environment.update({"PYTHONUNBUFFERED": "1", "VF_IMAGE_TAG": image,
                         "VF_PROGRESS_LINES": "1"})
     volumes: dict[str, dict] = {}
@@ -359,20 +384,25 @@ def _failure(task: str, what: str, tail: Iterable[str]) -> LaunchError:
 
 def launch_docker(task: str, cfg: Mapping[str, Any], store: str | None,
                   timeout_s: float | None = None, *, client=None,
-                  options: DockerOptions | None = None) -> Manifest:
-    """Run ``task`` in a container and return its manifest; see the module docstring."""
+                  options: DockerOptions | None = None, env: Mapping[str, str] | None = None,
+                  resources: Resources | None = None) -> Manifest:
+    """Run ``task`` in a container and return its manifest; see the module docstring.
+
+    ``env`` adds variables for the task (thread counts); ``resources`` (the step's row of
+    the question's resource table) gives the limits ``VF_DOCKER_*`` does not set.
+    """
     import docker
 
     _func, cfg_cls = resolve(task)
     validate(cfg_cls, cfg, what=f"task {task!r}")  # fail before starting anything
-    opts = options or DockerOptions.from_env()
+    opts = (options or DockerOptions.from_env()).with_resources(resources)
     timeout = timeout_s if timeout_s is not None else opts.timeout_s
     client = client or connect()
     log = get_logger("launcher")
     st = open_store(store)
     if isinstance(st, LocalStore):
         st.root.mkdir(parents=True, exist_ok=True)
-    spec = container_spec(task, cfg, st.uri, opts,
+    spec = container_spec(task, cfg, st.uri, opts, extra_env=env,
                           engine_has_gpus=opts.gpus == "auto" and cfg.get("device") == "auto"
                           and engine_has_gpus(client))
     ensure_image(client, spec["image"], opts.pull)
@@ -420,12 +450,16 @@ def launch_docker(task: str, cfg: Mapping[str, Any], store: str | None,
             raise StopRequested(f"task {task} was stopped (the run is being interrupted)")
         if timed_out.is_set() and code != 0:
             raise _failure(task, f"timed out after {timeout:g}s in container {name} and was "
-                                 "killed (raise VF_DOCKER_TIMEOUT_S if it needs longer)", tail)
+                                 "killed (if it needs longer: --set "
+                                 "resources.<kind>.time_limit_s=SECONDS for a flow's step, "
+                                 "or VF_DOCKER_TIMEOUT_S)", tail)
         if code != 0:
             container.reload()
             if container.attrs.get("State", {}).get("OOMKilled"):
                 raise _failure(task, f"was killed for memory in container {name} (limit "
-                                     f"{opts.memory}; raise VF_DOCKER_MEMORY)", tail)
+                                     f"{opts.memory}; raise it: --set "
+                                     "resources.<kind>.memory=... for a flow's step, or "
+                                     "VF_DOCKER_MEMORY)", tail)
             try:  # the task's own error, as the same class (see tasks.core.errors)
                 record = json.loads(_untar_one(container.get_archive(ERROR_PATH)[0]))
             except (docker.errors.NotFound, json.JSONDecodeError, StopIteration):

@@ -7,21 +7,47 @@ failure as ``TaskOutOfMemoryError`` and warns once when a budget is asked for.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from tasks.core.errors import TaskOutOfMemoryError
 from tasks.core.limits import is_out_of_memory
 from tasks.core.log import get_logger
+from tasks.core.resources import Resources
 from tasks.core.runtime import Manifest
 from tasks.registry import run_task
 
 _WARNED: set[str] = set()
 
 
-def launch_local(task: str, cfg: dict[str, Any], store: str, timeout_s: float | None
+@contextlib.contextmanager
+def torch_threads(env: dict[str, str] | None) -> Iterator[None]:
+    """torch's thread count from ``env``'s ``OMP_NUM_THREADS`` for the call, then back (a
+    step on a Ray worker, which runs one step at a time, uses the CPUs it asked for)."""
+    n = (env or {}).get("OMP_NUM_THREADS", "")
+    if not n.isdigit() or int(n) < 1:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def launch_local(task: str, cfg: dict[str, Any], store: str, timeout_s: float | None,
+                 env: dict[str, str] | None = None, resources: Resources | None = None
                  ) -> Manifest:
-    """Run ``task`` in this process; an allocation failure becomes ``TaskOutOfMemoryError``."""
+    """Run ``task`` in this process; an allocation failure becomes ``TaskOutOfMemoryError``.
+
+    ``env`` may set the thread count (``OMP_NUM_THREADS``); ``resources`` are not enforced
+    here (the flow's own process has no limit of its own).
+    """
     asked = [f"{k}={v}" for k, v in (("timeout_s", timeout_s),
                                      ("VF_TASK_TIMEOUT_S", os.environ.get("VF_TASK_TIMEOUT_S")),
                                      ("VF_TASK_MEMORY", os.environ.get("VF_TASK_MEMORY"))) if v]
@@ -32,7 +58,8 @@ def launch_local(task: str, cfg: dict[str, Any], store: str, timeout_s: float | 
             "--launcher subprocess or docker to have tasks stopped at their limits",
             ", ".join(asked))
     try:
-        return run_task(task, cfg, store)
+        with torch_threads(env):
+            return run_task(task, cfg, store)
     except (MemoryError, RuntimeError) as exc:
         if not is_out_of_memory(exc):
             raise

@@ -25,6 +25,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -285,21 +286,51 @@ def git_commit() -> str:
     return _COMMIT
 
 
+def ray_context() -> dict[str, Any] | None:
+    """Where this process runs on Ray (node id, worker pid, the GPU ids Ray assigned), or
+    None off Ray. A task's child process (the subprocess or docker launcher inside a Ray
+    worker) reads what its worker passed on: ``VF_RAY_NODE_ID``, ``VF_RAY_WORKER_PID``."""
+    ray = sys.modules.get("ray")  # never imported here: only a Ray worker has it loaded
+    if ray is not None:
+        try:
+            if ray.is_initialized():
+                ctx = ray.get_runtime_context()
+                if ctx.get_task_id() is not None:  # inside a Ray task, not a driver
+                    return {"node_id": ctx.get_node_id(), "worker_pid": os.getpid(),
+                            "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+        except Exception:  # noqa: BLE001 - provenance never fails a task
+            pass
+    if node := os.environ.get("VF_RAY_NODE_ID"):
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        return {"node_id": node, "worker_pid": int(os.environ.get("VF_RAY_WORKER_PID") or 0),
+                "gpu_ids": [g for g in visible.split(",") if g]}
+    return None
+
+
 def provenance() -> dict[str, Any]:
+    """Where and with what a task ran: code, image, host, process, threads, device, Ray."""
     info: dict[str, Any] = {
         "git_commit": git_commit(),
         "image_tag": os.environ.get("VF_IMAGE_TAG", "none (in-process)"),
         "hostname": platform.node(),
+        "pid": os.getpid(),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "ray": ray_context(),
     }
     try:
         import torch
 
         info["torch"] = torch.__version__
-        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        info["threads"] = torch.get_num_threads()
+        cuda = torch.cuda.is_available()
+        info["cuda"] = torch.cuda.get_device_name(0) if cuda else None
+        info["device"] = (f"cuda ({info['cuda']}, {torch.cuda.device_count()} visible)"
+                          if cuda else "cpu")
     except ImportError:  # torch-free tasks still get a manifest
         info["torch"] = None
+    if visible := os.environ.get("CUDA_VISIBLE_DEVICES"):
+        info["cuda_visible_devices"] = visible
     return info
 
 

@@ -23,8 +23,9 @@ from tasks.q1.train import DEFAULT_HIDDEN, EvalConfig, TrainConfig, TrainOptions
 QUESTIONS = fmnist.QUESTIONS
 Activation = Literal["relu", "tanh", "sigmoid"]
 Loss = Literal["cross_entropy", "mse"]
-PARALLEL_HELP = ("sweep packing: train up to N cells at once on the device, each in its own "
-                 "process with 1/N of the CPU threads (1: one after another)")
+PARALLEL_HELP = ("sweep packing on the thread-pool runner: train up to N cells at once on the "
+                 "device, each in its own process with 1/N of the CPU threads (1: one after "
+                 "another; on Ray the resource table decides)")
 # Task-config fields the plan sets itself (store prefixes and what the sweep varies).
 WIRED = {"classifier.train": {"out", "data", "model", "hidden", "activation", "loss",
                               "dropout", "batch_size"},

@@ -30,6 +30,9 @@ RENAMED = {"transfer.finetune": {"epochs": "finetune_epochs", "learning_rate": "
            "transfer.explore": {"bins": "histogram_bins"}}
 
 
+PARALLEL_HELP = ("models trained at once on the thread-pool runner, each in its own process "
+                 "with 1/N of the CPU threads (1: one after another; on Ray the resource "
+                 "table decides)")
 # What each step needs (tasks.core.resources): VGG16 wants a GPU of its own.
 RESOURCES = ResourceTable(
     fetch=Resources(cpus=2, memory="8g", time_limit_s=3 * 3600),
@@ -61,6 +64,7 @@ class Q2TransferConfig(TrainOptions, RegressionOptions):
     finetune_epochs: int = like(FinetuneConfig, "epochs")
     finetune_lr: float = like(FinetuneConfig, "learning_rate")
     finetune_eval_test: bool = like(FinetuneConfig, "eval_test")
+    parallel: int = Field(1, ge=1, le=32, description=PARALLEL_HELP)
     resources: ResourceTable = Field(default_factory=lambda: RESOURCES,
                                      description="what each step kind needs")
 

@@ -1,0 +1,331 @@
+"""Which Prefect task runner a flow run uses, and the Ray cluster behind ``--task-runner ray``.
+
+- ``thread`` (the default): Prefect's ``ThreadPoolTaskRunner`` with as many workers as the
+  flow config's ``parallel`` (1: one step after another).
+- ``ray``: ``prefect_ray.RayTaskRunner``. Without an address a local Ray is started for the
+  run (one machine: fractional GPUs pack steps on a device); with ``--ray-address``
+  (``ray://HOST:10001``, ``HOST:6379`` or ``auto``) an existing cluster, e.g. KubeRay.
+
+:func:`ray_session` connects (or starts Ray) once per command, before any flow runs, and
+fails within ``VF_RAY_CONNECT_TIMEOUT_S`` (30 s) when the address does not answer. The
+workers get this checkout's code (``py_modules``: ``tasks``, ``flows``, ``reports``) and
+what the steps need from this environment (the Prefect API URL, the store's endpoint and
+credentials, the offline switch) through Ray's runtime environment: never on a command
+line, in a log line or in a manifest. ``ray`` and ``prefect-ray`` are an optional extra
+(``pip install -e '.[ray]'``); nothing here imports them until a Ray run asks for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from tasks.core.errors import ConfigError, VisionflowsError
+from tasks.core.log import get_logger
+
+RUNNERS = ("thread", "ray")
+INSTALL_HINT = "pip install -e '.[ray]' (or: pip install 'ray[default]' prefect-ray)"
+CONNECT_TIMEOUT_S = 30.0  # an address that does not answer fails within this
+INIT_TIMEOUT_S = 300.0  # an answering cluster that does not open a session within this
+# What a step needs from the launching environment (as the docker launcher forwards it).
+WORKER_ENV = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
+    "AWS_REGION", "VF_S3_ENDPOINT_URL", "VF_S3_REGION", "VF_S3_MAX_ATTEMPTS", "VF_OFFLINE",
+    "VF_RETRY_DELAY_S", "VF_REFRESH", "VF_TASK_TIMEOUT_S", "VF_TASK_MEMORY",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+    "PREFECT_API_KEY", "PREFECT_SERVER_ANALYTICS_ENABLED", "DO_NOT_TRACK",
+)
+CODE_PACKAGES = ("tasks", "flows", "reports")
+
+
+class RayUnavailableError(VisionflowsError):
+    """Ray or prefect-ray is not installed, or the cluster does not answer."""
+
+
+def require_ray():
+    """The ``ray`` module, after checking that ``prefect_ray`` imports too; else how to
+    install them."""
+    try:
+        import prefect_ray  # noqa: F401
+        import ray
+    except ImportError as exc:
+        raise RayUnavailableError(
+            f"--task-runner ray needs Ray and prefect-ray, which are not installed here "
+            f"({exc.name or exc} is missing): {INSTALL_HINT}") from None
+    return ray
+
+
+def choose_runner(task_runner: str | None, address: str | None,
+                  env: Mapping[str, str] | None = None) -> tuple[str, str | None]:
+    """The runner kind and Ray address from the CLI's options and ``VF_TASK_RUNNER`` /
+    ``VF_RAY_ADDRESS``: an address means Ray."""
+    env = os.environ if env is None else env
+    address = (address or env.get("VF_RAY_ADDRESS") or "").strip() or None
+    kind = (task_runner or env.get("VF_TASK_RUNNER") or ("ray" if address else "thread"))
+    kind = kind.strip().lower()
+    if kind not in RUNNERS:
+        raise ConfigError(f"unknown task runner {kind!r} (from VF_TASK_RUNNER?); use one of: "
+                          f"{', '.join(RUNNERS)}")
+    if address and kind != "ray":
+        raise ConfigError(f"a Ray address ({address}) needs --task-runner ray; drop "
+                          "--ray-address / VF_RAY_ADDRESS to run on the thread pool")
+    if address:
+        address_host(address)  # validates the form
+    return kind, address
+
+
+def address_host(address: str) -> str | None:
+    """The host of a Ray address (``ray://HOST:PORT``, ``HOST:PORT``), None for ``auto``."""
+    if address == "auto":
+        return None
+    text = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or "/" in text:
+        raise ConfigError(f"Ray address {address!r}: use ray://HOST:10001 (Ray Client, e.g. "
+                          "KubeRay's head service), HOST:6379 (the cluster's GCS) or auto")
+    return host.strip("[]")
+
+
+def is_loopback(host: str | None) -> bool:
+    if host is None:
+        return True
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_cluster_setup(address: str | None, store_uri: str,
+                        env: Mapping[str, str] | None = None,
+                        api_url: str | None = None) -> None:
+    """Refuse, before anything runs, a setup whose Ray nodes could not reach the store or the
+    Prefect API. ``address`` None (a local Ray on this machine) needs nothing."""
+    if address is None:
+        return
+    env = os.environ if env is None else env
+    if store_uri.startswith("file://"):
+        raise ConfigError(
+            f"the store {store_uri} is a folder on this machine, which the Ray cluster at "
+            f"{address} cannot see from its nodes: use a store every node reaches (S3/MinIO: "
+            "--store s3://BUCKET/PREFIX, with VF_S3_ENDPOINT_URL for MinIO), or leave out "
+            "--ray-address (and VF_RAY_ADDRESS) to start a local Ray on this machine")
+    if is_loopback(address_host(address)):
+        return  # the cluster runs on this machine (or behind a port-forward the user set up)
+    endpoint = env.get("VF_S3_ENDPOINT_URL")
+    if endpoint and is_loopback(urlsplit(endpoint).hostname):
+        raise ConfigError(
+            f"VF_S3_ENDPOINT_URL={endpoint} is this machine's loopback address, which the Ray "
+            f"nodes at {address} would read as their own: set it to an address they reach "
+            "(e.g. http://minio.example:9000)")
+    if not api_url or is_loopback(urlsplit(api_url).hostname):
+        raise ConfigError(
+            f"the Ray nodes at {address} must report to a Prefect server they reach, and "
+            f"{api_url if api_url else 'the temporary local one'} listens on this "
+            "machine's loopback only: run `prefect server start --host 0.0.0.0` and set "
+            "PREFECT_API_URL=http://THIS_HOST:4200/api")
+
+
+def configured_api_url() -> str | None:
+    """The Prefect API URL this process is set to use (settings or environment)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or os.environ.get("PREFECT_API_URL") or None
+
+
+@contextlib.contextmanager
+def prefect_api_for_workers() -> Iterator[str]:
+    """An API URL the Ray workers can use: the configured one, else Prefect's temporary
+    local server, started now and set for this process, so the flow and its workers share
+    it (PrefectHQ/prefect#18485: workers do not find the temporary server by themselves).
+    """
+    url = configured_api_url()
+    if url:
+        yield url
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    server = SubprocessASGIServer()  # the instance Prefect's own temporary mode uses
+    server.start(timeout=120)
+    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        yield server.api_url
+
+
+def code_dirs() -> list[str]:
+    """This checkout's packages, shipped to the workers (the code this process runs)."""
+    import importlib
+
+    return [str(Path(importlib.import_module(p).__file__).parent) for p in CODE_PACKAGES]
+
+
+def worker_runtime_env(api_url: str, env: Mapping[str, str] | None = None,
+                       local: bool = False) -> dict[str, Any]:
+    """Ray's runtime environment for the steps: this code, the API URL, the store's
+    endpoint and credentials (and, for a Ray on this machine, the download cache folder).
+    Holds secrets: never log it."""
+    from tasks.core.runtime import git_commit
+
+    env = os.environ if env is None else env
+    names = (*WORKER_ENV, "VF_CACHE_DIR") if local else WORKER_ENV
+    env_vars = {k: env[k] for k in names if env.get(k)}
+    env_vars.update({"PREFECT_API_URL": api_url, "VF_GIT_COMMIT": git_commit(),
+                     "PREFECT_LOGGING_EXTRA_LOGGERS": "visionflows", "PYTHONUNBUFFERED": "1",
+                     "RAY_USAGE_STATS_ENABLED": "0"})
+    return {"py_modules": code_dirs(), "excludes": ["__pycache__", "*.pyc"],
+            "env_vars": env_vars}
+
+
+@dataclass
+class RaySession:
+    """The Ray cluster of this command: where it is and what its nodes offer."""
+
+    address: str | None
+    nodes: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def local(self) -> bool:
+        """A Ray started for this run on this machine (no address given)."""
+        return self.address is None
+
+    def describe(self) -> str:
+        where = "a local Ray started for this run" if self.local else f"Ray at {self.address}"
+        offer = "; ".join(", ".join(f"{k} {v:g}" for k, v in sorted(n.items())
+                                    if k in ("CPU", "GPU")) for n in self.nodes)
+        return f"{where}: {len(self.nodes)} node(s) ({offer})"
+
+
+_SESSION: RaySession | None = None
+
+
+def current_session() -> RaySession | None:
+    return _SESSION
+
+
+def probe(address: str, timeout_s: float) -> None:
+    """Whether the cluster answers: a TCP connection to the address, then a gRPC handshake
+    (Ray Client and the GCS both speak gRPC), so a dead or silent address fails within
+    ``timeout_s`` (``ray.init`` itself may wait minutes)."""
+    host = address_host(address)
+    if host is None:
+        return
+    port = int(address.rpartition(":")[2])
+    deadline = time.monotonic() + timeout_s
+    fix = ("check the address (ray://HOST:10001 for Ray Client, HOST:6379 for the GCS), that "
+           "the cluster is up (`ray status` on its head) and that this machine reaches it (a "
+           "port-forward for KubeRay); nothing ran")
+    try:
+        with socket.create_connection((host, port), timeout=min(timeout_s, 10.0)):
+            pass
+    except OSError as exc:
+        raise RayUnavailableError(
+            f"the Ray cluster at {address} does not answer ({type(exc).__name__}: "
+            f"{exc.strerror or exc}); {fix}") from None
+    if os.environ.get("RAY_USE_TLS", "0") not in ("", "0"):
+        return  # a TLS cluster: the plain handshake below would not tell
+    import grpc
+
+    channel = grpc.insecure_channel(f"{host}:{port}")
+    try:
+        grpc.channel_ready_future(channel).result(
+            timeout=max(0.5, deadline - time.monotonic()))
+    except grpc.FutureTimeoutError:
+        raise RayUnavailableError(
+            f"the Ray cluster at {address} does not answer: a connection opens but no Ray "
+            f"(gRPC) service replies within {timeout_s:g}s; {fix}") from None
+    finally:
+        channel.close()
+
+
+def _alive_nodes(ray) -> list[dict[str, float]]:
+    return [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, *, connect_timeout_s: float | None = None,
+                num_cpus: int | None = None, num_gpus: int | None = None
+                ) -> Iterator[RaySession]:
+    """Connect to the Ray cluster at ``address`` (or start a local one) for this command;
+    disconnect (or stop it) at the end. Fails within ``connect_timeout_s``
+    (``VF_RAY_CONNECT_TIMEOUT_S``, default 30) when the cluster does not answer."""
+    global _SESSION
+    ray = require_ray()
+    if ray.is_initialized():
+        raise RayUnavailableError("Ray is already initialised in this process; run one "
+                                  "visionflows command at a time")
+    timeout = connect_timeout_s or float(os.environ.get("VF_RAY_CONNECT_TIMEOUT_S")
+                                         or CONNECT_TIMEOUT_S)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports from a run
+    log = get_logger("ray")
+    if address is not None:
+        probe(address, timeout)  # a dead address fails here, within the timeout
+    with prefect_api_for_workers() as api_url:
+        kwargs: dict[str, Any] = {"runtime_env": worker_runtime_env(api_url,
+                                                                    local=address is None),
+                                  "namespace": "visionflows", "log_to_driver": True}
+        if address is None:
+            kwargs.update(include_dashboard=False, num_cpus=num_cpus, num_gpus=num_gpus)
+        else:
+            kwargs["address"] = address
+        outcome: dict[str, Any] = {}
+
+        def connect() -> None:
+            try:
+                outcome["ctx"] = ray.init(**kwargs)
+            except BaseException as exc:  # noqa: BLE001 - reported below, in this thread
+                outcome["error"] = exc
+
+        if address is None:  # starting Ray here takes what it takes (no address to doubt)
+            connect()
+        else:  # it answered; a session may still take a while (a Ray Client server starts
+            # a process per driver): wait for it, but not forever
+            worker = threading.Thread(target=connect, daemon=True, name="vf-ray-init")
+            worker.start()
+            worker.join(INIT_TIMEOUT_S)
+        if "ctx" not in outcome and "error" not in outcome:
+            raise RayUnavailableError(
+                f"the Ray cluster at {address} answered but did not open a session within "
+                f"{INIT_TIMEOUT_S:g}s; look at its head's logs (`ray status`, "
+                "/tmp/ray/session_latest/logs); nothing ran")
+        if "error" in outcome:
+            exc = outcome["error"]
+            what = ("start a local Ray" if address is None
+                    else f"connect to the Ray cluster at {address}")
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise RayUnavailableError(f"could not {what}: {type(exc).__name__}: {first}; "
+                                      "nothing ran") from None
+        try:
+            _SESSION = RaySession(address, _alive_nodes(ray))
+            log.info("task runner: %s", _SESSION.describe())
+            yield _SESSION
+        finally:
+            _SESSION = None
+            ray.shutdown()
+
+
+def task_runner(kind: str, parallel: int = 1, session: RaySession | None = None):
+    """The Prefect task runner for one flow run: a thread pool of ``parallel`` workers, or
+    ``RayTaskRunner`` on the session's cluster (connected by :func:`ray_session`)."""
+    if kind == "thread":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=max(1, parallel))
+    if kind == "ray":
+        require_ray()
+        from prefect_ray import RayTaskRunner
+
+        if session is None:
+            raise RayUnavailableError("--task-runner ray runs inside ray_session(): connect "
+                                      "(or start Ray) first")
+        return RayTaskRunner(address=session.address)
+    raise ConfigError(f"unknown task runner {kind!r}; use one of: {', '.join(RUNNERS)}")

@@ -1,0 +1,186 @@
+"""A real Ray cluster for the Ray tests: a head (``--num-gpus 2``: logical GPUs, which Ray
+schedules without hardware) and a second node joined to it, on 127.0.0.1, stopped at the
+end by the pids of the processes it started (never ``ray stop``, which kills by name).
+
+Ray binds several components to 0.0.0.0 and the machine's own address even with
+``--node-ip-address 127.0.0.1``, so these tests run only inside a network namespace whose
+only interface is loopback (as root: ``unshare -n``, then ``ip link set lo up``; ``.ci/run``
+does this): nothing can go anywhere but 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+NAMESPACE_HINT = ("the Ray tests run only in a network namespace with nothing but loopback "
+                  "(Ray binds 0.0.0.0): as root, `unshare -n sh -c 'ip link set lo up && "
+                  "python -m pytest -m ray'` (.ci/run does this)")
+
+
+def loopback_only() -> bool:
+    """Whether this process's network namespace has no interface but ``lo``."""
+    try:
+        return [name for _, name in socket.if_nameindex()] == ["lo"]
+    except OSError:
+        return False
+
+
+def ray_missing() -> str | None:
+    """Why Ray cannot be used here (not installed), or None."""
+    for name in ("ray", "prefect_ray"):
+        if importlib.util.find_spec(name) is None:
+            return (f"Ray tests need ray and prefect-ray ({name} is missing): "
+                    "pip install -e '.[ray]'")
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every live process below it (by parent pid, from ``/proc``)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rfind(b")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def process_title(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
+@dataclass
+class RayCluster:
+    """Two Ray nodes started with ``ray start --block`` (so their processes stay ours)."""
+
+    root: Path
+    gcs_port: int = field(default_factory=free_port)
+    client_port: int = field(default_factory=free_port)
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def gcs_address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def client_address(self) -> str:
+        return f"ray://127.0.0.1:{self.client_port}"
+
+    # Ray's token authentication (on by default for new clusters) is off: only loopback
+    # exists in the namespace, and its token loader caches its mode per process.
+    auth_env = {"RAY_AUTH_MODE": "disabled"}
+
+    def _start(self, name: str, args: list[str]) -> None:
+        log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        env = {**os.environ, **self.auth_env, "RAY_USAGE_STATS_ENABLED": "0"}
+        # the nodes know nothing of this checkout: its code reaches the workers the way it
+        # reaches a real cluster's, through the run's runtime environment (py_modules)
+        env.pop("PYTHONPATH", None)
+        self.procs.append(subprocess.Popen(
+            [sys.executable, "-m", "ray.scripts.scripts", "start", "--block",
+             "--node-ip-address", "127.0.0.1", "--disable-usage-stats",
+             "--object-store-memory", str(100 * 2**20), *args],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
+
+    def start(self, timeout_s: float = 240) -> RayCluster:
+        self._start("head", ["--head", "--port", str(self.gcs_port),
+                             "--ray-client-server-port", str(self.client_port),
+                             "--temp-dir", str(self.root / "t"), "--include-dashboard", "false",
+                             "--num-cpus", "4", "--num-gpus", "2"])
+        self.wait_for_port(self.gcs_port, timeout_s)
+        self._start("node", ["--address", self.gcs_address, "--num-cpus", "2",
+                             "--num-gpus", "0"])
+        self.wait_for_nodes(2, timeout_s)
+        self.wait_for_port(self.client_port, timeout_s)
+        return self
+
+    def wait_for_port(self, port: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self._check_alive()
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"Ray did not open port {port} in {timeout_s:g}s: {self.logs()}")
+
+    def wait_for_nodes(self, n: int, timeout_s: float) -> None:
+        import ray
+
+        deadline = time.monotonic() + timeout_s
+        ray.init(address=self.gcs_address, log_to_driver=False)
+        try:
+            while time.monotonic() < deadline:
+                self._check_alive()
+                if sum(1 for node in ray.nodes() if node.get("Alive")) >= n:
+                    return
+                time.sleep(1)
+        finally:
+            ray.shutdown()
+        raise TimeoutError(f"{n} Ray nodes not up in {timeout_s:g}s: {self.logs()}")
+
+    def _check_alive(self) -> None:
+        for p in self.procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"ray start exited with {p.returncode}: {self.logs()}")
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {f.name}\n{f.read_text(errors='replace')[-2000:]}"
+                         for f in sorted(self.root.glob("*.log")))
+
+    def stop(self) -> None:
+        """SIGTERM every process the two ``ray start`` started, then SIGKILL what is left."""
+        pids = [pid for p in self.procs for pid in descendants(p.pid)]
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and any(
+                    Path(f"/proc/{pid}").exists() and not _zombie(pid) for pid in pids):
+                time.sleep(0.2)
+        for p in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=5)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return True
+    return stat[stat.rfind(b")") + 2:].split()[0] == b"Z"
+
+
+def new_cluster_root() -> Path:
+    # short: Ray's unix socket paths live below it (the limit is 107 bytes)
+    return Path(tempfile.mkdtemp(prefix="vfray-", dir="/tmp"))

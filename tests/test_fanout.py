@@ -1,0 +1,249 @@
+"""Fan-out without a cluster: the runner choice and its refusals, steps submitted through
+Prefect's thread pool at most ``parallel`` at once, the resource table in Ray's options
+and in the subprocess and docker launchers' limits, and where a task ran in its manifest.
+The cluster tests are in ``test_ray.py``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime
+from typing import Any
+
+import pytest
+from prefect import flow
+
+from flows.fanout import RETRIES, Steps, clamped, fits, ray_options, step_threads, unfit
+from flows.launchers.child_process import SubprocessOptions
+from flows.launchers.container import DockerOptions, container_spec
+from flows.runners import (
+    INSTALL_HINT,
+    RayUnavailableError,
+    check_cluster_setup,
+    choose_runner,
+    require_ray,
+    worker_runtime_env,
+)
+from tasks.core.errors import ConfigError
+from tasks.core.resources import Resources, ResourceTable
+from tasks.core.runtime import provenance, ray_context
+
+ENV = {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value-42"}
+
+
+# ------------------------------------------------------------------ choosing the runner
+
+@pytest.mark.parametrize("flag,address,env,expected", [
+    (None, None, {}, ("thread", None)),
+    ("ray", None, {}, ("ray", None)),
+    (None, "ray://head:10001", {}, ("ray", "ray://head:10001")),
+    (None, None, {"VF_RAY_ADDRESS": "10.0.0.5:6379"}, ("ray", "10.0.0.5:6379")),
+    (None, None, {"VF_TASK_RUNNER": "ray"}, ("ray", None)),
+    ("ray", "auto", {}, ("ray", "auto")),
+    ("thread", None, {"VF_TASK_RUNNER": "ray"}, ("thread", None)),
+])
+def test_choose_runner(flag, address, env, expected):
+    assert choose_runner(flag, address, env) == expected
+
+
+@pytest.mark.parametrize("flag,address,match", [
+    ("dask", None, "unknown task runner 'dask'"),
+    ("thread", "ray://head:10001", "needs --task-runner ray"),
+    ("ray", "head", "use ray://HOST:10001"),
+    ("ray", "http://head:8265", "use ray://HOST:10001"),
+])
+def test_choose_runner_refuses_with_the_fix(flag, address, match):
+    with pytest.raises(ConfigError, match=match):
+        choose_runner(flag, address, {})
+
+
+def test_a_folder_store_is_refused_with_a_cluster(tmp_path):
+    with pytest.raises(ConfigError, match="cannot see from its nodes.*s3://BUCKET/PREFIX"):
+        check_cluster_setup("ray://127.0.0.1:10001", f"file://{tmp_path}", {})
+    check_cluster_setup(None, f"file://{tmp_path}", {})  # a local Ray shares this machine
+
+
+def test_a_remote_cluster_must_reach_the_store_and_the_api():
+    remote = "ray://10.0.0.5:10001"
+    with pytest.raises(ConfigError, match="VF_S3_ENDPOINT_URL=http://127.0.0.1:9000"):
+        check_cluster_setup(remote, "s3://b/p", {"VF_S3_ENDPOINT_URL": "http://127.0.0.1:9000"},
+                            api_url="http://10.0.0.2:4200/api")
+    with pytest.raises(ConfigError, match="the temporary local one.*PREFECT_API_URL"):
+        check_cluster_setup(remote, "s3://b/p", {}, api_url=None)
+    with pytest.raises(ConfigError, match="localhost:4200"):
+        check_cluster_setup(remote, "s3://b/p", {}, api_url="http://localhost:4200/api")
+    check_cluster_setup(remote, "s3://b/p", {"VF_S3_ENDPOINT_URL": "http://minio:9000"},
+                        api_url="http://10.0.0.2:4200/api")
+    # a cluster on this machine (or a port-forward) reaches loopback services
+    check_cluster_setup("127.0.0.1:6379", "s3://b/p", {"VF_S3_ENDPOINT_URL": "http://127.0.0.1:9"})
+
+
+def test_cli_refuses_a_folder_store_with_a_cluster_before_anything_runs(tmp_path, capsys):
+    from flows.cli import main
+
+    store = tmp_path / "store"
+    code = main(["run", "q1-mlp", "--ray-address", "ray://127.0.0.1:10001",
+                 "--store", f"file://{store}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot see from its nodes" in err and "s3://" in err
+    assert not store.exists()
+
+
+def test_missing_ray_says_how_to_install(monkeypatch, tmp_path, capsys):
+    from flows.cli import main
+
+    monkeypatch.setitem(sys.modules, "prefect_ray", None)  # as if not installed
+    with pytest.raises(RayUnavailableError, match=r"pip install -e '\.\[ray\]'"):
+        require_ray()
+    store = tmp_path / "store"
+    assert main(["run", "q1-mlp", "--task-runner", "ray", "--store", f"file://{store}"]) == 2
+    err = capsys.readouterr().err
+    assert "needs Ray and prefect-ray" in err and INSTALL_HINT in err
+    assert not store.exists()
+
+
+def test_worker_environment_carries_code_api_and_store_settings(monkeypatch):
+    for k, v in {**ENV, "VF_S3_ENDPOINT_URL": "http://minio:9000", "HOME": "/root",
+                 "UNRELATED": "x", "VF_CACHE_DIR": "/home/me/.cache/vf"}.items():
+        monkeypatch.setenv(k, v)
+    assert worker_runtime_env("http://x/api", local=True)["env_vars"]["VF_CACHE_DIR"] == \
+        "/home/me/.cache/vf"  # a Ray on this machine shares its folders, a cluster does not
+    env = worker_runtime_env("http://10.0.0.2:4200/api")
+    assert "VF_CACHE_DIR" not in env["env_vars"]
+    assert {os.path.basename(p) for p in env["py_modules"]} == {"tasks", "flows", "reports"}
+    assert all(os.path.isdir(p) for p in env["py_modules"])
+    v = env["env_vars"]
+    assert v["PREFECT_API_URL"] == "http://10.0.0.2:4200/api"
+    assert v["AWS_SECRET_ACCESS_KEY"] == ENV["AWS_SECRET_ACCESS_KEY"]
+    assert v["VF_S3_ENDPOINT_URL"] == "http://minio:9000" and v["VF_GIT_COMMIT"]
+    assert "UNRELATED" not in v and "HOME" not in v
+
+
+# ------------------------------------------------------------------ the resource table
+
+def test_ray_options_come_from_the_table():
+    res = Resources(cpus=2, memory="4g", gpus=0.25, shm="1g", time_limit_s=60)
+    assert ray_options(res, RETRIES["train"]) == {
+        "num_cpus": 2, "num_gpus": 0.25, "memory": 4 * 2**30, "max_retries": 1,
+        "retry_exceptions": False}
+    assert step_threads(res) == 2 and step_threads(Resources(cpus=0.5)) == 1
+
+
+def test_a_step_no_node_can_hold_is_named_with_the_fix():
+    res = Resources(cpus=8, memory="32g", gpus=1)
+    nodes = [{"CPU": 4.0, "GPU": 2.0, "memory": 16 * 2**30}, {"CPU": 16.0, "memory": 64 * 2**30}]
+    assert not any(fits(res, n) for n in nodes)
+    msg = unfit("train", res, nodes)
+    assert msg and "8 CPUs, 1 GPUs and 32g" in msg and "--set resources.train.cpus" in msg
+    assert unfit("train", Resources(cpus=4, memory="8g", gpus=1), nodes) is None
+    # on the Ray started for a run (this machine) such a step runs with what it has
+    small = clamped(res, {"CPU": 2.0, "memory": 3 * 2**30})
+    assert (small.cpus, small.gpus, small.memory_bytes) == (2, 0, 3 * 2**30)
+    assert fits(small, {"CPU": 2.0, "memory": 3 * 2**30})
+
+
+def test_subprocess_limits_from_the_table_unless_set(tmp_path):
+    res = Resources(cpus=1, memory="3g", time_limit_s=120)
+    opts = SubprocessOptions.from_env({}).with_resources(res)
+    assert (opts.timeout_s, opts.memory) == (120, "3g")
+    opts = SubprocessOptions.from_env({"VF_TASK_MEMORY": "1g", "VF_TASK_TIMEOUT_S": "none"}
+                                      ).with_resources(res)
+    assert (opts.timeout_s, opts.memory) == (None, "1g")  # explicit settings win
+
+
+def test_docker_limits_and_gpu_requests_from_the_table():
+    res = Resources(cpus=2, memory="6g", gpus=0.25, shm="3g", time_limit_s=900)
+    opts = DockerOptions.from_env({}).with_resources(res)
+    assert (opts.memory, opts.shm_size, opts.cpus, opts.timeout_s, opts.gpus) == \
+        ("6g", "3g", 2, 900, 1)  # a share of a GPU asks for a whole device
+    spec = container_spec("classifier.train", {"device": "cuda"}, "s3://b/p", opts, env=ENV,
+                          extra_env={"OMP_NUM_THREADS": "2"})
+    assert spec["mem_limit"] == spec["memswap_limit"] == "6g" and spec["shm_size"] == "3g"
+    assert spec["nano_cpus"] == 2 * 10**9
+    assert [dict(r)["Count"] for r in spec["device_requests"]] == [1]
+    assert spec["environment"]["OMP_NUM_THREADS"] == "2"
+    env_wins = DockerOptions.from_env({"VF_DOCKER_MEMORY": "16g", "VF_DOCKER_GPUS": "none",
+                                       "VF_DOCKER_SHM_SIZE": "8g"}).with_resources(res)
+    assert (env_wins.memory, env_wins.gpus, env_wins.shm_size, env_wins.cpus) == \
+        ("16g", "none", "8g", 2)
+    no_gpu = DockerOptions.from_env({}).with_resources(Resources(gpus=0))
+    assert no_gpu.gpus == "auto"  # from the config's device, as without a table
+
+
+def test_every_question_names_a_kind_for_each_of_its_tasks():
+    from tasks.q1 import plan as q1
+    from tasks.q2 import plan as q2
+    from tasks.q3 import plan as q3
+    from tasks.q4 import plan as q4
+    from tasks.registry import TASKS
+
+    for plan in (q1, q2, q3, q4):
+        assert set(plan.STEP_KINDS.values()) <= set(RETRIES)
+        assert set(plan.STEP_KINDS) <= set(TASKS)
+        assert isinstance(plan.RESOURCES, ResourceTable)
+
+
+# ------------------------------------------------------------------ where a task ran
+
+def test_provenance_says_where_a_task_ran(monkeypatch):
+    import torch
+
+    prov = provenance()
+    assert prov["pid"] == os.getpid() and prov["hostname"]
+    assert prov["threads"] == torch.get_num_threads()
+    assert prov["device"] == "cpu" or prov["device"].startswith("cuda")
+    assert prov["ray"] is None and ray_context() is None
+    # a task's child process inside a Ray worker reads what its worker passed on
+    monkeypatch.setenv("VF_RAY_NODE_ID", "ab" * 28)
+    monkeypatch.setenv("VF_RAY_WORKER_PID", "4242")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert ray_context() == {"node_id": "ab" * 28, "worker_pid": 4242, "gpu_ids": ["1"]}
+
+
+def test_local_launcher_applies_the_step_threads(tmp_path):
+    import torch
+
+    from flows.launchers import launch
+
+    before = torch.get_num_threads()
+    m = launch("selftest.sleep", {"out": "runs/t/s", "seconds": 0}, f"file://{tmp_path}",
+               "local", env={"OMP_NUM_THREADS": "1"})
+    assert m.provenance["threads"] == 1
+    assert torch.get_num_threads() == before
+
+
+# ------------------------------------------------------------------ steps on the thread pool
+
+class _Cfg:
+    def __init__(self, parallel: int):
+        self.parallel = parallel
+        self.resources = ResourceTable()
+
+
+@flow(name="fanout-test")
+def _sleeps(store: str, parallel: int, n: int) -> list[dict[str, Any]]:
+    steps = Steps(_Cfg(parallel), store, "local", {"selftest.sleep": "evaluate"})
+    futures = [steps.submit(f"sleep-{i}", "selftest.sleep",
+                            {"out": f"runs/fan/{parallel}/s{i}", "seconds": 1.0})
+               for i in range(n)]
+    return [f.result() for f in futures]  # in order
+
+
+def _most_at_once(manifests: list[dict]) -> int:
+    events = []
+    for m in manifests:
+        events += [(datetime.fromisoformat(m["started_at"]), 1),
+                   (datetime.fromisoformat(m["finished_at"]), -1)]
+    most = now = 0
+    for _, step in sorted(events):
+        now += step
+        most = max(most, now)
+    return most
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_thread_pool_runs_at_most_parallel_steps_in_order(prefect_harness, tmp_path, parallel):
+    store = f"file://{tmp_path}"
+    out = _sleeps(store, parallel, 4)
+    assert [m["prefix"] for m in out] == [f"runs/fan/{parallel}/s{i}" for i in range(4)]
+    assert _most_at_once(out) == parallel
