@@ -46,7 +46,7 @@ def test_every_manifest_exists_in_s3(q4_run):
     st = open_store(uri)
     assert uri.startswith("s3://")
     data = st.get_json(result["data"] + "/manifest.json")  # a shared dataset: its files lie
-    assert st.exists(data["outputs"]["dataset.zip"])  # under v-<token>/, as it lists them
+    assert st.exists(data["outputs"]["dataset"])  # under v-<token>/, as it lists them
     assert set(result["train"]) == set(result["eval"]) == {"yolov5n.yaml", "yolov5s.yaml"}
     for prefix in [*result["train"].values(), *result["eval"].values()]:
         assert st.exists(prefix + "/manifest.json"), prefix
