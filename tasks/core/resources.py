@@ -10,7 +10,7 @@ device requests, and the Kubernetes job variables.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -66,6 +66,19 @@ class ResourceTable(Config):
         if kind not in KINDS:
             raise ValueError(f"unknown step kind {kind!r}; use one of {', '.join(KINDS)}")
         return getattr(self, kind)
+
+
+def resources_field(table: ResourceTable) -> Any:
+    """A flow config's ``resources`` key, defaulting to the question's ``table``."""
+    return Field(default_factory=lambda: table, description="what each step kind needs")
+
+
+def parallel_field(what: str) -> Any:
+    """A flow config's ``parallel`` key: how many ``what`` train at once on the thread
+    pool."""
+    return Field(1, ge=1, le=32, description=(
+        f"{what} trained at once on the thread-pool runner, each in its own process with 1/N "
+        "of the CPU threads (1: one after another; on Ray the resource table decides)"))
 
 
 def on_cpu(table: ResourceTable) -> dict:

@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 
 from tasks.core.config import Config, like
 from tasks.core.promote import RegressionOptions
-from tasks.core.resources import Resources, ResourceTable, on_cpu
+from tasks.core.resources import Resources, ResourceTable, on_cpu, parallel_field, resources_field
 from tasks.inputs.mirror_index import Entry, dataset_name
 from tasks.q1 import data as fmnist
 from tasks.q1.data import FetchConfig
@@ -23,9 +23,6 @@ from tasks.q1.train import DEFAULT_HIDDEN, EvalConfig, TrainConfig, TrainOptions
 QUESTIONS = fmnist.QUESTIONS
 Activation = Literal["relu", "tanh", "sigmoid"]
 Loss = Literal["cross_entropy", "mse"]
-PARALLEL_HELP = ("sweep packing on the thread-pool runner: train up to N cells at once on the "
-                 "device, each in its own process with 1/N of the CPU threads (1: one after "
-                 "another; on Ray the resource table decides)")
 # Task-config fields the plan sets itself (store prefixes and what the sweep varies).
 WIRED = {"classifier.train": {"out", "data", "model", "hidden", "activation", "loss",
                               "dropout", "batch_size"},
@@ -72,11 +69,10 @@ class Q1MlpConfig(TrainOptions, RegressionOptions):
                               description="hidden widths: 784 -> 256 -> 128 -> 10")
     dropout: float = like(TrainConfig, "dropout")
     repeats: int = Field(1, ge=1, le=20, description="seeds per cell (seed, seed+1, ...)")
-    parallel: int = Field(1, ge=1, le=32, description=PARALLEL_HELP)
+    parallel: int = parallel_field("sweep cells")
     eval: EvalOptions = Field(default_factory=lambda: EvalOptions(),
                               description="the final evaluation of every cell")
-    resources: ResourceTable = Field(default_factory=lambda: RESOURCES,
-                                     description="what each step kind needs")
+    resources: ResourceTable = resources_field(RESOURCES)
 
     @field_validator("batch_sizes", "hidden")
     @classmethod
@@ -108,11 +104,10 @@ class Q1CnnConfig(TrainOptions, RegressionOptions):
     # bf16 is faster (0.73x) but costs accuracy on (c), compile does not pay on CPU: off.
     channels_last: bool = like(TrainOptions, "channels_last", default=True)
     repeats: int = Field(1, ge=1, le=20, description="seeds per cell (seed, seed+1, ...)")
-    parallel: int = Field(1, ge=1, le=32, description=PARALLEL_HELP)
+    parallel: int = parallel_field("sweep cells")
     eval: EvalOptions = Field(default_factory=lambda: EvalOptions(),
                               description="the final evaluation of every cell")
-    resources: ResourceTable = Field(default_factory=lambda: RESOURCES,
-                                     description="what each step kind needs")
+    resources: ResourceTable = resources_field(RESOURCES)
 
     @field_validator("dropouts")
     @classmethod

@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 
 from tasks.core.config import like
 from tasks.core.promote import RegressionOptions
-from tasks.core.resources import Resources, ResourceTable, on_cpu
+from tasks.core.resources import Resources, ResourceTable, on_cpu, parallel_field, resources_field
 from tasks.inputs.mirror_index import Entry, dataset_name
 from tasks.q2 import data as stl10
 from tasks.q2.data import FetchConfig
@@ -30,9 +30,6 @@ RENAMED = {"transfer.finetune": {"epochs": "finetune_epochs", "learning_rate": "
            "transfer.explore": {"bins": "histogram_bins"}}
 
 
-PARALLEL_HELP = ("models trained at once on the thread-pool runner, each in its own process "
-                 "with 1/N of the CPU threads (1: one after another; on Ray the resource "
-                 "table decides)")
 # What each step needs (tasks.core.resources): VGG16 wants a GPU of its own.
 RESOURCES = ResourceTable(
     fetch=Resources(cpus=2, memory="8g", time_limit_s=3 * 3600),
@@ -64,9 +61,8 @@ class Q2TransferConfig(TrainOptions, RegressionOptions):
     finetune_epochs: int = like(FinetuneConfig, "epochs")
     finetune_lr: float = like(FinetuneConfig, "learning_rate")
     finetune_eval_test: bool = like(FinetuneConfig, "eval_test")
-    parallel: int = Field(1, ge=1, le=32, description=PARALLEL_HELP)
-    resources: ResourceTable = Field(default_factory=lambda: RESOURCES,
-                                     description="what each step kind needs")
+    parallel: int = parallel_field("models")
+    resources: ResourceTable = resources_field(RESOURCES)
 
     @field_validator("models")
     @classmethod

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from tasks.core.resources import Resources, ResourceTable, on_cpu
+from tasks.core.resources import Resources, ResourceTable, on_cpu, resources_field
 from tasks.inputs.mirror_index import Entry
 from tasks.q3.images import PACKAGED_IMAGES
 from tasks.q3.segment import IngestOptions, SegmentOptions, weights_spec
@@ -35,8 +35,7 @@ class Q3SegmentationConfig(SegmentOptions, IngestOptions):
 
     images: list[str] = Field(default_factory=lambda: list(PACKAGED_IMAGES), min_length=1)
     allow_rejected: bool = Field(False, description="true: rejected inputs do not fail the run")
-    resources: ResourceTable = Field(default_factory=lambda: RESOURCES,
-                                     description="what each step kind needs")
+    resources: ResourceTable = resources_field(RESOURCES)
 
     @field_validator("images", mode="before")
     @classmethod

@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 
 from tasks.core.config import like
 from tasks.core.promote import RegressionOptions
-from tasks.core.resources import Resources, ResourceTable, on_cpu
+from tasks.core.resources import Resources, ResourceTable, on_cpu, parallel_field, resources_field
 from tasks.inputs.mirror_index import Entry
 from tasks.q4.data import EXPORT_MIRROR_NAME, YoloDataConfig
 from tasks.q4.yolo import YoloEvalConfig, YoloTrainOptions, weights_spec
@@ -28,9 +28,6 @@ RENAMED = {"yolo.train": {"weights": "weights_mirror"},
                              "split": "eval_split", "imgsz": "eval_imgsz"}}
 
 
-PARALLEL_HELP = ("models trained at once on the thread-pool runner, each in its own process "
-                 "with 1/N of the CPU threads (1: one after another; on Ray the resource "
-                 "table decides)")
 # What each step needs (tasks.core.resources): a YOLOv5x training wants a whole GPU.
 RESOURCES = ResourceTable(
     fetch=Resources(cpus=2, memory="4g", time_limit_s=3600),
@@ -60,9 +57,8 @@ class Q4YoloConfig(YoloTrainOptions, RegressionOptions):
     eval_imgsz: int | None = like(YoloEvalConfig, "imgsz")
     conf: float = like(YoloEvalConfig, "conf")
     samples: int = like(YoloEvalConfig, "samples")
-    parallel: int = Field(1, ge=1, le=32, description=PARALLEL_HELP)
-    resources: ResourceTable = Field(default_factory=lambda: RESOURCES,
-                                     description="what each step kind needs")
+    parallel: int = parallel_field("models")
+    resources: ResourceTable = resources_field(RESOURCES)
 
     @field_validator("models")
     @classmethod
