@@ -8,17 +8,22 @@ from collections.abc import Callable
 
 
 def race(contenders: dict[str, Callable[[], object]], repeats: int = 3,
-         warmup: int = 1) -> dict[str, float]:
-    """Run each contender ``warmup`` + ``repeats`` times, interleaved; return median seconds."""
+         warmup: int = 1, clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Run each contender ``warmup`` + ``repeats`` times, interleaved; return median seconds.
+
+    ``clock`` is wall time by default; ``time.process_time`` (this process's CPU time) is
+    steadier on a machine shared with other jobs, for single-threaded contenders (with
+    several threads it also counts the time OpenMP threads spend spinning).
+    """
     for _ in range(warmup):
         for fn in contenders.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(repeats):
         for name, fn in contenders.items():
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 

@@ -1,19 +1,38 @@
-"""One Q1 training epoch: our path vs a plain torchvision Dataset + DataLoader loop.
+"""One Q1 training epoch: ours vs pure compute vs a plain torchvision Dataset + DataLoader loop.
 
-Same model (the Q1 MLP, or ``--model cnn_pool_bn``), batch size, optimizer and data, measured
-in one process, interleaved. Ours runs with the speed options its flow uses by default
-(q1-cnn: ``channels_last``; ``--plain-options`` turns them off). Prints each median and the
-ratio ours / plain (target <= 0.5).
+Three contenders per case, each with its own copy of the same model (same kind, seed and
+speed options) and its own Adam, measured in one process, interleaved:
 
-    python -m bench.q1_epoch [--n 20000] [--batch-size 64] [--model mlp] [--repeats 3]
+- **ours**: what ``classifier.train`` runs (the split as the task prepares it, the shared
+  ``train_one_epoch`` with the task's preprocess), with the speed options its flow uses by
+  default (q1-cnn: ``channels_last``; ``--plain-options`` turns them off);
+- **pure compute**: the bound: the model's forward, loss, backward and optimizer step on one
+  fixed batch that is already prepared (no indexing, flip, normalisation or layout change,
+  no metrics), for exactly as many steps (and samples: the last step uses a partial batch
+  when ours has one) as ours;
+- **plain**: the tutorial loop: ``FashionMNIST`` with per-sample ``ToTensor()`` (CNNs also
+  ``RandomHorizontalFlip`` and ``Normalize``) and a shuffling ``DataLoader``.
+
+Cases are the seed's batch sizes: MLP 32, 64, 256 (20,000 samples), CNN (d) ``cnn_pool_bn``
+and (c) ``cnn`` at 32 (10,000 samples). Prints each median and ``RESULT`` lines with
+ours/pure (target <= 1.05) and ours/plain.
+
+    python -m bench.q1_epoch [--cases mlp:32,mlp:64,mlp:256,cnn_pool_bn:32,cnn:32]
+                             [--n N] [--repeats 3] [--threads T] [--clock wall|cpu]
+                             [--device cpu|cuda]
+    python -m bench.q1_epoch --model cnn_pool_bn --batch-size 32     # one case
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import math
 import shutil
 import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,86 +43,213 @@ from tasks.q1.data import generate_files, read_idx
 from tasks.q1.plan import Q1CnnConfig
 from tasks.q1.train import TrainConfig, build_model, make_preprocess
 
+DEFAULT_CASES = "mlp:32,mlp:64,mlp:256,cnn_pool_bn:32,cnn:32"
+DEFAULT_N = {"mlp": 20000, "cnn": 10000, "cnn_pool_bn": 10000}
+OURS, PURE, PLAIN = "ours", "pure compute", "plain DataLoader loop"
+TARGET_PURE = 1.05
+
+
+@dataclass
+class Contender:
+    """One epoch per call of ``run``; ``optimizer`` is the one it steps (tests count steps)."""
+
+    run: Callable[[], None]
+    optimizer: torch.optim.Optimizer
+
+
+def case_configs(model: str, batch_size: int, plain_options: bool = False
+                 ) -> tuple[TrainConfig, TrainConfig]:
+    """(ours, plain) training configs of one case: the flow's defaults for ours."""
+    cnn = model != "mlp"
+    plain = TrainConfig(out="bench", data="bench", model=model, batch_size=batch_size,
+                        normalize=cnn, hflip=cnn)
+    ours = plain
+    if cnn and not plain_options:  # q1-cnn's defaults
+        flow = Q1CnnConfig()
+        ours = plain.model_copy(update={"channels_last": flow.channels_last, "amp": flow.amp})
+    return ours, plain
+
+
+def write_raw(root: Path, n: int) -> dict[str, Path]:
+    """Generated Fashion-MNIST files (``n`` train samples) in torchvision's raw layout."""
+    files = generate_files(root / "gz", n, 10)
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for p in files.values():
+        with gzip.open(p) as s, open(raw / p.name[:-3], "wb") as d:
+            shutil.copyfileobj(s, d)
+    return files
+
+
+def _model(cfg: TrainConfig, device: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device)
+    return model, torch.optim.Adam(model.parameters(), 1e-3)
+
+
+def ours_contender(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor,
+                   device: torch.device) -> Contender:
+    """What classifier.train runs for one epoch (from uint8 images [N, 1, 28, 28])."""
+    split = Split(x, y).to(device)
+    model, opt = _model(cfg, device)
+    loss_fn, pre = make_loss(cfg.loss, 10), make_preprocess(cfg)
+
+    def run():
+        train_one_epoch(model, split, batch_size=cfg.batch_size, optimizer=opt, loss_fn=loss_fn,
+                        preprocess=pre, generator=torch.Generator().manual_seed(0),
+                        autocast=cfg.autocast)
+
+    return Contender(run, opt)
+
+
+def ready_batch(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first batch as model input: float in [0, 1], normalised, in the model's layout."""
+    xb = x[:cfg.batch_size].to(device).float().div_(255.0)
+    if cfg.normalize:
+        xb = xb.sub_(0.5).div_(0.5)
+    if cfg.channels_last:
+        xb = xb.contiguous(memory_format=torch.channels_last)
+    return xb, y[:cfg.batch_size].to(device)
+
+
+def pure_contender(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, n: int,
+                   device: torch.device) -> Contender:
+    """Forward, loss, backward and Adam step on one ready batch, as many steps as ours."""
+    xb, yb = ready_batch(cfg, x, y, device)
+    steps = math.ceil(n / cfg.batch_size)
+    rest = n - (steps - 1) * cfg.batch_size  # the last step's batch size (ours: the same)
+    xr, yr = xb[:rest], yb[:rest]
+    model, opt = _model(cfg, device)
+    loss_fn = make_loss(cfg.loss, 10)
+    autocast = cfg.autocast
+
+    def step(xs: torch.Tensor, ys: torch.Tensor) -> None:
+        if autocast is None:
+            loss = loss_fn(model(xs), ys)
+        else:
+            with torch.autocast(device.type, dtype=autocast):
+                loss = loss_fn(model(xs).float(), ys)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def run():
+        model.train()
+        for _ in range(steps - 1):
+            step(xb, yb)
+        step(xr, yr)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return Contender(run, opt)
+
+
+def plain_contender(cfg: TrainConfig, root: Path, device: torch.device,
+                    workers: int = 0) -> Contender:
+    """The tutorial loop over torchvision's FashionMNIST in ``root`` (see write_raw)."""
+    from torchvision import transforms
+    from torchvision.datasets import FashionMNIST
+
+    tfs = [transforms.ToTensor()]
+    if cfg.model != "mlp":
+        tfs = [transforms.ToTensor(), transforms.RandomHorizontalFlip(0.5),
+               transforms.Normalize(0.5, 0.5)]
+    ds = FashionMNIST(str(root), train=True, download=False, transform=transforms.Compose(tfs))
+    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=True,
+                                         num_workers=workers)
+    model, opt = _model(cfg, device)
+    loss_fn = make_loss(cfg.loss, 10)
+
+    def run():
+        model.train()
+        for xb, yb in loader:
+            xb, yb = xb.to(device), yb.to(device)
+            loss = loss_fn(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return Contender(run, opt)
+
+
+def build_contenders(model: str, batch_size: int, n: int, root: Path, device: torch.device,
+                     *, plain_options: bool = False, workers: int = 0
+                     ) -> tuple[dict[str, Contender], TrainConfig]:
+    """The three contenders of one case on ``n`` generated samples written under ``root``."""
+    cfg, plain_cfg = case_configs(model, batch_size, plain_options)
+    files = write_raw(root, n)
+    x = torch.from_numpy(read_idx(files["train_images"]).copy()).unsqueeze(1)
+    y = torch.from_numpy(read_idx(files["train_labels"]).astype("int64"))
+    return {OURS: ours_contender(cfg, x, y, device),
+            PURE: pure_contender(cfg, x, y, n, device),
+            PLAIN: plain_contender(plain_cfg, root, device, workers)}, cfg
+
+
+def parse_cases(text: str) -> list[tuple[str, int]]:
+    cases = []
+    for item in text.split(","):
+        model, _, bs = item.partition(":")
+        if model not in DEFAULT_N or not bs.isdigit() or int(bs) <= 0:
+            raise ValueError(f"bad case {item!r}: use MODEL:BATCH with MODEL one of "
+                             f"{', '.join(DEFAULT_N)}, e.g. mlp:32")
+        cases.append((model, int(bs)))
+    return cases
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=20000, help="training samples")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--model", default="mlp", choices=["mlp", "cnn", "cnn_pool_bn"])
+    ap.add_argument("--cases", default=DEFAULT_CASES, help="comma list of MODEL:BATCH")
+    ap.add_argument("--model", choices=list(DEFAULT_N), help="one case (with --batch-size)")
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--n", type=int, default=None,
+                    help="training samples (default: MLP 20000, CNNs 10000)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="wall time, or this process's CPU time (steadier on a shared "
+                    "machine; use with --threads 1)")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers (plain loop)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--plain-options", action="store_true",
                     help="ours without the flow's default speed options")
     args = ap.parse_args()
-
-    from torchvision import transforms
-    from torchvision.datasets import FashionMNIST
-
-    tmp = Path(tempfile.mkdtemp(prefix="vf-bench-"))
-    files = generate_files(tmp / "gz", args.n, 10)
-    raw = tmp / "root" / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True)
-    for p in files.values():
-        with gzip.open(p) as s, open(raw / p.name[:-3], "wb") as d:
-            shutil.copyfileobj(s, d)
-
+    if args.model:
+        cases = [(args.model, args.batch_size or (64 if args.model == "mlp" else 32))]
+    else:
+        try:
+            cases = parse_cases(args.cases)
+        except ValueError as exc:
+            ap.error(str(exc))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    cnn = args.model != "mlp"
-    cfg = TrainConfig(out="bench", data="bench", model=args.model, batch_size=args.batch_size,
-                      normalize=cnn, hflip=cnn)
-    plain_cfg = cfg
-    if cnn and not args.plain_options:  # q1-cnn's defaults
-        flow_cfg = Q1CnnConfig()
-        cfg = cfg.model_copy(update={"channels_last": flow_cfg.channels_last,
-                                     "amp": flow_cfg.amp})
-    loss_fn = make_loss("cross_entropy", 10)
-
-    # ours: whole dataset as a uint8 tensor on the device, batches by index
-    x = torch.from_numpy(read_idx(files["train_images"]).copy()).unsqueeze(1)
-    y = torch.from_numpy(read_idx(files["train_labels"]).astype("int64"))
-    split = Split(x, y).to(device)
-    torch.manual_seed(0)
-    ours_model = build_model(cfg).to(device)
-    ours_opt = torch.optim.Adam(ours_model.parameters(), 1e-3)
-    pre = make_preprocess(cfg)
-
-    def ours():
-        train_one_epoch(ours_model, split, batch_size=args.batch_size, optimizer=ours_opt,
-                        loss_fn=loss_fn, preprocess=pre,
-                        generator=torch.Generator().manual_seed(0))
-
-    # plain: the idiomatic tutorial loop, per-sample transforms in a Dataset
-    tfs = [transforms.ToTensor()]
-    if cnn:
-        tfs = [transforms.ToTensor(), transforms.RandomHorizontalFlip(0.5),
-               transforms.Normalize(0.5, 0.5)]
-    ds = FashionMNIST(str(tmp / "root"), train=True, download=False,
-                      transform=transforms.Compose(tfs))
-    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True,
-                                         num_workers=args.workers)
-    torch.manual_seed(0)
-    plain_model = build_model(plain_cfg).to(device)
-    plain_opt = torch.optim.Adam(plain_model.parameters(), 1e-3)
-
-    def plain():
-        plain_model.train()
-        for xb, yb in loader:
-            xb, yb = xb.to(device), yb.to(device)
-            loss = loss_fn(plain_model(xb), yb)
-            plain_opt.zero_grad()
-            loss.backward()
-            plain_opt.step()
-
-    medians = race({"plain DataLoader loop": plain, "ours (tensors + index batches)": ours},
-                   repeats=args.repeats)
-    print_ratios(f"Q1 {args.model} epoch, {args.n} samples, batch {args.batch_size}, "
-                 f"{device}, torch threads {torch.get_num_threads()}; ours: channels_last="
-                 f"{cfg.channels_last}, amp={cfg.amp}", medians,
-                 "plain DataLoader loop")
-    ratio = medians["ours (tensors + index batches)"] / medians["plain DataLoader loop"]
-    print(f"RESULT ours/plain = {ratio:.3f} (target <= 0.5)")
-    shutil.rmtree(tmp, ignore_errors=True)
+    results = []
+    for model, bs in cases:
+        n = args.n or DEFAULT_N[model]
+        tmp = Path(tempfile.mkdtemp(prefix="vf-bench-"))
+        try:
+            contenders, cfg = build_contenders(model, bs, n, tmp, device,
+                                               plain_options=args.plain_options,
+                                               workers=args.workers)
+            medians = race({k: c.run for k, c in contenders.items()}, repeats=args.repeats,
+                           clock=time.process_time if args.clock == "cpu" else time.perf_counter)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        print_ratios(f"Q1 {model} epoch, {n} samples, batch {bs}, {device}, torch threads "
+                     f"{torch.get_num_threads()}, {args.clock} clock; ours: channels_last="
+                     f"{cfg.channels_last}, amp={cfg.amp}", medians, PURE)
+        pure = medians[OURS] / medians[PURE]
+        plain = medians[OURS] / medians[PLAIN]
+        results.append((model, bs, pure, plain))
+        print(f"RESULT {model} b{bs} ours/pure = {pure:.3f} (target <= {TARGET_PURE}) "
+              f"ours/plain = {plain:.3f}", flush=True)
+    if len(results) > 1:
+        print("\nsummary (median of each contender's epochs, interleaved):")
+        for model, bs, pure, plain in results:
+            print(f"  {model:<12} b{bs:<4} ours/pure {pure:.3f}  ours/plain {plain:.3f}")
 
 
 if __name__ == "__main__":
