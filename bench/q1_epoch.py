@@ -1,7 +1,7 @@
 """One Q1 training epoch: ours vs pure compute vs a plain torchvision Dataset + DataLoader loop.
 
-Three contenders per case, each with its own copy of the same model (same kind, seed and
-speed options) and its own Adam, measured in one process, interleaved:
+Three contenders per case (four on CUDA), each with its own copy of the same model (same
+kind, seed and speed options) and its own Adam, measured in one process, interleaved:
 
 - **ours**: what ``classifier.train`` runs (the split as the task prepares it, the shared
   ``train_one_epoch`` with the task's preprocess), with the speed options its flow uses by
@@ -11,11 +11,13 @@ speed options) and its own Adam, measured in one process, interleaved:
   no metrics), for exactly as many steps (and samples: the last step uses a partial batch
   when ours has one) as ours;
 - **plain**: the tutorial loop: ``FashionMNIST`` with per-sample ``ToTensor()`` (CNNs also
-  ``RandomHorizontalFlip`` and ``Normalize``) and a shuffling ``DataLoader``.
+  ``RandomHorizontalFlip`` and ``Normalize``) and a shuffling ``DataLoader``;
+- on CUDA (``--cuda-graphs auto``) a fourth, **ours + cuda_graphs**: ours with the
+  ``cuda_graphs`` option (each epoch's step captured once, replayed per batch).
 
 Cases are the seed's batch sizes: MLP 32, 64, 256 (20,000 samples), CNN (d) ``cnn_pool_bn``
 and (c) ``cnn`` at 32 (10,000 samples). Prints each median and ``RESULT`` lines with
-ours/pure (target <= 1.05) and ours/plain.
+ours/pure (target <= 1.05) and ours/plain (and ours+cuda_graphs/pure, /ours).
 
     python -m bench.q1_epoch [--cases mlp:32,mlp:64,mlp:256,cnn_pool_bn:32,cnn:32]
                              [--n N] [--repeats 3] [--threads T] [--clock wall|cpu]
@@ -41,19 +43,28 @@ from bench.common import print_ratios, race
 from tasks.ml.loop import Split, make_loss, train_one_epoch
 from tasks.q1.data import generate_files, read_idx
 from tasks.q1.plan import Q1CnnConfig
-from tasks.q1.train import TrainConfig, build_model, make_preprocess
+from tasks.q1.train import (
+    TrainConfig,
+    build_model,
+    build_optimizer,
+    make_preprocess,
+    prepare_split,
+)
 
 DEFAULT_CASES = "mlp:32,mlp:64,mlp:256,cnn_pool_bn:32,cnn:32"
 DEFAULT_N = {"mlp": 20000, "cnn": 10000, "cnn_pool_bn": 10000}
 OURS, PURE, PLAIN = "ours", "pure compute", "plain DataLoader loop"
+GRAPHS = "ours + cuda_graphs"
 TARGET_PURE = 1.05
 
 
 @dataclass
 class Contender:
-    """One epoch per call of ``run``; ``optimizer`` is the one it steps (tests count steps)."""
+    """One epoch per call of ``run``; the model it trains and the optimizer it steps (tests
+    count steps and samples through their hooks)."""
 
     run: Callable[[], None]
+    model: torch.nn.Module
     optimizer: torch.optim.Optimizer
 
 
@@ -89,28 +100,28 @@ def _model(cfg: TrainConfig, device: torch.device) -> tuple[torch.nn.Module, tor
 
 def ours_contender(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor,
                    device: torch.device) -> Contender:
-    """What classifier.train runs for one epoch (from uint8 images [N, 1, 28, 28])."""
-    split = Split(x, y).to(device)
-    model, opt = _model(cfg, device)
+    """What classifier.train runs for one epoch (from uint8 images [N, 1, 28, 28]): the
+    split prepared once as ``load_splits`` does, the task's optimizer, preprocess and loop
+    (with ``cfg.cuda_graphs`` on CUDA: the graphed steps)."""
+    split = prepare_split(cfg, Split(x, y).to(device))
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device)
+    opt = build_optimizer(cfg, model)
     loss_fn, pre = make_loss(cfg.loss, 10), make_preprocess(cfg)
 
     def run():
         train_one_epoch(model, split, batch_size=cfg.batch_size, optimizer=opt, loss_fn=loss_fn,
                         preprocess=pre, generator=torch.Generator().manual_seed(0),
-                        autocast=cfg.autocast)
+                        autocast=cfg.autocast, cuda_graph=cfg.cuda_graphs)
 
-    return Contender(run, opt)
+    return Contender(run, model, opt)
 
 
 def ready_batch(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor,
                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first batch as model input: float in [0, 1], normalised, in the model's layout."""
-    xb = x[:cfg.batch_size].to(device).float().div_(255.0)
-    if cfg.normalize:
-        xb = xb.sub_(0.5).div_(0.5)
-    if cfg.channels_last:
-        xb = xb.contiguous(memory_format=torch.channels_last)
-    return xb, y[:cfg.batch_size].to(device)
+    """The first batch as model input (scaled, normalised, in the model's layout)."""
+    ready = prepare_split(cfg, Split(x[:cfg.batch_size], y[:cfg.batch_size]).to(device))
+    return ready.x, ready.y
 
 
 def pure_contender(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, n: int,
@@ -142,7 +153,7 @@ def pure_contender(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, n: int,
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    return Contender(run, opt)
+    return Contender(run, model, opt)
 
 
 def plain_contender(cfg: TrainConfig, root: Path, device: torch.device,
@@ -172,20 +183,25 @@ def plain_contender(cfg: TrainConfig, root: Path, device: torch.device,
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    return Contender(run, opt)
+    return Contender(run, model, opt)
 
 
 def build_contenders(model: str, batch_size: int, n: int, root: Path, device: torch.device,
-                     *, plain_options: bool = False, workers: int = 0
-                     ) -> tuple[dict[str, Contender], TrainConfig]:
-    """The three contenders of one case on ``n`` generated samples written under ``root``."""
+                     *, plain_options: bool = False, workers: int = 0,
+                     cuda_graphs: bool = False) -> tuple[dict[str, Contender], TrainConfig]:
+    """The contenders of one case on ``n`` generated samples written under ``root``: ours,
+    pure compute, plain, and with ``cuda_graphs`` ours with that option on."""
     cfg, plain_cfg = case_configs(model, batch_size, plain_options)
     files = write_raw(root, n)
     x = torch.from_numpy(read_idx(files["train_images"]).copy()).unsqueeze(1)
     y = torch.from_numpy(read_idx(files["train_labels"]).astype("int64"))
-    return {OURS: ours_contender(cfg, x, y, device),
-            PURE: pure_contender(cfg, x, y, n, device),
-            PLAIN: plain_contender(plain_cfg, root, device, workers)}, cfg
+    contenders = {OURS: ours_contender(cfg, x, y, device),
+                  PURE: pure_contender(cfg, x, y, n, device),
+                  PLAIN: plain_contender(plain_cfg, root, device, workers)}
+    if cuda_graphs:
+        graphed = cfg.model_copy(update={"cuda_graphs": True})
+        contenders[GRAPHS] = ours_contender(graphed, x, y, device)
+    return contenders, cfg
 
 
 def parse_cases(text: str) -> list[tuple[str, int]]:
@@ -215,6 +231,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--plain-options", action="store_true",
                     help="ours without the flow's default speed options")
+    ap.add_argument("--cuda-graphs", choices=["auto", "on", "off"], default="auto",
+                    help="a fourth contender, ours with cuda_graphs (auto: on CUDA)")
     args = ap.parse_args()
     if args.model:
         cases = [(args.model, args.batch_size or (64 if args.model == "mlp" else 32))]
@@ -226,6 +244,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    graphs = args.cuda_graphs == "on" or (args.cuda_graphs == "auto" and device.type == "cuda")
     results = []
     for model, bs in cases:
         n = args.n or DEFAULT_N[model]
@@ -233,7 +252,7 @@ def main() -> None:
         try:
             contenders, cfg = build_contenders(model, bs, n, tmp, device,
                                                plain_options=args.plain_options,
-                                               workers=args.workers)
+                                               workers=args.workers, cuda_graphs=graphs)
             medians = race({k: c.run for k, c in contenders.items()}, repeats=args.repeats,
                            clock=time.process_time if args.clock == "cpu" else time.perf_counter)
         finally:
@@ -243,13 +262,17 @@ def main() -> None:
                      f"{cfg.channels_last}, amp={cfg.amp}", medians, PURE)
         pure = medians[OURS] / medians[PURE]
         plain = medians[OURS] / medians[PLAIN]
-        results.append((model, bs, pure, plain))
+        extra = ""
+        if GRAPHS in medians:
+            extra = (f" ours+cuda_graphs/pure = {medians[GRAPHS] / medians[PURE]:.3f} "
+                     f"ours+cuda_graphs/ours = {medians[GRAPHS] / medians[OURS]:.3f}")
+        results.append((model, bs, pure, plain, extra))
         print(f"RESULT {model} b{bs} ours/pure = {pure:.3f} (target <= {TARGET_PURE}) "
-              f"ours/plain = {plain:.3f}", flush=True)
+              f"ours/plain = {plain:.3f}{extra}", flush=True)
     if len(results) > 1:
         print("\nsummary (median of each contender's epochs, interleaved):")
-        for model, bs, pure, plain in results:
-            print(f"  {model:<12} b{bs:<4} ours/pure {pure:.3f}  ours/plain {plain:.3f}")
+        for model, bs, pure, plain, extra in results:
+            print(f"  {model:<12} b{bs:<4} ours/pure {pure:.3f}  ours/plain {plain:.3f}{extra}")
 
 
 if __name__ == "__main__":
