@@ -224,6 +224,8 @@ def _graphed_steps(model: nn.Module, data: Split, order: torch.Tensor, batches, 
             for _ in range(GRAPH_WARMUP):
                 step()
     except Exception as exc:  # an op that cannot be captured: fall back, state intact
+        if capture:
+            torch.cuda.synchronize(device)  # the side stream's warm-up steps, if any
         _restore(saved, device)
         get_logger("ml.loop").warning("cuda_graph: capture failed (%s: %s); running this "
                                       "epoch eagerly", type(exc).__name__, exc)
