@@ -243,3 +243,83 @@ def test_pure_contender_batch_is_ready_model_input(tmp_path):
     contenders[PURE].model.register_forward_pre_hook(lambda _m, a: inputs.append(a[0]))
     contenders[PURE].run()
     assert len(inputs) == 2 and inputs[0].data_ptr() == inputs[1].data_ptr()  # one batch
+
+
+# ------------------------------------------------------------ on a GPU (skipped without)
+
+@pytest.fixture
+def cuda_device():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device here (the gpu tests run where torch.cuda.is_available())")
+    return torch.device("cuda")
+
+
+def _cuda_epochs(cfg: TrainConfig, raw: Split, device, graphed: bool, epochs: int = 2):
+    split = prepare_split(cfg, raw.to(device))
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device)
+    opt = build_optimizer(cfg, model)  # cuda_graphs on CUDA: a capturable Adam
+    assert opt.param_groups[0]["capturable"]
+    out = []
+    for epoch in range(1, epochs + 1):
+        torch.manual_seed(epoch)
+        out.append(train_one_epoch(model, split, batch_size=cfg.batch_size, optimizer=opt,
+                                   loss_fn=make_loss(cfg.loss, 10),
+                                   preprocess=make_preprocess(cfg),
+                                   generator=torch.Generator().manual_seed(epoch),
+                                   cuda_graph=graphed))
+    return out, model
+
+
+@pytest.mark.gpu
+def test_cuda_graph_epochs_match_eager_on_cuda(raw, cuda_device, monkeypatch, caplog):
+    # no flips, no dropout: no random draws, so graph and eager run the same kernels on
+    # the same data (tolerances: cuDNN may accumulate in another order)
+    cfg = TrainConfig(out="o", data="d", model="cnn_pool_bn", batch_size=32, normalize=True,
+                      channels_last=True, cuda_graphs=True)
+    replays = {"n": 0}
+    real = torch.cuda.CUDAGraph.replay
+
+    def counting(self):
+        replays["n"] += 1
+        return real(self)
+
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", counting)
+    eager, eager_model = _cuda_epochs(cfg, raw, cuda_device, graphed=False)
+    assert replays["n"] == 0
+    graphed, model = _cuda_epochs(cfg, raw, cuda_device, graphed=True)
+    assert replays["n"] == 2 * (230 // 32 - 1)  # every full batch but the first, per epoch
+    assert not [r for r in caplog.records if "cuda_graph" in r.getMessage()]
+    for a, b in zip(eager, graphed, strict=True):
+        assert b["accuracy"] == pytest.approx(a["accuracy"], abs=2 / 230)
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+    for (name, a), b in zip(eager_model.state_dict().items(), model.state_dict().values(),
+                            strict=True):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-5), name
+
+
+@pytest.mark.gpu
+def test_cuda_graph_epochs_with_flips_and_dropout_are_deterministic(raw, cuda_device):
+    cfg = TrainConfig(out="o", data="d", **CASES["cnn_pool_bn-flip-dropout"], cuda_graphs=True)
+    first, m1 = _cuda_epochs(cfg, raw, cuda_device, graphed=True)
+    second, m2 = _cuda_epochs(cfg, raw, cuda_device, graphed=True)
+    assert [r["accuracy"] for r in first] == [r["accuracy"] for r in second]
+    assert all(math.isfinite(r["loss"]) for r in first)
+    for a, b in zip(m1.state_dict().values(), m2.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_task_trains_and_evaluates(tmp_path, cuda_device):
+    from tasks.registry import run_task
+
+    uri = f"file://{tmp_path}/store"
+    data = run_task("fashion-mnist.fetch", {"source": "generate", "n_train": 600,
+                                            "n_test": 200}, uri).prefix
+    t = run_task("classifier.train", {"out": "r/t", "data": data, "model": "cnn_pool_bn",
+                                      "epochs": 2, "device": "cuda", "batch_size": 32,
+                                      "hflip": True, "normalize": True, "dropout": 0.2,
+                                      "dev_fraction": 0.5, "cuda_graphs": True}, uri)
+    assert t.history[-1]["train/loss"] < t.history[0]["train/loss"]
+    e = run_task("classifier.evaluate", {"out": "r/e", "train": "r/t", "device": "cuda"}, uri)
+    assert e.metrics["test/accuracy"] == pytest.approx(t.metrics["test/accuracy"])
