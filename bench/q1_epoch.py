@@ -16,8 +16,15 @@ kind, seed and speed options) and its own Adam, measured in one process, interle
   ``cuda_graphs`` option (each epoch's step captured once, replayed per batch).
 
 Cases are the seed's batch sizes: MLP 32, 64, 256 (20,000 samples), CNN (d) ``cnn_pool_bn``
-and (c) ``cnn`` at 32 (10,000 samples). Prints each median and ``RESULT`` lines with
-ours/pure (target <= 1.05) and ours/plain (and ours+cuda_graphs/pure, /ours).
+and (c) ``cnn`` at 32 (10,000 samples). Each round runs every contender once (every other
+round in reverse order); the ratios are medians of the per-round ratios (runs side by side
+see the same load), with quartiles. On a shared machine a 5 % margin drowns in that noise,
+so each case also measures ours' **own work** precisely: ours and pure compute once more
+with a stand-in model of no compute (``StandIn``, a no-op SGD step); each run takes
+milliseconds, so many rounds give a steady difference: the loop's per-step cost beyond
+the model, in microseconds and as a share of a pure-compute step. Prints each contender's
+median and ``RESULT`` lines with ours/pure (target <= 1.05), ours/plain, the own work
+(and ours+cuda_graphs/pure, /ours).
 
     python -m bench.q1_epoch [--cases mlp:32,mlp:64,mlp:256,cnn_pool_bn:32,cnn:32]
                              [--n N] [--repeats 3] [--threads T] [--clock wall|cpu]
@@ -31,6 +38,7 @@ import argparse
 import gzip
 import math
 import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -39,7 +47,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import print_ratios, race
+from bench.common import paired_ratio, print_ratios, race_times
 from tasks.ml.loop import Split, make_loss, train_one_epoch
 from tasks.q1.data import generate_files, read_idx
 from tasks.q1.plan import Q1CnnConfig
@@ -55,7 +63,9 @@ DEFAULT_CASES = "mlp:32,mlp:64,mlp:256,cnn_pool_bn:32,cnn:32"
 DEFAULT_N = {"mlp": 20000, "cnn": 10000, "cnn_pool_bn": 10000}
 OURS, PURE, PLAIN = "ours", "pure compute", "plain DataLoader loop"
 GRAPHS = "ours + cuda_graphs"
+OWN_PREFIX = "stand-in model: "  # the own-work pair (see own_work_contenders)
 TARGET_PURE = 1.05
+OWN_ROUNDS = 51  # the own-work pair takes milliseconds a run: many rounds, a steady median
 
 
 @dataclass
@@ -201,7 +211,57 @@ def build_contenders(model: str, batch_size: int, n: int, root: Path, device: to
     if cuda_graphs:
         graphed = cfg.model_copy(update={"cuda_graphs": True})
         contenders[GRAPHS] = ours_contender(graphed, x, y, device)
+    own = own_work_contenders(cfg, x, y, n, device)
+    contenders.update({f"{OWN_PREFIX}{k}": c for k, c in own.items()})
     return contenders, cfg
+
+
+class StandIn(torch.nn.Module):
+    """A model of (almost) no compute: logits are the first 10 inputs times one weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :10] * self.w
+
+
+def own_work_contenders(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, n: int,
+                        device: torch.device) -> dict[str, Contender]:
+    """Ours and pure compute again, with ``StandIn`` for the model and a no-op SGD step:
+    their difference is the loop's own work (gather, flip, bookkeeping, per-epoch set-up),
+    measured precisely because each run takes milliseconds."""
+    split = prepare_split(cfg, Split(x, y).to(device))
+    xb, yb = ready_batch(cfg, x, y, device)
+    steps = math.ceil(n / cfg.batch_size)
+    rest = n - (steps - 1) * cfg.batch_size
+    loss_fn, pre = make_loss(cfg.loss, 10), make_preprocess(cfg)
+    ours_model, pure_model = StandIn().to(device), StandIn().to(device)
+    ours_opt = torch.optim.SGD(ours_model.parameters(), lr=0.0)
+    pure_opt = torch.optim.SGD(pure_model.parameters(), lr=0.0)
+
+    def ours():
+        train_one_epoch(ours_model, split, batch_size=cfg.batch_size, optimizer=ours_opt,
+                        loss_fn=loss_fn, preprocess=pre,
+                        generator=torch.Generator().manual_seed(0), autocast=cfg.autocast)
+
+    def step(xs: torch.Tensor, ys: torch.Tensor) -> None:
+        loss = loss_fn(pure_model(xs), ys)
+        pure_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        pure_opt.step()
+
+    def pure():
+        pure_model.train()
+        for _ in range(steps - 1):
+            step(xb, yb)
+        step(xb[:rest], yb[:rest])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return {OURS: Contender(ours, ours_model, ours_opt),
+            PURE: Contender(pure, pure_model, pure_opt)}
 
 
 def parse_cases(text: str) -> list[tuple[str, int]]:
@@ -253,26 +313,41 @@ def main() -> None:
             contenders, cfg = build_contenders(model, bs, n, tmp, device,
                                                plain_options=args.plain_options,
                                                workers=args.workers, cuda_graphs=graphs)
-            medians = race({k: c.run for k, c in contenders.items()}, repeats=args.repeats,
-                           clock=time.process_time if args.clock == "cpu" else time.perf_counter)
+            clock = time.process_time if args.clock == "cpu" else time.perf_counter
+            main = {k: c.run for k, c in contenders.items() if not k.startswith(OWN_PREFIX)}
+            times = race_times(main, repeats=args.repeats, alternate=True, clock=clock)
+            own = race_times({k: c.run for k, c in contenders.items()
+                              if k.startswith(OWN_PREFIX)},
+                             repeats=max(args.repeats, OWN_ROUNDS), alternate=True, clock=clock)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        medians = {k: statistics.median(ts) for k, ts in times.items()}
         print_ratios(f"Q1 {model} epoch, {n} samples, batch {bs}, {device}, torch threads "
                      f"{torch.get_num_threads()}, {args.clock} clock; ours: channels_last="
-                     f"{cfg.channels_last}, amp={cfg.amp}", medians, PURE)
-        pure = medians[OURS] / medians[PURE]
-        plain = medians[OURS] / medians[PLAIN]
+                     f"{cfg.channels_last}, amp={cfg.amp} (medians)", medians, PURE)
+        pure, plain = paired_ratio(times, OURS, PURE), paired_ratio(times, OURS, PLAIN)
         extra = ""
-        if GRAPHS in medians:
-            extra = (f" ours+cuda_graphs/pure = {medians[GRAPHS] / medians[PURE]:.3f} "
-                     f"ours+cuda_graphs/ours = {medians[GRAPHS] / medians[OURS]:.3f}")
+        if GRAPHS in times:
+            extra = (f" ours+cuda_graphs/pure = {paired_ratio(times, GRAPHS, PURE)[0]:.3f} "
+                     f"ours+cuda_graphs/ours = {paired_ratio(times, GRAPHS, OURS)[0]:.3f}")
+        steps = math.ceil(n / bs)
+        own_us = (statistics.median(own[OWN_PREFIX + OURS])
+                  - statistics.median(own[OWN_PREFIX + PURE])) / steps * 1e6
+        pure_us = medians[PURE] / steps * 1e6
+        print(f"  own work of ours per step (the loop with a stand-in model, minus the stand-in "
+              f"on a ready batch; median of {max(args.repeats, OWN_ROUNDS)} rounds): "
+              f"{own_us:.1f} us = {own_us / pure_us:.2%} of a pure-compute step ({pure_us:.0f} us)")
+        extra += f" own work = {own_us:.1f} us/step ({own_us / pure_us:.2%} of pure)"
         results.append((model, bs, pure, plain, extra))
-        print(f"RESULT {model} b{bs} ours/pure = {pure:.3f} (target <= {TARGET_PURE}) "
-              f"ours/plain = {plain:.3f}{extra}", flush=True)
+        print(f"RESULT {model} b{bs} ours/pure = {pure[0]:.3f} (target <= {TARGET_PURE}) "
+              f"ours/plain = {plain[0]:.3f}{extra} [ours/pure quartiles {pure[1]:.3f}-"
+              f"{pure[2]:.3f}, {args.repeats} rounds]", flush=True)
     if len(results) > 1:
-        print("\nsummary (median of each contender's epochs, interleaved):")
+        print(f"\nsummary (medians of per-round ratios over {args.repeats} interleaved rounds; "
+              "ours/pure quartiles in brackets):")
         for model, bs, pure, plain, extra in results:
-            print(f"  {model:<12} b{bs:<4} ours/pure {pure:.3f}  ours/plain {plain:.3f}{extra}")
+            print(f"  {model:<12} b{bs:<4} ours/pure {pure[0]:.3f} [{pure[1]:.3f}-{pure[2]:.3f}]"
+                  f"  ours/plain {plain[0]:.3f}{extra}")
 
 
 if __name__ == "__main__":
