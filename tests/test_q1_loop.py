@@ -211,7 +211,7 @@ def test_cuda_graphs_option_is_ignored_on_cpu(tmp_path):
 @pytest.mark.parametrize(("model", "batch_size", "n"), [("mlp", 32, 100),
                                                        ("cnn_pool_bn", 32, 64)])
 def test_bench_contenders_step_equally_often_on_equal_samples(tmp_path, model, batch_size, n):
-    from bench.q1_epoch import OURS, PLAIN, PURE, build_contenders
+    from bench.q1_epoch import OURS, OWN_PREFIX, PLAIN, PURE, build_contenders
 
     contenders, cfg = build_contenders(model, batch_size, n, tmp_path, torch.device("cpu"))
     assert cfg.batch_size == batch_size and cfg.channels_last == (model != "mlp")
@@ -226,8 +226,9 @@ def test_bench_contenders_step_equally_often_on_equal_samples(tmp_path, model, b
     for c in contenders.values():
         c.run()
     want = math.ceil(n / batch_size)
-    assert steps == {OURS: want, PURE: want, PLAIN: want}
-    assert samples == {OURS: n, PURE: n, PLAIN: n}
+    names = (OURS, PURE, PLAIN, OWN_PREFIX + OURS, OWN_PREFIX + PURE)  # + the own-work pair
+    assert steps == dict.fromkeys(names, want)
+    assert samples == dict.fromkeys(names, n)
 
 
 def test_pure_contender_batch_is_ready_model_input(tmp_path):
