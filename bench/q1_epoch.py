@@ -26,9 +26,16 @@ the model, in microseconds and as a share of a pure-compute step. Prints each co
 median and ``RESULT`` lines with ours/pure (target <= 1.05), ours/plain, the own work
 (and ours+cuda_graphs/pure, /ours).
 
+Denormals: Adam's moments for weights whose gradient is rarely non-zero (pixels that are
+almost always 0) decay into float32 denormals, and x86 arithmetic on those is slow (an Adam
+step on 784x256 weights, 30 % of them denormal: 4x the time). Ours meets many more of them
+than pure compute, whose one batch has few such pixels: a cost of the numbers, not of the
+loop. ``--denormals flush`` sets flush-to-zero for every contender so that ours/pure
+compares the work alone; the default ``keep`` times what training really does.
+
     python -m bench.q1_epoch [--cases mlp:32,mlp:64,mlp:256,cnn_pool_bn:32,cnn:32]
                              [--n N] [--repeats 3] [--threads T] [--clock wall|cpu]
-                             [--device cpu|cuda]
+                             [--denormals keep|flush] [--device cpu|cuda]
     python -m bench.q1_epoch --model cnn_pool_bn --batch-size 32     # one case
 """
 
@@ -293,6 +300,8 @@ def main() -> None:
                     help="ours without the flow's default speed options")
     ap.add_argument("--cuda-graphs", choices=["auto", "on", "off"], default="auto",
                     help="a fourth contender, ours with cuda_graphs (auto: on CUDA)")
+    ap.add_argument("--denormals", choices=["keep", "flush"], default="keep",
+                    help="flush: CPU denormals to zero for every contender (see the docstring)")
     args = ap.parse_args()
     if args.model:
         cases = [(args.model, args.batch_size or (64 if args.model == "mlp" else 32))]
@@ -301,6 +310,8 @@ def main() -> None:
             cases = parse_cases(args.cases)
         except ValueError as exc:
             ap.error(str(exc))
+    if args.denormals == "flush":  # before the first parallel region: its threads inherit it
+        torch.set_flush_denormal(True)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -323,8 +334,9 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
         medians = {k: statistics.median(ts) for k, ts in times.items()}
         print_ratios(f"Q1 {model} epoch, {n} samples, batch {bs}, {device}, torch threads "
-                     f"{torch.get_num_threads()}, {args.clock} clock; ours: channels_last="
-                     f"{cfg.channels_last}, amp={cfg.amp} (medians)", medians, PURE)
+                     f"{torch.get_num_threads()}, {args.clock} clock, denormals "
+                     f"{args.denormals}; ours: channels_last={cfg.channels_last}, amp={cfg.amp} "
+                     "(medians)", medians, PURE)
         pure, plain = paired_ratio(times, OURS, PURE), paired_ratio(times, OURS, PLAIN)
         extra = ""
         if GRAPHS in times:
