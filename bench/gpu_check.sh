@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The GPU check: every question's smoke profile on the GPU, a timed slice of the full Q1
 # sweeps (generated data at full size, 1 epoch, 1 seed), a YOLOv5s epoch at 416 px on the
-# generated detection dataset, then (budget permitting) the Q1 speed options and sweep
-# packing on the GPU (our packing, and Ray's: 0.25 GPU per cell). Prints images/s and GPU utilisation (nvidia-smi, sampled every 0.5 s)
-# per step; stays under 8 minutes on one H100 (a total budget caps every step's time-out).
+# generated detection dataset, then (budget permitting) one Q1 epoch against pure compute
+# (and with CUDA graphs), the Q1 speed options and sweep packing on the GPU (our packing,
+# and Ray's: 0.25 GPU per cell). Prints images/s and GPU utilisation (nvidia-smi, sampled
+# every 0.5 s) per step; stays under 8 minutes on one H100 (a total budget caps every step's
+# time-out).
 #
 #   bench/gpu_check.sh              # on the GPU (fails fast without one)
 #   bench/gpu_check.sh --cpu        # the same steps on the CPU at tiny sizes (a rehearsal)
@@ -64,6 +66,7 @@ if [ "$MODE" = gpu ]; then
     YOLO_N=400; YOLO=(--set imgsz=416 --set data.image_size=416 --set data.n_train=$YOLO_N
                       --set data.n_valid=58 --set workers=8)
     OPTIONS=(--models cnn_pool_bn,mlp --n 20000 --repeats 2)
+    EPOCH=(--n 20000 --repeats 3)  # every seed case: MLP b32/64/256, CNN (d), (c) b32
     PACKING=(--parallel 3)
     RAY_PACKING=(--parallel 4 --gpu-share 0.25)  # four cells on the one GPU
     LIMIT_SMOKE=90; LIMIT_FULL=120; LIMIT_YOLO=150; LIMIT_EXTRA=150
@@ -85,6 +88,7 @@ else
     YOLO_N=16; YOLO=(--set imgsz=64 --set data.image_size=64 --set data.n_train=$YOLO_N
                      --set data.n_valid=8 --set batch=8 --set workers=0 --set plots=false)
     OPTIONS=(--models mlp --n 256 --repeats 1 --options bf16)
+    EPOCH=(--cases mlp:32,cnn_pool_bn:32 --n 256 --repeats 1)
     PACKING=(--parallel 2)
     RAY_PACKING=(--parallel 2 --gpu-share 0)
     LIMIT_SMOKE=240; LIMIT_FULL=240; LIMIT_YOLO=240; LIMIT_EXTRA=240
@@ -244,7 +248,9 @@ step yolo416 "$LIMIT_YOLO" 40 -- "${FLOW[@]}" yolo416 q4-yolo "$YOLO_N" 0 \
     -- --profile full --set data.source=generate --set data.location=null \
     --set 'models=["yolov5s.yaml"]' \
     --set epochs=1 --set device=$YDEV "${YOLO[@]}"
-# 4. extras when the budget allows: speed options and sweep packing measured on the device
+# 4. extras when the budget allows: one Q1 epoch, ours / pure compute / plain loop (and on
+#    CUDA ours with cuda_graphs); speed options; sweep packing, measured on the device
+step q1-epoch "$LIMIT_EXTRA" 60 -- "$PY" -m bench.q1_epoch --device $DEV "${EPOCH[@]}"
 step q1-options "$LIMIT_EXTRA" 60 -- "$PY" -m bench.q1_options --device $DEV "${OPTIONS[@]}"
 step q1-packing "$LIMIT_EXTRA" 60 -- "$PY" -m bench.q1_packing --flow q1-mlp --profile full \
     "${GEN[@]}" "${FULL_MLP[@]}" "${PACKING[@]}"

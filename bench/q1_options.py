@@ -4,8 +4,10 @@ Every contender is the shared ``train_one_epoch`` on the same data, model kind, 
 and seeds, differing only in the option(s) it turns on: ``channels_last`` (CNNs), ``amp``
 (bf16 autocast), both, ``compile`` (torch.compile; its compilation happens in the warm-up
 epoch and is not timed: it pays only when an epoch saves more than that), and on CUDA
-``cudnn_benchmark`` and ``pin_memory`` (the latter is the one host-to-device copy of the
-uint8 training split, timed on its own: batches never cross the bus). Prints each median,
+``cudnn_benchmark``, ``cuda_graphs`` (each epoch's step captured once and replayed; the
+capture is timed: it happens every epoch) and ``pin_memory`` (the latter is the one
+host-to-device copy of the uint8 training split, timed on its own: batches never cross the
+bus). Prints each median,
 its ratio to the baseline, and each contender's train accuracy after the same epochs (what
 the option does to the numbers).
 
@@ -24,7 +26,15 @@ import torch
 from bench.common import race
 from tasks.ml.loop import Split, make_loss, train_one_epoch
 from tasks.q1.data import generate_arrays
-from tasks.q1.train import TrainConfig, build_model, compiled, cudnn_settings, make_preprocess
+from tasks.q1.train import (
+    TrainConfig,
+    build_model,
+    build_optimizer,
+    compiled,
+    cudnn_settings,
+    make_preprocess,
+    prepare_split,
+)
 
 # option name -> TrainConfig fields it sets
 OPTIONS: dict[str, dict] = {
@@ -35,20 +45,24 @@ OPTIONS: dict[str, dict] = {
     "cudnn_benchmark": {"cudnn_benchmark": True},
     "channels_last+bf16+cudnn_benchmark": {"channels_last": True, "amp": "bf16",
                                            "cudnn_benchmark": True},
+    "cuda_graphs": {"cuda_graphs": True},
+    "channels_last+cuda_graphs": {"channels_last": True, "cuda_graphs": True},
 }
 CPU_DEFAULT = "channels_last,bf16,channels_last+bf16,compile"
 CUDA_DEFAULT = ("channels_last,bf16,channels_last+bf16,compile,cudnn_benchmark,"
-                "channels_last+bf16+cudnn_benchmark")
+                "channels_last+bf16+cudnn_benchmark,cuda_graphs,channels_last+cuda_graphs")
 
 
-def contender(kind: str, fields: dict, split: Split, batch_size: int, device: torch.device):
-    """A callable training one epoch per call with ``fields``; its last metrics in ``.last``."""
+def contender(kind: str, fields: dict, raw: Split, batch_size: int, device: torch.device):
+    """A callable training one epoch per call with ``fields`` on the uint8 split ``raw``
+    (prepared as ``classifier.train`` prepares it); its last metrics in ``.last``."""
     cfg = TrainConfig(out="b", data="b", model=kind, batch_size=batch_size,
                       normalize=kind != "mlp", hflip=kind != "mlp", **fields)
+    split = prepare_split(cfg, raw)
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
     net = compiled(cfg, model)
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    opt = build_optimizer(cfg, model)
     loss_fn, pre = make_loss("cross_entropy", 10), make_preprocess(cfg)
     state = {"epoch": 0}
 
@@ -58,7 +72,8 @@ def contender(kind: str, fields: dict, split: Split, batch_size: int, device: to
         with cudnn_settings(cfg, device):
             run.last = train_one_epoch(net, split, batch_size=batch_size, optimizer=opt,
                                        loss_fn=loss_fn, preprocess=pre, autocast=cfg.autocast,
-                                       generator=torch.Generator().manual_seed(state["epoch"]))
+                                       generator=torch.Generator().manual_seed(state["epoch"]),
+                                       cuda_graph=cfg.cuda_graphs)
 
     run.last = {}
     return run

@@ -15,7 +15,7 @@ import torch
 from bench.common import race
 from tasks.ml.loop import Split, make_loss, train_one_epoch
 from tasks.q1.data import generate_arrays
-from tasks.q1.train import TrainConfig, build_model, make_preprocess
+from tasks.q1.train import TrainConfig, build_model, make_preprocess, prepare_split
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     loss_fn, pre = make_loss("cross_entropy", 10), make_preprocess(cfg)
     contenders = {}
     for mult in (1, 2, 4):
-        split = Split(x[:mult * args.n], y[:mult * args.n])
+        split = prepare_split(cfg, Split(x[:mult * args.n], y[:mult * args.n]))
         model = build_model(cfg)
         opt = torch.optim.Adam(model.parameters(), 1e-3)
         contenders[f"{mult}x"] = (lambda s=split, m=model, o=opt: train_one_epoch(
