@@ -8,19 +8,44 @@ import json
 import types
 import typing
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from tasks.core.errors import ConfigError
 
 T = TypeVar("T", bound=BaseModel)
+T_item = TypeVar("T_item")
 
 
 class Config(BaseModel):
     """Base of every config: unknown keys rejected, instances immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(Config):
+    """Base of a dataset fetch config: ``source="generate"`` makes synthetic data in the
+    official on-disk format (offline, smoke runs); ``source="download"`` fetches the real
+    files, from ``mirror`` (a local folder) when given."""
+
+    source: Literal["generate", "download"] = "download"
+    mirror: str | None = None
+
+    @model_validator(mode="after")
+    def _mirror_needs_download(self) -> Self:
+        if self.source == "generate" and self.mirror:
+            raise ConfigError("mirror: only used with source='download' (got source='generate')")
+        return self
+
+
+def distinct(items: list[T_item]) -> list[T_item]:
+    """A list validator (``Annotated[list[str], AfterValidator(distinct)]``): each item at
+    most once."""
+    if len(set(items)) != len(items):
+        dup = sorted({str(x) for x in items if items.count(x) > 1})
+        raise ValueError(f"each item at most once (repeated: {', '.join(dup)})")
+    return items
 
 
 def like(cls: type[BaseModel], name: str, **changes: Any) -> Any:

@@ -11,20 +11,18 @@ from pathlib import Path
 from typing import Any
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def file_digest(path: str | os.PathLike, algorithm: str) -> str:
+    """The hex digest of a file's bytes (read in chunks), e.g. ``"sha256"``, ``"md5"``."""
     with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, algorithm).hexdigest()
 
 
-def md5_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def sha256_file(path: str | os.PathLike) -> str:
+    return file_digest(path, "sha256")
+
+
+def md5_file(path: str | os.PathLike) -> str:
+    return file_digest(path, "md5")
 
 
 def cache_dir(sub: str = "") -> Path:

@@ -11,13 +11,12 @@ import gzip
 import shutil
 import struct
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from tasks.core.config import Config, config_hash
-from tasks.core.errors import ConfigError, DataError
+from tasks.core.config import SourceConfig, config_hash
+from tasks.core.errors import DataError
 from tasks.core.files import cache_dir, from_local_cache, md5_file, offline, sha256_file
 from tasks.core.runtime import Manifest, TaskRun, read_manifest, shared_result
 from tasks.core.store import Store
@@ -43,7 +42,7 @@ MD5 = {
 _IDX_DTYPE = {0x08: np.uint8}
 
 
-class FetchConfig(Config):
+class FetchConfig(SourceConfig):
     """Where Fashion-MNIST comes from.
 
     ``source="generate"``: synthetic data in the official format (offline, for smoke runs).
@@ -52,17 +51,9 @@ class FetchConfig(Config):
     mirror``), the local cache, or torchvision's downloader (not with ``VF_OFFLINE=1``).
     """
 
-    source: Literal["generate", "download"] = "download"
-    mirror: str | None = None
     n_train: int = Field(2000, gt=0, le=60000)
     n_test: int = Field(1000, gt=0, le=10000)
     seed: int = 0
-
-    @model_validator(mode="after")
-    def _check(self) -> FetchConfig:
-        if self.source == "generate" and self.mirror:
-            raise ConfigError("mirror: only used with source='download' (got source='generate')")
-        return self
 
     @property
     def version(self) -> str:

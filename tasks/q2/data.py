@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from tasks.core.config import Config, config_hash
-from tasks.core.errors import ConfigError, DataError
+from tasks.core.config import SourceConfig, config_hash
+from tasks.core.errors import DataError
 from tasks.core.files import cache_dir, from_local_cache, md5_file, offline, sha256_file
 from tasks.core.runtime import Manifest, TaskRun, read_manifest, shared_result
 from tasks.core.store import Store
@@ -52,7 +52,7 @@ FILES = {
 UNLABELED = ("unlabeled_x", "unlabeled_X.bin")
 
 
-class FetchConfig(Config):
+class FetchConfig(SourceConfig):
     """Where STL10 comes from.
 
     ``source="generate"``: synthetic data in the official binary layout (offline, smoke runs).
@@ -62,19 +62,11 @@ class FetchConfig(Config):
     (2.6 GB archive; not with ``VF_OFFLINE=1``).
     """
 
-    source: Literal["generate", "download"] = "download"
-    mirror: str | None = None
     n_train: int = Field(500, gt=0, le=COUNTS["train"], description="generated train images")
     n_test: int = Field(800, gt=0, le=COUNTS["test"], description="generated test images")
     n_unlabeled: int = Field(20, ge=0, le=100_000, description="generated unlabeled images")
     include_unlabeled: bool = Field(False, description="also store unlabeled_X.bin")
     seed: int = 0
-
-    @model_validator(mode="after")
-    def _check(self) -> FetchConfig:
-        if self.source == "generate" and self.mirror:
-            raise ConfigError("mirror: only used with source='download' (got source='generate')")
-        return self
 
     @property
     def version(self) -> str:

@@ -8,11 +8,11 @@ states the other steps' settings with their task fields' own defaults and checks
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field
 
-from tasks.core.config import like
+from tasks.core.config import distinct, like
 from tasks.core.promote import RegressionOptions
 from tasks.core.resources import Resources, ResourceTable, on_cpu, parallel_field, resources_field
 from tasks.inputs.mirror_index import Entry, dataset_name
@@ -51,7 +51,8 @@ class Q2TransferConfig(TrainOptions, RegressionOptions):
     """
 
     data: FetchConfig = FetchConfig()
-    models: list[Literal["resnet18", "vgg16"]] = Field(["resnet18", "vgg16"], min_length=1)
+    models: Annotated[list[Literal["resnet18", "vgg16"]], AfterValidator(distinct)] = Field(
+        ["resnet18", "vgg16"], min_length=1)
     samples: int = like(ExploreConfig, "samples",
                         description="images in the labelled sample grid")
     histogram_bins: int = like(ExploreConfig, "bins")
@@ -63,13 +64,6 @@ class Q2TransferConfig(TrainOptions, RegressionOptions):
     finetune_eval_test: bool = like(FinetuneConfig, "eval_test")
     parallel: int = parallel_field("models")
     resources: ResourceTable = resources_field(RESOURCES)
-
-    @field_validator("models")
-    @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"each model at most once (got {v})")
-        return v
 
 
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {

@@ -8,11 +8,11 @@ so each default lives once.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field
 
-from tasks.core.config import like
+from tasks.core.config import distinct, like
 from tasks.core.promote import RegressionOptions
 from tasks.core.resources import Resources, ResourceTable, on_cpu, parallel_field, resources_field
 from tasks.inputs.mirror_index import Entry
@@ -49,7 +49,8 @@ class Q4YoloConfig(YoloTrainOptions, RegressionOptions):
     """
 
     data: YoloDataConfig = Field(default_factory=lambda: YoloDataConfig(source="generate"))
-    models: list[str] = Field(["yolov5s.pt", "yolov5x.pt"], min_length=1)
+    models: Annotated[list[str], AfterValidator(distinct)] = Field(
+        ["yolov5s.pt", "yolov5x.pt"], min_length=1)
     weights_mirror: str | None = Field(None, description="folder or store:PREFIX holding .pt files")
     eval_batch: int = like(YoloEvalConfig, "batch")
     eval_checkpoint: Literal["best", "last"] = like(YoloEvalConfig, "checkpoint")
@@ -59,13 +60,6 @@ class Q4YoloConfig(YoloTrainOptions, RegressionOptions):
     samples: int = like(YoloEvalConfig, "samples")
     parallel: int = parallel_field("models")
     resources: ResourceTable = resources_field(RESOURCES)
-
-    @field_validator("models")
-    @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"models must be distinct (got {v})")
-        return v
 
 
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
