@@ -4,7 +4,8 @@ server, and how Ctrl-C and SIGTERM stop it.
 - A work folder of its own (``VF_WORK_ROOT``): every task's scratch files and the
   launchers' temporary files go there; it is removed on every exit path (the janitor,
   :mod:`flows.janitor`, removes it after a SIGKILL too).
-- The temporary Prefect server (:mod:`flows.server`) when no ``PREFECT_API_URL`` is set,
+- The temporary Prefect server (:mod:`flows.server`) when no Prefect API is set
+  (``PREFECT_API_URL`` in the environment or the active Prefect profile),
   shielded from the terminal's Ctrl-C and stopped last.
 - SIGINT and SIGTERM stop the run within seconds: the stop flag is set (in-process
   training stops between batches), every child process group and container is ended, the
@@ -49,6 +50,16 @@ class Interrupted(KeyboardInterrupt):
         return EXIT_CODES.get(self.signum, 128 + self.signum)
 
 
+def _configured_api_url() -> str | None:
+    """The Prefect API this process is set to use: ``PREFECT_API_URL`` from the environment,
+    the active Prefect profile or a settings context (e.g. a test harness); None if none."""
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
+
+
 class Session:
     """The context of one command (see the module doc). ``server``: start a temporary
     Prefect server when ``PREFECT_API_URL`` is not set."""
@@ -78,8 +89,12 @@ class Session:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._on_signal)
-        if self.want_server and not os.environ.get("PREFECT_API_URL"):
-            self._start_server()
+        if self.want_server:
+            configured = _configured_api_url()
+            if configured:  # the children (and Ray workers) reach the same API
+                self._setenv("PREFECT_API_URL", configured)
+            else:
+                self._start_server()
         if sys.stderr.isatty() and not progress.off():  # live bars, where a person watches
             self.bars = progress.TerminalBars()
             BARS[:] = [self.bars]

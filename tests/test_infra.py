@@ -119,7 +119,8 @@ def test_task_image_files():
     assert re.search(r"^ARG BASE_IMAGE=pytorch/pytorch:\S+-cuda\S+-runtime$", dockerfile,
                      re.MULTILINE)
     assert re.search(r"^USER vf$", dockerfile, re.MULTILINE)
-    assert 'ENTRYPOINT ["python", "-m", "tasks"]' in dockerfile
+    # -P: the task never imports from the working directory (a mounted tasks/ folder)
+    assert 'ENTRYPOINT ["python", "-P", "-m", "tasks"]' in dockerfile
     assert "RUN --mount" not in dockerfile  # the legacy builder must build it
     ignore = (ROOT / ".dockerignore").read_text().split()
     assert ignore[ignore.index("*"):] == ["*", "!dist/visionflows-*-py3-none-any.whl"]

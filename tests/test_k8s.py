@@ -134,10 +134,13 @@ def test_job_needs_follow_the_resource_tables():
     assert (two.gpus, two.pack) == (2, 1)
     cpu = job_needs("q1-mlp", profile="smoke")  # the smoke profile takes the GPUs away
     assert (cpu.gpus, cpu.pack, cpu.cpus) == (0, 1, 2)
-    # q2 has no `parallel`: a share there cannot pack, the run gets one GPU and one step
+    # q2 packs its models (`parallel`): half shares put both on one GPU
     q2 = job_needs("q2-transfer", overrides={"resources": {"train": {"gpus": 0.5},
                                                             "evaluate": {"gpus": 0.5}}})
-    assert (q2.gpus, q2.pack) == (1, 1)
+    assert (q2.gpus, q2.pack) == (1, 2)
+    # q3 has no `parallel` (one segment step): a share there cannot pack
+    q3 = job_needs("q3-segmentation", overrides={"resources": {"evaluate": {"gpus": 0.5}}})
+    assert (q3.gpus, q3.pack) == (1, 1)
     with pytest.raises(ConfigError, match="unknown flow"):
         job_needs("q9-nothing")
 

@@ -17,10 +17,13 @@ from tasks.registry import run_task
 
 
 def promote(uri, run_id, value, question="q1-mlp", metric="test/accuracy"):
+    """Promote run ``run_id``'s model; a stand-in model (a selftest task's verified manifest)
+    is stored first, since promotion verifies the candidate's training result."""
+    model = f"runs/{question}/{run_id}/train-x"
+    run_task("selftest.sleep", {"out": model, "seconds": 0}, uri)
     return run_task("model.promote", {
         "question": question, "run_id": run_id, "metric": metric, "value": value,
-        "model": f"runs/{question}/{run_id}/train-x", "out": f"runs/{question}/{run_id}/promote"},
-        uri)
+        "model": model, "out": f"runs/{question}/{run_id}/promote"}, uri)
 
 
 def test_better_promoted_worse_kept_ties_promoted(store_uri):
@@ -117,7 +120,9 @@ def test_cache_keys_see_only_the_code_a_task_runs(tmp_path):
     train.write_text(edited)
     assert _source_in_copy(root) == before  # comments and docstrings are not code
 
-    train.write_text(edited.replace("lr=cfg.learning_rate)", "lr=cfg.learning_rate * 2)", 1))
+    changed = edited.replace("lr=cfg.learning_rate,", "lr=cfg.learning_rate * 2,", 1)
+    assert changed != edited
+    train.write_text(changed)
     after = _source_in_copy(root)
     reasons = cache.explain({"config": {}, "source": before, "inputs": {}, "versions": {}},
                             {"config": {}, "source": after, "inputs": {}, "versions": {}})

@@ -206,6 +206,7 @@ def test_doctor_states_the_time_it_really_waited(monkeypatch):
     monkeypatch.setenv("VF_S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-value")
+    monkeypatch.setenv("VF_S3_RETRY_SECONDS", "4")  # the retry budget; the default is 60 s
     lines: list[str] = []
     started = time.monotonic()
     code = run_doctor("s3://vf-nowhere/vf", docker=False, out=lines.append)
@@ -213,8 +214,8 @@ def test_doctor_states_the_time_it_really_waited(monkeypatch):
     store_line = next(ln for ln in lines if ln.startswith("FAIL store:"))
     assert code == 1 and "unreachable" in store_line
     waited = stated_wait(store_line)
-    assert waited <= elapsed and waited < 60  # not the 60 s budget it used to claim
-    assert waited >= 0.1
+    assert 3 <= waited <= elapsed  # the budget was spent, and the message says how long
+    assert "VF_S3_RETRY_SECONDS" in store_line  # and how to change it
 
 
 def test_killed_training_resumes_to_the_same_result(tmp_path):
@@ -413,18 +414,6 @@ def _stl10_mirror(tmp_path, damage: str) -> str:
     return str(archive)
 
 
-def _stl10_corrupt_in_store(tmp_path, store_uri: str) -> None:
-    """Fetch q2's smoke STL10 into the store, then flip bytes of its stored train_X.bin."""
-    from tasks.plans import resolve_config
-
-    data = resolve_config("q2-transfer", "smoke").data.model_dump()
-    m = run_task("stl10.fetch", data, store_uri)
-    path = open_store(store_uri).local_path(m.output_key("train_x"))
-    raw = bytearray(path.read_bytes())
-    raw[100:200] = bytes(100)
-    path.write_bytes(bytes(raw))
-
-
 def _broken_yolo_export(tmp_path) -> str:
     from tasks.q4.shapes import generate_export
 
@@ -476,8 +465,7 @@ BAD_INPUT = [
                                                 "data.source=download", "--set",
                                                 f"data.mirror={_stl10_mirror(t, 'archive')}"],
          "the archive is corrupt", keep=("weights",)),
-    Case("stl10-stored-copy-checksum", lambda t, s: ["run", "q2-transfer"],
-         "the stored copy is corrupt", setup=_stl10_corrupt_in_store, keep=("weights",)),
+    # (a damaged stored copy is repaired by the next fetch: test_q2_stl10.py)
     # a YOLO export with a broken label: every problem named with file:line
     Case("yolo-broken-labels", lambda t, s: ["run", "q4-yolo", "--set", "data.source=export",
                                              "--set", f"data.location={_broken_yolo_export(t)}"],

@@ -411,7 +411,7 @@ def test_pools_created_deployed_and_resolved_on_a_real_server(server):
         "VF_STORE": "s3://b1/vf", "VF_S3_ENDPOINT_URL": "http://127.0.0.1:9000",
         "AWS_ACCESS_KEY_ID": "vf-tasks", "AWS_SECRET_ACCESS_KEY": "a-real-tasks-secret-42"}
     q1 = on_server(server, lambda: _read("q1-mlp/nightly-k8s"))
-    assert q1.parameters["overrides"] == {"parallel": 4}
+    assert q1.parameters["overrides"] == {"parallel": 4, "fail_on_regression": True}
     assert on_server(server, lambda: _read("q1-mlp/nightly")).work_pool_name == \
         "visionflows-process"
 
