@@ -103,12 +103,34 @@ def store_uri(request, tmp_path) -> str:
 
 
 @pytest.fixture(scope="session")
-def prefect_harness():
-    """A temporary Prefect API (SQLite) for flow tests."""
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_harness(tmp_path_factory):
+    """A temporary Prefect API for flow tests: the server the CLI starts for itself
+    (:mod:`flows.server`), on a SQLite database of its own; this process's Prefect settings
+    point at it (a CLI run in a subprocess starts its own, as a user's command would).
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    Not ``prefect.testing.utilities.prefect_test_harness``: its teardown drains Prefect's
+    log and event workers without a time limit and was seen to hang there for good; this
+    one drains with the CLI's time limit, then stops the server by its pid."""
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_DATABASE_CONNECTION_URL,
+        temporary_settings,
+    )
+
+    from flows.server import TemporaryServer
+    from flows.session import Session
+
+    db = tmp_path_factory.mktemp("prefect") / "prefect.db"
+    with temporary_settings(updates={
+            PREFECT_SERVER_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{db}"}):
+        server = TemporaryServer(startup_timeout_s=120)
+        url = server.start()
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield url
+            Session._drain_prefect()
+    finally:
+        server.stop()
 
 
 # Tiny smoke runs shared by the flow tests and the final-report test (one store).

@@ -121,7 +121,9 @@ def test_bad_link_expiry_stops_the_cli_before_anything_runs(tmp_path):
     assert not (tmp_path / "store").exists()
 
 
-def _artifacts(key: str):
+def _artifacts(key: str, mentioning: str = ""):
+    """Artifacts ``key`` whose data mentions ``mentioning`` (other tests' runs share the
+    session's Prefect server and the key)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
@@ -130,7 +132,7 @@ def _artifacts(key: str):
             return await client.read_artifacts(
                 artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
 
-    return asyncio.run(read())
+    return [a for a in asyncio.run(read()) if mentioning in str(a.data)]
 
 
 def test_prefect_artifacts_link_the_report(q1_mlp_run):
@@ -139,7 +141,8 @@ def test_prefect_artifacts_link_the_report(q1_mlp_run):
     uri, result = q1_mlp_run
     st = open_store(uri)
     html = st.get_bytes(result["report"]["report.html"])
-    md = _artifacts("q1-mlp-report")[0].data
+    run_id = result["run_id"]
+    (md,) = [a.data for a in _artifacts("q1-mlp-report", f"Run `{run_id}`")]
     found = re.search(r"\*\*\[Open the HTML report\]\((http://127\.0\.0\.1:\d+/[^)\s]+)\)\*\*"
                       r" \(link valid until \d{4}-\d\d-\d\d \d\d:\d\d UTC\)", md)
     assert found, md
@@ -147,6 +150,6 @@ def test_prefect_artifacts_link_the_report(q1_mlp_run):
     md_link = re.search(r"\[Markdown version\]\((http[^)\s]+)\)", md).group(1)
     assert fetch(md_link) == st.get_bytes(result["report"]["report.md"])
     assert f"In the store: `{uri}/reports/q1-mlp/" in md
-    (link,) = _artifacts("q1-mlp-report-link")
+    (link,) = _artifacts("q1-mlp-report-link", f"/reports/q1-mlp/{run_id}/")
     assert link.data.startswith("[q1-mlp report (HTML)](http://127.0.0.1:")
     assert fetch(link.data.split("](", 1)[1].rstrip(")")) == html
