@@ -2,6 +2,9 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 PYTEST_ARGS ?=
+# Test files run on this many processes (pytest-xdist; a file stays on one): most tests
+# wait on servers and child processes, so two workers roughly halve the time on 2 cores.
+PYTEST_WORKERS ?= 2
 
 .PHONY: install install-dev run test lint bench
 
@@ -18,7 +21,7 @@ run: install
 
 test: install-dev
 	$(PYTHON) -m ruff check .
-	$(PYTHON) -m pytest $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint:
 	$(PYTHON) -m ruff check .

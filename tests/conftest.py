@@ -125,12 +125,19 @@ def prefect_harness(tmp_path_factory):
             PREFECT_SERVER_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{db}"}):
         server = TemporaryServer(startup_timeout_s=120)
         url = server.start()
+    # Prefect's client-side events (its event feed; nothing here reads them) are dropped:
+    # a backlog left at the end would be retried against the stopped server for minutes
+    from prefect.events.clients import NullEventsClient
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.set_client_override(NullEventsClient)
     try:
         with temporary_settings(updates={PREFECT_API_URL: url}):
             yield url
             Session._drain_prefect()
     finally:
         server.stop()
+        EventsWorker.set_client_override(None)
 
 
 # Tiny smoke runs shared by the flow tests and the final-report test (one store).

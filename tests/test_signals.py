@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-SLOW_CNN = ["--set", "data.n_train=600", "--set", "data.n_test=200", "--set", "epochs=3",
+# long enough (12 epochs) that the stop lands inside the first cell, after its first checkpoint
+SLOW_CNN = ["--set", "data.n_train=1200", "--set", "data.n_test=200", "--set", "epochs=12",
             "--set", "dropouts=[0.0]", "--set", "batch_size=32"]
 
 
@@ -80,7 +81,7 @@ def test_stop_marks_cancelled_prints_the_resume_command_and_resumes(sig, code, t
     proc = start(args, tmp_path, start_new_session=True)
     seen: list[str] = []
     root, server = leftovers(wait_for(proc, r"work folder .*temporary Prefect server", seen))
-    wait_for(proc, r"epoch 1/3", seen)
+    wait_for(proc, r"epoch 1/12", seen)
     deadline = time.monotonic() + 120  # the epoch's checkpoint is stored just after its line
     while not list((tmp_path / "store" / "runs").glob("q1-cnn/*/train-*/last.pt")):
         assert time.monotonic() < deadline, "no checkpoint was stored"
@@ -118,7 +119,7 @@ def test_sigkill_takes_the_server_tasks_and_work_folder_with_it(tmp_path):
     task_pid = int(re.search(r"started in process (\d+)",
                              wait_for(proc, r"classifier.train: started in process", seen)
                              ).group(1))
-    wait_for(proc, r"epoch 1/3", seen)
+    wait_for(proc, r"epoch 1/12", seen)
     proc.kill()
     proc.wait(timeout=30)
     deadline = time.monotonic() + 20
