@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.launchers import launch
 from flows.registry import new_run_id  # noqa: F401 (the flows' run ids)
-from flows.session import BARS, FLOW_RUNS
+from flows.session import BARS, FLOW_RUNS, reclaim_sigterm
 from tasks.core import cache, promote
 from tasks.core import progress as vf_progress
 from tasks.core.config import validate
@@ -128,6 +128,7 @@ def remember_flow_run() -> None:
 
     if flow_run.id:
         FLOW_RUNS.append(str(flow_run.id))
+    reclaim_sigterm()  # a SIGTERM stops the run like Ctrl-C, not after the running tasks
 
 
 # The Prefect task around it. The plain function stays importable by its own name, so a Ray

@@ -50,6 +50,22 @@ class Interrupted(KeyboardInterrupt):
         return EXIT_CODES.get(self.signum, 128 + self.signum)
 
 
+_ACTIVE: list[Session] = []  # the sessions entered in this process, innermost last
+
+
+def reclaim_sigterm() -> None:
+    """Put our SIGTERM handler back in place of Prefect's. A flow run swaps in its own (it
+    raises ``TerminationSignal`` in the flow and waits for the running tasks), so a SIGTERM
+    would let an in-process training run to its end; with ours it stops like Ctrl-C. Call it
+    first thing in a flow (``flows.common.remember_flow_run`` does); Prefect restores ours
+    when the flow run ends."""
+    if not _ACTIVE or threading.current_thread() is not threading.main_thread():
+        return
+    session = _ACTIVE[-1]
+    if signal.SIGTERM in session._old and signal.getsignal(signal.SIGTERM) != session._on_signal:
+        signal.signal(signal.SIGTERM, session._on_signal)
+
+
 def _configured_api_url() -> str | None:
     """The Prefect API this process is set to use: ``PREFECT_API_URL`` from the environment,
     the active Prefect profile or a settings context (e.g. a test harness); None if none."""
@@ -89,6 +105,7 @@ class Session:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._on_signal)
+        _ACTIVE.append(self)
         if self.want_server:
             configured = _configured_api_url()
             if configured:  # the children (and Ray workers) reach the same API
@@ -179,6 +196,8 @@ class Session:
             for sig, old in self._old.items():
                 with contextlib.suppress(ValueError, TypeError):
                     signal.signal(sig, old)
+            if self in _ACTIVE:
+                _ACTIVE.remove(self)
             if self._settings is not None:
                 self._settings.__exit__(None, None, None)
             if self.server is not None:
