@@ -115,16 +115,20 @@ def _one_step_flow():
     return one_step
 
 
-def test_nonzero_exit_fails_the_prefect_task_with_last_lines(engine, prefect_harness,
-                                                             s3_endpoint):
+def test_nonzero_exit_fails_the_prefect_task_with_the_tasks_own_error(engine, prefect_harness,
+                                                                      s3_endpoint):
+    """The container exits 2; the Prefect task fails with the task's error, its class kept
+    across the container (as under every launcher: test_errors.py)."""
+    from tasks.core.errors import TaskNotRunError
+
     uri = _bucket(s3_endpoint)
     state = _one_step_flow()("classifier.evaluate",
                              {"out": "runs/t/eval", "train": "runs/t/no-such-train",
                               "device": "cpu"}, uri, return_state=True)
     assert state.is_failed()
-    msg = str(state.result(raise_on_failure=False))
-    assert "exit code 2" in msg and "Last" in msg
-    assert "error: no manifest at" in msg and "runs/t/no-such-train" in msg
+    err = state.result(raise_on_failure=False)
+    assert isinstance(err, TaskNotRunError), repr(err)
+    assert "no manifest at" in str(err) and "runs/t/no-such-train" in str(err)
     assert open_store(uri).list("runs/t") == []  # nothing written, no manifest
 
 
