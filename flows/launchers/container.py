@@ -49,7 +49,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from flows.launchers import children, images
+import flows.launchers.children as children
+import flows.launchers.images as images
 from flows.launchers.output import iter_lines, quote_tail, relay
 from tasks.core.config import Config, validate
 from tasks.core.errors import VisionflowsError, error_from_record
