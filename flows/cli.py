@@ -11,6 +11,7 @@
     visionflows run q1-mlp --profile full --offline # no network: store mirror, cache, config
     visionflows compare champion latest --question q1-mlp   # what changed between two runs
     visionflows compare --trend q1-mlp              # the primary metric of the last runs
+    visionflows verify q1-mlp latest                # recompute a run's steps, compare
 
 Without ``PREFECT_API_URL`` Prefect runs the flow against a temporary local server.
 """
@@ -413,6 +414,20 @@ def _print_report(store, key: str) -> None:
     print(f"report: {local if local is not None else store.url(key)}")
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Recompute a finished run's steps and compare them with what is stored."""
+    from flows.verify import verify_run
+
+    if args.flow not in FLOWS:
+        raise VisionflowsError(f"unknown flow {args.flow!r}{did_you_mean(args.flow, FLOWS)}; "
+                               f"use one of: {', '.join(sorted(FLOWS))}")
+    store = _open_checked_store(args.store)
+    results = verify_run(store.uri, args.flow, args.run, steps=args.steps,
+                         tolerance=args.tolerance, launcher=args.launcher)
+    return 0 if all(c.verdict in ("identical", "within tolerance", "skipped")
+                    for c in results) else 1
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from flows.doctor import run_doctor
 
@@ -504,6 +519,20 @@ def build_parser() -> argparse.ArgumentParser:
                           "champion changes, regressions)")
     cmp.add_argument("--last", type=int, default=20, help="runs in the trend (default 20)")
     cmp.set_defaults(func=cmd_compare)
+    ver = sub.add_parser("verify", help="recompute a finished run's steps (cache off) and "
+                         "compare with what is stored: exit 0 only when all agree")
+    ver.add_argument("flow", metavar="FLOW", help=f"which question: {', '.join(sorted(FLOWS))}")
+    ver.add_argument("run", nargs="?", default="latest", metavar="RUN_ID",
+                     help="a run id of that flow, or latest (default)")
+    ver.add_argument("--steps", default=None, metavar="GLOB",
+                     help="only the steps whose name matches, e.g. 'train-b32*'")
+    ver.add_argument("--tolerance", type=float, default=0.0, metavar="X",
+                     help="largest difference of a metric that still agrees (default 0: exact)")
+    ver.add_argument("--store", default=None,
+                     help="store URI (default $VF_STORE or ./artifacts), as given to run")
+    ver.add_argument("--launcher", default=os.environ.get("VF_LAUNCHER") or "local",
+                     choices=LAUNCHER_CHOICES, help="how the steps are recomputed")
+    ver.set_defaults(func=cmd_verify)
     doctor = sub.add_parser("doctor", help="check Prefect API, store, Docker and GPUs; say "
                                            "what to fix")
     doctor.add_argument("--store", default=None,

@@ -29,9 +29,9 @@ from tasks.core.log import get_logger
 from tasks.core.resources import Resources
 from tasks.core.runtime import STOP, find_manifest, ray_context, require_intact, set_aside
 from tasks.core.store import Store, join, open_store
-from tasks.registry import resolve, task_module
+from tasks.registry import resolve
 
-# Steps cached across runs by tasks.core.cache (config + imported source + inputs + versions).
+# Steps cached across runs by tasks.core.cache (their identity: tasks.core.identity).
 # Fetches are cached by dataset version instead (their output prefix is the version).
 CACHED_TASKS = {"classifier.train", "classifier.evaluate", "transfer.train", "transfer.finetune",
                 "yolo.train", "yolo.evaluate"}
@@ -74,7 +74,12 @@ def run_step_fn(name: str, task_name: str, cfg: dict[str, Any], store: str,
     if slot and task_name in CACHED_TASKS:
         _, cfg_cls = resolve(task_name)
         full = validate(cfg_cls, cfg, what=f"task {task_name!r}").model_dump(mode="json")
-        parts = cache.components(task_module(task_name), full, st)
+        image = None
+        if launcher == "docker":  # the image stands for the code and environment it holds
+            from flows.launchers.container import image_id
+
+            image = image_id(task_name)
+        parts = cache.components(task_name, full, st, image_id=image)
         if refresh:
             log.info("cache skipped for %s (--refresh)", slot)
             if find_manifest(st, cfg["out"]) is not None:

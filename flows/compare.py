@@ -21,24 +21,30 @@ from prefect import get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from flows.common import run_step, write_flow_manifest
-from tasks.core import cache
 from tasks.core.config import Config
 from tasks.core.promote import champion_question, read_champion
 from tasks.core.runtime import git_commit
 from tasks.core.store import Store, join
-from tasks.registry import task_module
 from tasks.reporting.compare import RegressionError, compare_prefix, finished_runs
 
 
 def code_identity(steps: Iterable[dict[str, Any] | None]) -> dict[str, Any]:
-    """The code a run ran: the git commit, and the per-file hashes of the cache key's source
-    part (every project module the run's tasks import) with the library versions."""
-    names = sorted({m["task"] for m in steps if m and m.get("task")})
+    """The code a run ran: the git commit, and what its steps' manifests record they ran
+    under (their identity: per-file code hashes, package versions, image)."""
+    steps = [m for m in steps if m]
+    names = sorted({m["task"] for m in steps if m.get("task")})
     source: dict[str, str] = {}
-    for name in names:
-        source.update(dict(cache.source_modules(task_module(name))))
+    versions: dict[str, Any] = {}
+    for m in steps:
+        parts = (m.get("identity") or {}).get("parts") or {}
+        source.update(parts.get("code") or {})
+        env = parts.get("environment") or {}
+        versions.update(env.get("packages") or {})
+        for key in ("python", "image"):
+            if env.get(key):
+                versions[key] = env[key]
     return {"git_commit": git_commit(), "tasks": names, "source": dict(sorted(source.items())),
-            "versions": dict(cache.versions())}
+            "versions": dict(sorted(versions.items()))}
 
 
 def plan_comparison(flow: str, profile: str, run_id: str, st: Store) -> dict[str, Any] | None:

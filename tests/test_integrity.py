@@ -82,14 +82,24 @@ def test_a_poisoned_cache_entry_is_ignored_with_a_warning(tmp_path, caplog):
     cfg1 = TrainConfig(out="r/a", data=data, epochs=1, device="cpu").model_dump(mode="json")
     m = run_task("classifier.train", cfg1, uri)
     cfg3 = {**cfg1, "epochs": 3}
-    parts = cache.components("tasks.q1.train", cfg3, st)
+    parts = cache.components("classifier.train", cfg3, st)
     # what an older version wrote: the epochs=3 key pointing at the epochs=1 result
     st.put_json(f"cache/classifier.train/{cache.cache_key(parts)}.json",
                 {"key": cache.cache_key(parts), "prefix": m.prefix, "parts": parts})
     hit, reasons = cache.lookup(st, "classifier.train", "q/x", parts)
     assert hit is None and reasons == [
-        "the cached result was computed with another config (ignored)"]
-    assert "poisoned entry" in caplog.text
+        "the cached result was computed under another key (not trusted)"]
+    assert "not trusted" in caplog.text
+    # an entry of an older visionflows, whose manifest records no key, is not trusted either
+    m1 = st.get_json(f"{m.prefix}/manifest.json")
+    m1.pop("identity")
+    st.put_json(f"{m.prefix}/manifest.json", m1)
+    parts1 = cache.components("classifier.train", cfg1, st)
+    st.put_json(f"cache/classifier.train/{cache.cache_key(parts1)}.json",
+                {"key": cache.cache_key(parts1), "prefix": m.prefix, "parts": parts1})
+    hit, reasons = cache.lookup(st, "classifier.train", "q/x", parts1)
+    assert hit is None and reasons == [
+        "the cached result records no key (written by an older visionflows) (not trusted)"]
 
 
 # ---------------------------------------------------------------- damaged outputs

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 
 import pytest
 
-from tasks.core import cache
+from tasks.core import cache, identity
 from tasks.core.errors import DataError
 from tasks.core.promote import champion_key, history, read_champion
 from tasks.core.store import open_store
@@ -70,28 +69,20 @@ def data_prefix(tmp_path_factory):
     return uri, m.prefix
 
 
-def test_source_modules_follow_imports():
-    files = dict(cache.source_modules("tasks.q1.train"))
+def test_code_identity_counts_the_whole_question_package_and_the_shared_ones():
+    files = identity.code_identity("tasks.q1.train")
     assert "tasks/ml/loop.py" in files and "tasks/q1/models.py" in files
-    assert "tasks/core/promote.py" not in files  # not imported by training
+    assert "tasks/core/promote.py" in files  # the shared packages count whole
+    assert "tasks/q1/report.py" in files  # its own package counts whole
+    assert "tasks/reporting/final.py" not in files  # training never reaches report code
     # a question's key never covers another question's code
     for module in ("tasks.q1.train", "tasks.q2.transfer", "tasks.q3.segment", "tasks.q4.yolo"):
         own = module.split(".")[1]
-        others = [f for f in dict(cache.source_modules(module))
+        others = [f for f in identity.code_identity(module)
                   if f.startswith("tasks/q") and not f.startswith(f"tasks/{own}/")]
         assert others == [], (module, others)
-
-
-def _source_in_copy(root, module: str = "tasks.q1.train") -> dict[str, str]:
-    """``source`` of ``module``'s cache key, computed on the copy of the tree at ``root``."""
-    import subprocess
-    import sys
-
-    code = ("import json; from tasks.core import cache; "
-            f"print(json.dumps(dict(cache.source_modules({module!r}))))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
-                         check=True, env={**os.environ, "PYTHONPATH": str(root)})
-    return json.loads(out.stdout)
+    assert "tasks/q4/worker.py" in identity.code_identity("tasks.q4.yolo")  # run as python -m
+    assert "reports/templates/report.html.j2" in identity.code_identity("tasks.q1.report")
 
 
 def test_cache_keys_see_only_the_code_a_task_runs(tmp_path):
@@ -102,51 +93,56 @@ def test_cache_keys_see_only_the_code_a_task_runs(tmp_path):
 
     import tasks
 
-    root = tmp_path / "tree"
-    shutil.copytree(Path(tasks.__file__).parent, root / "tasks",
+    root = tmp_path / "tree" / "tasks"
+    shutil.copytree(Path(tasks.__file__).parent, root,
                     ignore=shutil.ignore_patterns("__pycache__"))
-    before = _source_in_copy(root)
+    before = identity.code_identity("tasks.q1.train", root)
     assert "tasks/q1/train.py" in before and "tasks/q4/yolo.py" not in before
 
-    yolo = root / "tasks" / "q4" / "yolo.py"
+    yolo = root / "q4" / "yolo.py"
     yolo.write_text(yolo.read_text() + "\n\ndef added_to_q4():\n    return 4\n")
-    assert _source_in_copy(root) == before  # Q4's code does not touch Q1's key
+    assert identity.code_identity("tasks.q1.train", root) == before  # Q4 is not Q1's code
 
-    train = root / "tasks" / "q1" / "train.py"
+    train = root / "q1" / "train.py"
     text = train.read_text()
     edited = text.replace('"""Train one classifier;', '"""Train one classifier (reworded);', 1)
     edited = edited.replace("def build_optimizer(", "# a comment\ndef build_optimizer(", 1)
     assert edited != text
     train.write_text(edited)
-    assert _source_in_copy(root) == before  # comments and docstrings are not code
+    assert identity.code_identity("tasks.q1.train", root) == before  # not code
 
     changed = edited.replace("lr=cfg.learning_rate,", "lr=cfg.learning_rate * 2,", 1)
     assert changed != edited
     train.write_text(changed)
-    after = _source_in_copy(root)
-    reasons = cache.explain({"config": {}, "source": before, "inputs": {}, "versions": {}},
-                            {"config": {}, "source": after, "inputs": {}, "versions": {}})
-    assert reasons == ["tasks/q1/train.py changed"]
+    after = identity.code_identity("tasks.q1.train", root)
+    assert identity.explain({"config": {}, "code": before}, {"config": {}, "code": after}) \
+        == ["tasks/q1/train.py changed"]
 
 
 def test_cache_components_and_explanations(data_prefix):
     uri, data = data_prefix
     st = open_store(uri)
-    cfg = {"out": "runs/a/train", "data": data, "epochs": 2}
-    parts = cache.components("tasks.q1.train", cfg, st)
+    cfg = {"out": "runs/a/train", "data": data, "epochs": 2, "device": "cpu"}
+    parts = cache.components("classifier.train", cfg, st)
     assert "out" not in parts["config"] and parts["inputs"]["data"]
-    same = cache.components("tasks.q1.train", {**cfg, "out": "runs/b/train"}, st)
+    assert parts["device"] == "cpu" and parts["environment"]["packages"]["torch"]
+    same = cache.components("classifier.train", {**cfg, "out": "runs/b/train"}, st)
     assert cache.cache_key(parts) == cache.cache_key(same)
     changed = json.loads(json.dumps(parts))
     changed["config"]["epochs"] = 5
-    changed["source"]["tasks/ml/loop.py"] = "0" * 16
+    changed["code"]["tasks/ml/loop.py"] = "0" * 16
     changed["inputs"]["data"] = "f" * 16
-    changed["versions"]["torch"] = "9.9"
+    changed["environment"]["packages"]["torch"] = "9.9"
+    changed["environment"]["python"] = "CPython 3.99.0"
+    changed["device"] = "cuda:NVIDIA H100"
     reasons = cache.explain(parts, changed)
     assert "config changed: epochs 2 -> 5" in reasons
     assert "tasks/ml/loop.py changed" in reasons
-    assert "dataset sha changed" in reasons
-    assert any(r.startswith("torch version changed") for r in reasons)
+    assert "input 'data' changed" in reasons
+    assert any(r.startswith("torch version changed") and r.endswith("-> 9.9") for r in reasons)
+    assert any(r.startswith("Python changed") for r in reasons)
+    assert "device changed: cpu -> cuda:NVIDIA H100" in reasons
+    assert len(reasons) == 6
     assert cache.explain(None, parts) == ["never run before"]
 
 
@@ -155,14 +151,14 @@ def test_cache_lookup_hit_and_miss(data_prefix):
     st = open_store(uri)
     cfg = TrainConfig(out="runs/c/train", data=data, epochs=1, device="cpu").model_dump(
         mode="json")
-    parts = cache.components("tasks.q1.train", cfg, st)
+    parts = cache.components("classifier.train", cfg, st)
     hit, reasons = cache.lookup(st, "classifier.train", "q/train-x", parts)
     assert hit is None and reasons == ["never run before"]
     m = run_task("classifier.train", cfg, uri)
     assert cache.record(st, "classifier.train", "q/train-x", parts, m) is not None
     hit, _ = cache.lookup(st, "classifier.train", "q/train-x", parts)
     assert hit is not None and hit.prefix == "runs/c/train"
-    other = cache.components("tasks.q1.train", {**cfg, "epochs": 2}, st)
+    other = cache.components("classifier.train", {**cfg, "epochs": 2}, st)
     hit, reasons = cache.lookup(st, "classifier.train", "q/train-x", other)
     assert hit is None and reasons == ["config changed: epochs 1 -> 2"]
     # a manifest of another config is never recorded under this key (no poisoned entry)

@@ -344,18 +344,18 @@ def connect():
     return client
 
 
-def ensure_image(client, image: str, pull: bool) -> None:
+def ensure_image(client, image: str, pull: bool) -> str:
+    """The id (``sha256:...``) of ``image`` on the engine, pulled first with ``pull``;
+    ``LaunchError`` naming the fix when it is not there."""
     import docker
 
     try:
-        client.images.get(image)
-        return
+        return client.images.get(image).id
     except docker.errors.ImageNotFound:
         pass
     if pull:
         try:
-            client.images.pull(image)
-            return
+            return client.images.pull(image).id
         except docker.errors.APIError as exc:
             raise LaunchError(f"could not pull {image}: {exc.explanation or exc}") from None
     if image == images.default_image():
@@ -365,6 +365,13 @@ def ensure_image(client, image: str, pull: bool) -> None:
             "`images/build-local-base.sh` without a registry), or set VF_IMAGE")
     raise LaunchError(f"image {image} is not on the Docker engine: build or pull it, or fix "
                       "VF_IMAGE / VF_IMAGE_<FAMILY> (VF_DOCKER_PULL=1 pulls missing images)")
+
+
+def image_id(task: str, client=None) -> str:
+    """The id of the image the docker launcher runs ``task`` in (a step's identity under
+    this launcher: the image holds its code and its environment)."""
+    opts = DockerOptions.from_env()
+    return ensure_image(client or connect(), image_for(task, opts), opts.pull)
 
 
 def preflight(task: str = "classifier.train") -> str:
@@ -406,7 +413,8 @@ def launch_docker(task: str, cfg: Mapping[str, Any], store: str | None,
     spec = container_spec(task, cfg, st.uri, opts, extra_env=env,
                           engine_has_gpus=opts.gpus == "auto" and cfg.get("device") == "auto"
                           and engine_has_gpus(client))
-    ensure_image(client, spec["image"], opts.pull)
+    # the image's real id reaches the task: its manifest's identity names the image it ran
+    spec["environment"]["VF_IMAGE_ID"] = ensure_image(client, spec["image"], opts.pull)
     try:
         container = client.containers.create(**spec)
     except docker.errors.APIError as exc:

@@ -34,6 +34,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.core import identity as step_identity
 from tasks.core import progress
 from tasks.core.config import Config, config_hash
 from tasks.core.errors import (
@@ -48,6 +49,9 @@ from tasks.core.log import get_logger
 from tasks.core.store import Store, join
 
 MANIFEST = "manifest.json"
+# Written first at a step's own prefix: the identity its partial results (checkpoints) were
+# computed under. Partial results of another identity are set aside, never continued.
+MARKER = "identity.json"
 
 # Set when the run is being stopped (Ctrl-C, SIGTERM); see check_stop().
 STOP = threading.Event()
@@ -94,14 +98,14 @@ class Manifest(BaseModel):
         default_factory=dict, description="output name -> {sha256, size} (recorded at write)")
     upstream: dict[str, str] = Field(
         default_factory=dict, description="config field -> fingerprint of the manifest read")
+    identity: dict[str, Any] | None = Field(
+        None, description="the step's identity when it ran: key, basis and parts "
+                          "(tasks.core.identity); None: written by an older visionflows")
 
     @property
     def fingerprint(self) -> str:
         """Identifies this result: its config and the bytes of its outputs."""
-        blob = json.dumps({"config": self.config_hash, "digests": self.digests,
-                           "finished_at": self.finished_at if not self.digests else None},
-                          sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return step_identity.fingerprint(self.model_dump(mode="json"))
 
     def output_key(self, name: str) -> str:
         try:
@@ -234,14 +238,36 @@ def set_aside_object(store: Store, key: str, why: str) -> str:
     return dest
 
 
+def identity_of(task: str, cfg: Config, store: Store) -> step_identity.Identity:
+    """The identity of this process running ``task`` with ``cfg`` (its code, environment,
+    device, inputs and local files: :mod:`tasks.core.identity`)."""
+    return step_identity.of_step(task, cfg.model_dump(mode="json"), store)
+
+
+def identity_changes(recorded: dict[str, Any] | None, config: dict[str, Any],
+                     now: step_identity.Identity) -> list[str]:
+    """Why a result or checkpoint recorded under ``recorded`` may not be reused or continued
+    by a step of identity ``now`` (configs aside: each task checks those its own way);
+    empty when it may."""
+    if not isinstance(recorded, dict) or "basis" not in recorded:
+        return ["it records no identity (written by an older visionflows)"]
+    if recorded["basis"] == now.basis:
+        return []
+    old = step_identity.Identity.from_record(recorded, config).parts
+    new = {k: v for k, v in now.parts.items() if k != "config"}
+    return [r for r in step_identity.explain({**old, "config": {}}, {**new, "config": {}})]
+
+
 def reuse(store: Store, task: str, cfg: Config, prefix: str) -> Manifest | None:
     """The result already at ``prefix`` when it is this task's with this config, intact,
-    computed from the same inputs; None when there is none (or it was set aside).
+    computed under the same identity; None when there is none (or it was set aside).
 
     - another config at the prefix (a run id reused with new settings): ``PrefixConflictError``
       naming the keys that differ, before anything is computed;
-    - the same config but other inputs (an upstream step was recomputed): the old result is
-      set aside and None returned, so the task computes it again;
+    - the same config but another identity (the code, the environment, the device, an input
+      or a local file changed; or a result written by an older visionflows): the old result
+      is set aside with one line naming what changed, and None returned, so the task
+      computes it afresh from scratch;
     - damaged outputs: ``IntegrityError`` naming them and the fix.
     """
     existing = find_manifest(store, prefix)
@@ -255,10 +281,10 @@ def reuse(store: Store, task: str, cfg: Config, prefix: str) -> Manifest | None:
             f"another config ({'; '.join(diff)}). Nothing was run. Use a new run id (omit "
             "--run-id), or rerun with --refresh to recompute it there (the old result is "
             "moved aside, not deleted)")
-    now = upstream_of(cfg, store)
-    if any(existing.upstream.get(k) not in (None, v) for k, v in now.items()):
-        changed = [k for k, v in now.items() if existing.upstream.get(k) not in (None, v)]
-        set_aside(store, prefix, f"its input {', '.join(changed)} changed since it ran")
+    changed = identity_changes(existing.identity, existing.config, identity_of(task, cfg, store))
+    if changed:
+        set_aside(store, prefix, "computed under another identity, recomputing from scratch: "
+                  + "; ".join(changed))
         return None
     return require_intact(store, existing)
 
@@ -348,6 +374,7 @@ class TaskRun:
         self.outputs: dict[str, str] = {}
         self.digests: dict[str, dict[str, Any]] = {}
         self.upstream = upstream_of(cfg, store)
+        self.identity = identity_of(task, cfg, store)
         self.started = time.time()
         self.started_at = datetime.now(UTC).isoformat()
         self.workdir = work_dir("vf-task-")
@@ -359,6 +386,30 @@ class TaskRun:
         self.out_prefix = (join(self.prefix, f"v-{os.urandom(4).hex()}") if shared
                            else self.prefix)
         self._done: Manifest | None = None
+        if not shared:
+            self._claim_prefix()
+
+    def _claim_prefix(self) -> None:
+        """Set aside what another identity left at this prefix (a checkpoint of other code,
+        or anything written without a marker by an older visionflows), then write this
+        step's marker, so that what is continued here was computed under this identity."""
+        marker = join(self.prefix, MARKER)
+        if self.store.exists(marker):
+            changed = identity_changes(self.store.get_json(marker), self.cfg.model_dump(
+                mode="json"), self.identity)
+            if not changed:
+                return
+        else:
+            leftovers = [k for k in self.store.list(self.prefix)
+                         if k != manifest_key(self.prefix)]
+            if not leftovers and not self.store.exists(manifest_key(self.prefix)):
+                changed = []
+            else:
+                changed = ["its partial results record no identity (an older visionflows)"]
+        if changed:
+            set_aside(self.store, self.prefix, "left by another identity, starting from "
+                      "scratch: " + "; ".join(changed))
+        self.store.put_json(marker, self.identity.record())
 
     def __enter__(self) -> TaskRun:
         return self
@@ -440,7 +491,8 @@ class TaskRun:
             inputs=self.inputs, outputs=self.outputs, metrics=metrics or {},
             started_at=self.started_at, finished_at=datetime.now(UTC).isoformat(),
             duration_s=round(now - self.started, 3), provenance=provenance(),
-            digests=self.digests, upstream=self.upstream, **extra)
+            digests=self.digests, upstream=self.upstream, identity=self.identity.record(),
+            **extra)
         body = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True).encode()
         if not self.shared:
             self.store.put_bytes(manifest_key(self.prefix), body)

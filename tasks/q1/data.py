@@ -18,6 +18,7 @@ from pydantic import Field
 from tasks.core.config import SourceConfig, config_hash
 from tasks.core.errors import DataError
 from tasks.core.files import cache_dir, from_local_cache, md5_file, offline, sha256_file
+from tasks.core.identity import code_digest
 from tasks.core.runtime import Manifest, TaskRun, read_manifest, shared_result
 from tasks.core.store import Store
 from tasks.inputs import mirror_index
@@ -60,7 +61,9 @@ class FetchConfig(SourceConfig):
         if self.source == "download":
             return "official"
         return "synthetic-" + config_hash(
-            {"n_train": self.n_train, "n_test": self.n_test, "seed": self.seed}, 10)
+            {"n_train": self.n_train, "n_test": self.n_test, "seed": self.seed,
+             # the generator's code: an edit to it is another dataset
+             "generator": code_digest(__name__)}, 10)
 
     @property
     def prefix(self) -> str:

@@ -42,10 +42,13 @@ from tasks.core.runtime import (
     PrefixConflictError,
     TaskRun,
     find_manifest,
+    identity_changes,
+    identity_of,
     manifest_key,
     read_verified,
     require_intact,
     reuse,
+    set_aside,
     set_aside_object,
 )
 from tasks.core.store import Store
@@ -320,6 +323,11 @@ def train(cfg: YoloTrainConfig, store: Store) -> Manifest:
     log = get_logger("yolo.train")
     label = model_label(cfg.model)
     existing = find_manifest(store, cfg.out)
+    if existing is not None and (changed := identity_changes(
+            existing.identity, existing.config, identity_of("yolo.train", cfg, store))):
+        set_aside(store, cfg.out, "computed under another identity, training from scratch: "
+                  + "; ".join(changed))
+        existing = None
     if existing is not None:
         old = YoloTrainConfig.model_validate(existing.config)
         _compatible(old, cfg, store.url(cfg.out))
