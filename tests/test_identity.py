@@ -242,6 +242,14 @@ def test_a_generated_dataset_version_follows_its_generator(tree):
         assert identity.code_digest("tasks.q1.data", tree / "tasks") != gen
     finally:
         path.write_text(original)
+    assert identity.code_digest("tasks.q1.data", tree / "tasks") == gen
+    train = tree / "tasks" / "q1" / "train.py"  # training code is not the generator
+    original = train.read_text()
+    train.write_text(original + "\n_vf_mutation_probe = 1\n")
+    try:
+        assert identity.code_digest("tasks.q1.data", tree / "tasks") == gen
+    finally:
+        train.write_text(original)
 
 
 # ---------------------------------------------------------------- at a prefix

@@ -141,6 +141,7 @@ class Unit:
     name: str
     files: dict[str, Path] = field(default_factory=dict)  # relative path -> file
     refs: dict[str, set[str]] = field(default_factory=dict)  # module -> tasks modules it names
+    modules: dict[str, str] = field(default_factory=dict)  # relative path -> module name
 
     def reaches(self, modules: set[str] | None = None) -> set[str]:
         """The other units that ``modules`` of this unit (default: all of them) name."""
@@ -174,6 +175,7 @@ def units(root: Path | None = None) -> dict[str, Unit]:
         unit = found.setdefault(name, Unit(name))
         unit.files[f"tasks/{rel.as_posix()}"] = path
         module = _module_name(root, path)
+        unit.modules[f"tasks/{rel.as_posix()}"] = module
         unit.refs[module] = set(_scan_file(path, module)[1])
     templates = root.parent / "reports" / "templates"
     if "reporting" in found and templates.is_dir():
@@ -235,9 +237,22 @@ def code_identity(task_module: str, root: Path | None = None) -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
-def code_digest(task_module: str, root: Path | None = None) -> str:
-    """One short hash of :func:`code_identity` (e.g. a generated dataset's version)."""
-    return _digest(code_identity(task_module, root))
+def code_digest(module: str, root: Path | None = None) -> str:
+    """One short hash of the code ``module`` runs: the modules of its own unit it reaches
+    (not the whole unit) and every other unit :func:`step_units` gives it. A generated
+    dataset's version: an edit to its generator is another dataset, an edit to the
+    question's training code is not."""
+    table = units(root)
+    own = table[unit_of(module)]
+    reached = _closure_in_unit(own, module)
+    out: dict[str, str] = {}
+    for rel, path in own.files.items():
+        if own.modules.get(rel) in reached:
+            out[rel] = _scan_file(path)[0]
+    for name in step_units(module, table=table):
+        if name != own.name:
+            out.update({rel: _scan_file(p)[0] for rel, p in table[name].files.items()})
+    return _digest(out)
 
 
 # ------------------------------------------------------------------ environment
