@@ -103,6 +103,45 @@ def test_q1_mlp_in_containers_matches_in_process(q1_both, engine):
     assert st.get_text(in_docker["report"]["report.html"]).startswith("<!DOCTYPE html>")
 
 
+def test_the_key_names_the_image_two_images_two_keys(q1_both, engine, monkeypatch):
+    """Under the docker launcher a step's identity is the image's real id: the manifests
+    record it, a run on another image (same tag scheme, other id) recomputes, and going
+    back to the first image hits its cache again."""
+    import io
+
+    from flows.q1_mlp import q1_mlp
+
+    client, image = engine
+    (_, _), (docker_uri, in_docker) = q1_both
+    first_id = client.images.get(image).id
+    st = open_store(docker_uri)
+    train = in_docker["train"]["b64-relu-cross_entropy"]
+    ident = st.get_json(f"{train}/manifest.json")["identity"]
+    assert ident["parts"]["environment"] == {"image": first_id}
+    assert "code" not in ident["parts"]  # the image holds the code
+    other_tag = "visionflows-tasks:identity-test"
+    dockerfile = f"FROM {image}\nLABEL visionflows.test=identity\n".encode()
+    other, _ = client.images.build(fileobj=io.BytesIO(dockerfile), tag=other_tag,
+                                   network_mode="host", rm=True)
+    try:
+        assert other.id != first_id
+        monkeypatch.setenv("VF_IMAGE", other_tag)
+        again = q1_mlp(profile="smoke", store=docker_uri, overrides=ONE_CELL,
+                       launcher="docker")
+        moved = again["train"]["b64-relu-cross_entropy"]
+        assert moved != train  # recomputed under the other image, not the cached result
+        assert st.get_json(f"{moved}/manifest.json")["identity"]["parts"][
+            "environment"] == {"image": other.id}
+        slots = [k for k in st.list("cache/classifier.train/slots") if "b64-relu" in k]
+        assert [st.get_json(k)["parts"]["environment"] for k in slots] == [{"image": other.id}]
+        monkeypatch.setenv("VF_IMAGE", image)
+        back = q1_mlp(profile="smoke", store=docker_uri, overrides=ONE_CELL,
+                      launcher="docker")
+        assert back["train"]["b64-relu-cross_entropy"] == train  # the first image's hit
+    finally:
+        client.images.remove(other_tag, force=True)
+
+
 def _one_step_flow():
     from prefect import flow
 
