@@ -142,6 +142,7 @@ class Unit:
     files: dict[str, Path] = field(default_factory=dict)  # relative path -> file
     refs: dict[str, set[str]] = field(default_factory=dict)  # module -> tasks modules it names
     modules: dict[str, str] = field(default_factory=dict)  # relative path -> module name
+    hashes: dict[str, str] = field(default_factory=dict)  # relative path -> code hash
 
     def reaches(self, modules: set[str] | None = None) -> set[str]:
         """The other units that ``modules`` of this unit (default: all of them) name."""
@@ -161,14 +162,44 @@ def _module_name(root: Path, path: Path) -> str:
     return ".".join(parts)
 
 
+_UNITS_MEMO: dict[str, tuple[tuple, dict[str, Unit]]] = {}
+
+
+def _tree_signature(root: Path) -> tuple[list[Path], tuple]:
+    """The ``.py`` files under ``root`` and the report templates beside it, with the
+    ``(path, mtime, size)`` of each: any edit, addition or removal changes it."""
+    files: list[Path] = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        files.extend(Path(folder, n) for n in sorted(names) if n.endswith(".py"))
+    templates = root.parent / "reports" / "templates"
+    if templates.is_dir():
+        files.extend(sorted(templates.glob("*.j2")))
+    sig = []
+    for path in files:
+        st = os.stat(path)
+        sig.append((str(path), st.st_mtime_ns, st.st_size))
+    return files, tuple(sig)
+
+
 def units(root: Path | None = None) -> dict[str, Unit]:
     """The ``tasks`` tree (``root``, default: this process's) cut into units, each with its
     files and the modules each file names. Report templates (``reports/templates`` beside
-    ``tasks``) belong to the ``reporting`` unit, which renders them."""
+    ``tasks``) belong to the ``reporting`` unit, which renders them. Rebuilt whenever a
+    file's mtime or size changes (or a file comes or goes)."""
     root = (root or tasks_root()).resolve()
+    files, sig = _tree_signature(root)
+    with _LOCK:
+        hit = _UNITS_MEMO.get(str(root))
+    if hit is not None and hit[0] == sig:
+        return hit[1]
     found: dict[str, Unit] = {}
-    for path in sorted(root.rglob("*.py")):
-        if "__pycache__" in path.parts:
+    for path in files:
+        if path.suffix != ".py":
+            if "reporting" in found:
+                found["reporting"].files[f"reports/templates/{path.name}"] = path
+                found["reporting"].hashes[f"reports/templates/{path.name}"] = \
+                    _scan_file(path)[0]
             continue
         rel = path.relative_to(root)
         name = rel.parts[0] if len(rel.parts) > 1 else rel.stem
@@ -176,11 +207,10 @@ def units(root: Path | None = None) -> dict[str, Unit]:
         unit.files[f"tasks/{rel.as_posix()}"] = path
         module = _module_name(root, path)
         unit.modules[f"tasks/{rel.as_posix()}"] = module
-        unit.refs[module] = set(_scan_file(path, module)[1])
-    templates = root.parent / "reports" / "templates"
-    if "reporting" in found and templates.is_dir():
-        for path in sorted(templates.glob("*.j2")):
-            found["reporting"].files[f"reports/templates/{path.name}"] = path
+        unit.hashes[f"tasks/{rel.as_posix()}"], refs = _scan_file(path, module)
+        unit.refs[module] = set(refs)
+    with _LOCK:
+        _UNITS_MEMO[str(root)] = (sig, found)
     return found
 
 
@@ -232,8 +262,7 @@ def code_identity(task_module: str, root: Path | None = None) -> dict[str, str]:
     table = units(root)
     out: dict[str, str] = {}
     for name in step_units(task_module, table=table):
-        for rel, path in table[name].files.items():
-            out[rel] = _scan_file(path)[0]
+        out.update(table[name].hashes)
     return dict(sorted(out.items()))
 
 
@@ -246,12 +275,12 @@ def code_digest(module: str, root: Path | None = None) -> str:
     own = table[unit_of(module)]
     reached = _closure_in_unit(own, module)
     out: dict[str, str] = {}
-    for rel, path in own.files.items():
-        if own.modules.get(rel) in reached:
-            out[rel] = _scan_file(path)[0]
+    for rel, module_name in own.modules.items():
+        if module_name in reached:
+            out[rel] = own.hashes[rel]
     for name in step_units(module, table=table):
         if name != own.name:
-            out.update({rel: _scan_file(p)[0] for rel, p in table[name].files.items()})
+            out.update(table[name].hashes)
     return _digest(out)
 
 
@@ -262,8 +291,12 @@ ROOT_DISTRIBUTION = "visionflows"
 
 
 def _site_signature() -> tuple:
+    """The mtimes of the folders distributions are installed in: an install, upgrade or
+    removal adds or removes a ``*.dist-info`` folder there, which changes its mtime."""
     sig = []
     for entry in sys.path:
+        if os.path.basename(entry.rstrip("/")) not in ("site-packages", "dist-packages"):
+            continue
         try:
             sig.append((entry, os.stat(entry or ".").st_mtime_ns))
         except OSError:
