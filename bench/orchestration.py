@@ -4,8 +4,14 @@
 
 Both run the same steps (fetch, train and evaluate each cell, report, promote) on a local
 store; the Prefect side runs against a temporary local server started once (its start-up
-is excluded). Prints the medians, the overhead per task run and its share of wall time
-(target <= 5 %), and where it goes: the time inside the task functions (which grows in
+is excluded). A third contender is Prefect's own floor for the same flow shape: a flow of
+no-op tasks, one, then the cells' trainings submitted together, then their evaluations,
+then two more (15 task runs for the smoke sweep): what any Prefect flow of this shape costs.
+``ours / floor`` compares our overhead per task run (flow minus direct calls) with the
+floor's whole cost per task run (target <= 1.1). ``--profile`` adds where our overhead
+goes (cProfile of one flow run: identity and cache, progress, artifacts, hashing).
+Prints the medians, the overhead per task run and its share of wall time (target
+<= 5 %), and where it goes: the time inside the task functions (which grows in
 the flow when the API server and Prefect's background threads share the CPU, and by the
 per-epoch progress-artifact updates) vs outside them (task-run and flow-run state calls,
 artifacts, cache look-ups).
@@ -27,6 +33,8 @@ OVERRIDES = {"data": {"n_train": 2000, "n_test": 500}, "epochs": 2}
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile one flow run: where the time outside the tasks goes")
     args = ap.parse_args()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect.testing.utilities import prefect_test_harness
@@ -84,7 +92,10 @@ def main() -> None:
         q1_mlp(profile="smoke", store=f"file://{tempfile.mkdtemp(prefix='vf-flow-')}",
                overrides=OVERRIDES)
 
-    spent: dict[str, list[float]] = {"direct task calls": [], "prefect flow": []}
+    floor_flow = prefect_floor(len(cells))
+
+    spent: dict[str, list[float]] = {"direct task calls": [], "prefect flow": [],
+                                     "prefect floor": []}
 
     def timed(name, fn):
         def run():
@@ -95,8 +106,11 @@ def main() -> None:
 
     with prefect_test_harness(server_startup_timeout=120):
         medians = race({name: timed(name, fn) for name, fn in
-                        (("direct task calls", direct), ("prefect flow", prefect))},
+                        (("direct task calls", direct), ("prefect flow", prefect),
+                                         ("prefect floor", floor_flow))},
                        repeats=args.repeats)
+        if args.profile:
+            profile_flow(prefect)
     print_ratios(f"q1-mlp smoke ({n_tasks} task runs)", medians, "direct task calls")
     extra = medians["prefect flow"] - medians["direct task calls"]
     task_s = {k: statistics.median(v[-args.repeats:]) for k, v in spent.items()}
@@ -108,6 +122,55 @@ def main() -> None:
           f"{outside['prefect flow'] - outside['direct task calls']:.2f} s")
     print(f"RESULT Prefect overhead {extra:.2f} s per flow = {extra / n_tasks * 1000:.0f} ms "
           f"per task run = {extra / medians['prefect flow']:.1%} of wall time (target <= 5 %)")
+    floor = medians["prefect floor"] / n_tasks
+    print(f"RESULT ours / floor: {extra / n_tasks * 1000:.0f} ms / {floor * 1000:.0f} ms per "
+          f"task run = {extra / n_tasks / floor:.3f} (target <= 1.1)")
+
+
+def prefect_floor(n_cells: int):
+    """A flow of the sweep's shape whose tasks do nothing: 1, n submitted, n submitted, 2."""
+    from prefect import flow, task
+    from prefect.cache_policies import NO_CACHE
+
+    @task(cache_policy=NO_CACHE)
+    def noop(i: int) -> int:
+        return i
+
+    @flow(name="floor")
+    def floor() -> None:
+        noop(0)
+        first = [noop.submit(i) for i in range(n_cells)]
+        second = [noop.submit(f) for f in first]
+        for f in second:
+            f.result()
+        noop(1)
+        noop(2)
+
+    return floor
+
+
+def profile_flow(fn) -> None:
+    """cProfile one flow run; print the cumulative time of our per-step machinery."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    fn()
+    prof.disable()
+    stats = pstats.Stats(prof)
+    wanted = ("of_step", "components", "lookup", "record", "_claim_prefix", "identity_of",
+              "step_sink", "update_progress_artifact", "create_progress_artifact",
+              "create_table_artifact", "create_markdown_artifact", "finish", "digest",
+              "reuse", "run_task", "launch")
+    rows = []
+    for (file, _line, name), (_cc, _nc, _tt, ct, _callers) in stats.stats.items():
+        if name in wanted and ("visionflows" in file or "/tasks/" in file or "/flows/" in file
+                               or "prefect/artifacts" in file):
+            rows.append((ct, f"{name} ({file.rsplit('/', 2)[-2]}/{file.rsplit('/', 1)[-1]})"))
+    print("profile of one flow run (cumulative seconds, includes callees):")
+    for ct, label in sorted(rows, reverse=True):
+        print(f"  {ct:7.3f} s  {label}")
 
 
 if __name__ == "__main__":
