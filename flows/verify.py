@@ -44,9 +44,10 @@ NOT_RECOMPUTED = {"model.promote": "promotes a champion (an effect outside its p
 MEASUREMENT = re.compile(r"(^|[/_.])(time|times|time_s|seconds|duration|duration_s|threads|"
                          r"throughput|per_s|hostname|pid|started_at|finished_at)($|[/_.])"
                          r"|_s$|/s$")
-# Outputs whose bytes hold such measurements (a checkpoint's history, a results table).
-VOLATILE_OUTPUTS = re.compile(r"(^|/)(history|last|best|results|train_state|metrics)"
-                              r"(\.(json|csv|pt))?$")
+# Binary outputs whose bytes hold such measurements (a checkpoint's history, ultralytics'
+# results table and weights, which carry a date): compared through the metrics. JSON outputs
+# are compared by content, measurements set aside.
+VOLATILE_OUTPUTS = re.compile(r"(^|/)(last|best|results|train_state)(\.(csv|pt))?$")
 SCRATCH = "verify"
 
 
@@ -76,6 +77,9 @@ class StepCheck:
             shown = self.differences[:6] + (
                 [f"... {len(self.differences) - 6} more"] if len(self.differences) > 6 else [])
             text += " (" + "; ".join(shown) + ")"
+        if self.outputs_differ and self.verdict != "DIFFERENT":
+            text += (f" ({len(self.outputs_differ)} outputs differ in timings only: "
+                     f"{', '.join(self.outputs_differ[:4])})")
         if self.identity_changes:
             text += " -- since it ran: " + "; ".join(self.identity_changes[:4])
         return head + text + f" [{self.seconds:.1f}s]"
@@ -142,8 +146,9 @@ def compare_values(stored: dict[str, Any], now: dict[str, Any], tolerance: float
     _numbers("", now, b)
     for key in sorted(set(a) | set(b)):
         if MEASUREMENT.search(key.split("[")[-1].split("]")[-1] or key):
-            if key not in check.not_compared:
-                check.not_compared.append(f"{what}:{key}")
+            label = f"{what}:{key}"
+            if label not in check.not_compared:
+                check.not_compared.append(label)
             continue
         x, y = a.get(key, "(absent)"), b.get(key, "(absent)")
         if isinstance(x, bool) or isinstance(y, bool) or not (
@@ -164,8 +169,10 @@ def compare_values(stored: dict[str, Any], now: dict[str, Any], tolerance: float
 
 
 def compare_manifests(stored: Manifest, now: Manifest, tolerance: float,
-                      check: StepCheck) -> StepCheck:
-    """Fill ``check`` with how ``now`` (recomputed) differs from ``stored``."""
+                      check: StepCheck, stores: tuple[Store, Store] | None = None
+                      ) -> StepCheck:
+    """Fill ``check`` with how ``now`` (recomputed) differs from ``stored``; ``stores``
+    (where each lives) lets JSON outputs whose bytes differ be compared by content."""
     compare_values(stored.metrics, now.metrics, tolerance, check, "metric")
     old_hist = (stored.model_extra or {}).get("history")
     new_hist = (now.model_extra or {}).get("history")
@@ -182,7 +189,15 @@ def compare_manifests(stored: Manifest, now: Manifest, tolerance: float,
                                      f"{'absent' if a is None else 'present'} -> "
                                      f"{'absent' if b is None else 'present'}")
         elif a.get("sha256") != b.get("sha256"):
-            if VOLATILE_OUTPUTS.search(name):
+            key = stored.outputs.get(name, "")
+            if stores is not None and key.endswith(".json"):
+                before = len(check.differences)
+                compare_values({"v": stores[0].get_json(key)},
+                               {"v": stores[1].get_json(now.outputs[name])}, tolerance, check,
+                               f"output {name}")
+                if len(check.differences) == before:
+                    check.outputs_differ.append(name)  # in measurements only
+            elif VOLATILE_OUTPUTS.search(name):
                 check.outputs_differ.append(name)
             else:
                 check.differences.append(f"output {name}: sha256 {str(a.get('sha256'))[:10]} "
@@ -245,7 +260,8 @@ def verify_run(store_uri: str, flow: str, ref: str = "latest", steps: str | None
             started = time.monotonic()
             fresh = launch(stored.task, cfg, target, launcher)
             check.seconds = time.monotonic() - started
-            compare_manifests(stored, fresh, tolerance, check)
+            compare_manifests(stored, fresh, tolerance, check,
+                              stores=(store, open_store(target)))
             out(check.line())
     finally:  # the scratch results (and a scratch store of datasets) never stay
         for prefix in (scratch, join(SCRATCH, attempt)):

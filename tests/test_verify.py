@@ -141,3 +141,69 @@ def test_an_edit_to_the_yolo_worker_recomputes_training(project, tmp_path, prefe
     out = edited.stdout + edited.stderr
     assert "cache hit" not in out
     assert "tasks/q4/worker.py changed" in out
+
+
+# ---------------------------------------------------------------- the comparison itself
+
+def _manifest(metrics: dict, history: list | None = None, digests: dict | None = None,
+              outputs: dict | None = None):
+    from tasks.core.runtime import Manifest
+
+    return Manifest(task="classifier.train", prefix="p", store="file:///x", config={},
+                    config_hash="c", metrics=metrics, started_at="s", finished_at="f",
+                    duration_s=1.0, digests=digests or {}, outputs=outputs or {},
+                    **({"history": history} if history is not None else {}))
+
+
+def test_the_comparison_sets_measurements_aside_and_names_each_difference(tmp_path):
+    from flows.verify import StepCheck, compare_manifests
+    from tasks.core.store import open_store
+
+    a = _manifest({"test/accuracy": 0.5, "train/time_s": 3.0, "threads": 2},
+                  [{"epoch": 1, "train/loss": 1.0, "train/time_s": 1.0}])
+    same = _manifest({"test/accuracy": 0.5, "train/time_s": 9.0, "threads": 1},
+                     [{"epoch": 1, "train/loss": 1.0, "train/time_s": 2.0}])
+    check = compare_manifests(a, same, 0.0, StepCheck("s", "t"))
+    assert check.verdict == "identical" and check.differences == []
+    assert "metric:train/time_s" in check.not_compared and "metric:threads" in check.not_compared
+    near = _manifest({"test/accuracy": 0.50001}, [{"epoch": 1, "train/loss": 1.0}])
+    check = compare_manifests(a, near, 1e-4, StepCheck("s", "t"))
+    assert check.verdict == "within tolerance" and check.max_diff == pytest.approx(1e-5)
+    check = compare_manifests(a, near, 0.0, StepCheck("s", "t"))
+    assert check.verdict == "DIFFERENT"
+    assert check.differences == ["metric test/accuracy: 0.5 -> 0.50001 (+1e-05)"]
+    short = _manifest({"test/accuracy": 0.5}, [])
+    check = compare_manifests(a, short, 0.0, StepCheck("s", "t"))
+    assert check.differences == ["history: 1 rows -> 0"]
+
+    # outputs: JSON compared by content (timings aside), binaries by sha256
+    st = open_store(f"file://{tmp_path}/s")
+    st.put_json("a/pred.json", {"pred": [1, 2], "history": [{"time_s": 1.0}]})
+    st.put_json("b/pred.json", {"pred": [1, 2], "history": [{"time_s": 5.0}]})
+    st.put_json("c/pred.json", {"pred": [1, 3], "history": [{"time_s": 5.0}]})
+    dig = {"pred": {"sha256": "1", "size": 1}, "model": {"sha256": "m", "size": 1}}
+    old = _manifest({}, digests=dig, outputs={"pred": "a/pred.json", "model": "a/m.bin"})
+    timing_only = _manifest({}, digests={**dig, "pred": {"sha256": "2", "size": 1}},
+                            outputs={"pred": "b/pred.json", "model": "b/m.bin"})
+    check = compare_manifests(old, timing_only, 0.0, StepCheck("s", "t"), stores=(st, st))
+    assert check.verdict == "identical" and check.outputs_differ == ["pred"]
+    assert "in timings only: pred" in check.line()
+    changed = _manifest({}, digests={"pred": {"sha256": "3", "size": 1},
+                                     "model": {"sha256": "x", "size": 1}},
+                        outputs={"pred": "c/pred.json", "model": "c/m.bin"})
+    check = compare_manifests(old, changed, 0.0, StepCheck("s", "t"), stores=(st, st))
+    assert check.verdict == "DIFFERENT"
+    assert "output pred v/pred[1]: 2 -> 3 (+1)" in check.differences
+    assert any(d.startswith("output model: sha256 m") for d in check.differences)
+
+
+def test_a_file_key_used_as_a_prefix_is_simply_missing(tmp_path):
+    from tasks.core.errors import MissingKeyError
+    from tasks.core.runtime import find_manifest
+    from tasks.core.store import open_store
+
+    st = open_store(f"file://{tmp_path}/s")
+    st.put_bytes("runs/x/labels.npy", b"1")
+    assert find_manifest(st, "runs/x/labels.npy") is None
+    with pytest.raises(MissingKeyError):
+        st.get_bytes("runs/x/labels.npy/manifest.json")

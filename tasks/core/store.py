@@ -227,7 +227,7 @@ class LocalStore(Store):
         p = self._path(key)
         try:
             return p.read_bytes()
-        except (FileNotFoundError, IsADirectoryError):
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise MissingKeyError(f"no object {key!r} in store {self.uri}") from None
 
     def put_file(self, key: str, path: str | os.PathLike) -> str:
