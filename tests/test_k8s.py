@@ -25,10 +25,14 @@ from flows.deployments import NIGHTLY
 from flows.launchers.container import SCRATCH, WRITABLE_ENV
 from flows.launchers.images import default_image
 from flows.work_pools import (
+    DEADLINE_MARGIN_S,
     GPU_TOLERATION,
+    LOG_ALLOWANCE,
+    image_pull_secrets,
     job_needs,
     k8s_cpu,
     k8s_quantity,
+    limits_table,
     load_pools,
     needs_table,
 )
@@ -172,7 +176,7 @@ def test_template_keeps_prefect_defaults_and_every_variable_is_used(template):
     ours, theirs = template["variables"]["properties"], default["variables"]["properties"]
     replaced = {"cpu_request", "cpu_limit", "memory_request", "memory_limit"}  # -> cpu, memory
     changed_default = {"namespace": "visionflows", "service_account_name":
-                       "visionflows-flow-run"}
+                       "visionflows-flow-run", "finished_job_ttl": 86400}
     for name, schema in theirs.items():
         if name in replaced:
             assert name not in ours
@@ -185,7 +189,8 @@ def test_template_keeps_prefect_defaults_and_every_variable_is_used(template):
         assert mine == schema, name
     added = set(ours) - set(theirs)
     assert added == {"gpu_count", "cpu", "memory", "shm_size", "node_selector", "tolerations",
-                     "store_secret_name"}
+                     "store_secret_name", "scratch_size", "ephemeral_storage",
+                     "active_deadline_seconds", "image_pull_secrets"}
     assert template["variables"]["definitions"] == default["variables"]["definitions"]
     # the job configuration keeps every default key; the placeholders and the variables
     # match one to one (no dead variable, no placeholder without a variable)
@@ -204,9 +209,15 @@ def test_template_is_a_valid_prefect_kubernetes_configuration(template):
     cfg = asyncio.run(KubernetesWorkerJobConfiguration.from_template_and_values(
         template, {"image": "example/visionflows-tasks:1"}, client=object()))
     c = container(cfg.job_manifest)
-    assert c["resources"] == {"requests": {"cpu": "1", "memory": "4Gi"},
-                              "limits": {"cpu": "1", "memory": "4Gi", "nvidia.com/gpu": 0}}
+    assert c["resources"] == {
+        "requests": {"cpu": "1", "memory": "4Gi", "ephemeral-storage": "11Gi"},
+        "limits": {"cpu": "1", "memory": "4Gi", "nvidia.com/gpu": 0,
+                   "ephemeral-storage": "11Gi"}}
     assert cfg.namespace == "visionflows" == load_pools().get(POOL).namespace
+    spec = cfg.job_manifest["spec"]
+    # even a run with no job variables ends: 7 h at most, and is cleaned up a day later
+    assert spec["activeDeadlineSeconds"] == 25200 and spec["ttlSecondsAfterFinished"] == 86400
+    assert spec["template"]["spec"]["imagePullSecrets"] == []
 
 
 # -- the rendered Jobs -------------------------------------------------------------------
@@ -242,7 +253,8 @@ def test_rendered_jobs_ask_for_the_resource_table(jobs):
         res = c["resources"]
         n = job_needs(flow)
         assert res["limits"]["nvidia.com/gpu"] == expected_gpus[flow] == n.gpus, flow
-        assert res["requests"] == {"cpu": k8s_cpu(n.cpus), "memory": k8s_quantity(n.memory)}
+        assert res["requests"] == {"cpu": k8s_cpu(n.cpus), "memory": k8s_quantity(n.memory),
+                                   "ephemeral-storage": k8s_quantity(n.scratch + LOG_ALLOWANCE)}
         assert {k: v for k, v in res["limits"].items() if k != "nvidia.com/gpu"} == \
             res["requests"], flow  # Guaranteed QoS: requests = limits
         pod = r["job"]["spec"]["template"]["spec"]
@@ -251,8 +263,11 @@ def test_rendered_jobs_ask_for_the_resource_table(jobs):
         mount = next(m for m in c["volumeMounts"] if m["name"] == "dshm")
         assert mount["mountPath"] == "/dev/shm"
         assert pod["tolerations"] == ([GPU_TOLERATION] if n.gpus else [])
+        scratch = next(v for v in pod["volumes"] if v["name"] == "scratch")
+        assert scratch["emptyDir"] == {"sizeLimit": k8s_quantity(n.scratch)}
     q4 = container(jobs["q4-yolo"]["job"])["resources"]
-    assert q4["limits"] == {"cpu": "8", "memory": "40Gi", "nvidia.com/gpu": 1}
+    assert q4["limits"] == {"cpu": "8", "memory": "40Gi", "nvidia.com/gpu": 1,
+                            "ephemeral-storage": "21Gi"}
     q1 = jobs["q1-mlp"]
     assert container(q1["job"])["resources"]["limits"]["memory"] == "20Gi"
     # the sweep packs its cells on the one GPU: parallel = floor(1 / 0.25); the nightly
@@ -262,6 +277,56 @@ def test_rendered_jobs_ask_for_the_resource_table(jobs):
     assert jobs["q4-yolo"]["deployment"]["parameters"]["overrides"] == {
         "fail_on_regression": True}
     assert jobs["q3-segmentation"]["deployment"]["parameters"]["overrides"] == {}
+
+
+def test_rendered_jobs_end(jobs):
+    """A stuck Job cannot hold a GPU for good: its deadline is the flow's time limit from
+    the question's resource table plus the margin, and finished Jobs are cleaned up."""
+    expected_hours = {"q1-mlp": 12, "q1-cnn": 12, "q2-transfer": 24, "q3-segmentation": 6,
+                      "q4-yolo": 30, "report": 2}
+    for flow, r in jobs.items():
+        spec = r["job"]["spec"]
+        table = question_table(flow)[0] if flow != "report" else None
+        if table is not None:
+            assert table.flow_time_limit_s == expected_hours[flow] * 3600, flow
+        assert spec["activeDeadlineSeconds"] == expected_hours[flow] * 3600 + \
+            DEADLINE_MARGIN_S, flow
+        # the deadline outlasts the longest single step: the step's own limit fires first
+        if table is not None:
+            _, kinds = question_table(flow)
+            longest = max(table.for_kind(k).time_limit_s for k in kinds)
+            assert spec["activeDeadlineSeconds"] > longest, flow
+        assert spec["ttlSecondsAfterFinished"] == 86400
+        assert spec["template"]["spec"]["imagePullSecrets"] == []
+    q4 = jobs["q4-yolo"]["job"]["spec"]["template"]["spec"]
+    assert next(v for v in q4["volumes"] if v["name"] == "scratch")["emptyDir"] == \
+        {"sizeLimit": "20Gi"}
+    assert limits_table() in (ROOT / "docs" / "deployment.md").read_text()
+
+
+def test_a_deadline_or_pull_secret_given_at_deploy_or_run_time(template, monkeypatch):
+    """``VF_IMAGE_PULL_SECRETS`` at ``prefect deploy`` names the registry Secret; a run may
+    still set its own deadline and scratch (``-jv``); bad names are refused."""
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    monkeypatch.setenv("VF_IMAGE_PULL_SECRETS", "regcred, mirror-creds")
+    dep = next(d for d in deployed(POOL) if flow_name(d["entrypoint"]) == "q4-yolo")
+    cfg = resolve(KubernetesWorkerJobConfiguration, template, dep, "kubernetes",
+                  flow_run_job_variables={"active_deadline_seconds": 600,
+                                          "scratch_size": "50Gi"})
+    spec = cfg.job_manifest["spec"]
+    assert spec["activeDeadlineSeconds"] == 600
+    assert spec["template"]["spec"]["imagePullSecrets"] == [{"name": "regcred"},
+                                                            {"name": "mirror-creds"}]
+    assert {"name": "scratch", "emptyDir": {"sizeLimit": "50Gi"}} in \
+        spec["template"]["spec"]["volumes"]
+    job = copy.deepcopy(cfg.job_manifest)
+    for field in PREFECT_POD_FIELDS:
+        job["spec"]["template"]["spec"].pop(field)
+    validate(job)
+    with pytest.raises(ConfigError, match="'Reg_Cred' is not a Kubernetes Secret name"):
+        image_pull_secrets({"VF_IMAGE_PULL_SECRETS": "Reg_Cred"})
+    assert image_pull_secrets({}) == []
 
 
 def test_rendered_jobs_run_the_flow_in_the_task_image_of_this_code(jobs):

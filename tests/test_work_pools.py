@@ -386,9 +386,12 @@ def test_pools_created_deployed_and_resolved_on_a_real_server(server):
         default_image()
     assert dep.pull_steps == [] and dep.entrypoint == "flows.q4_yolo.q4_yolo"
     c = cfg.job_manifest["spec"]["template"]["spec"]["containers"][0]
-    assert c["resources"]["limits"] == {"cpu": "8", "memory": "40Gi", "nvidia.com/gpu": 1}
+    assert c["resources"]["limits"] == {"cpu": "8", "memory": "40Gi", "nvidia.com/gpu": 1,
+                                        "ephemeral-storage": "21Gi"}
     assert c["image"] == default_image()
     assert cfg.job_manifest["spec"]["backoffLimit"] == 0
+    # the deadline deployed with it: Q4's 30 h flow limit plus the 30 min margin
+    assert cfg.job_manifest["spec"]["activeDeadlineSeconds"] == 30 * 3600 + 1800
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["PREFECT_API_URL"] == server["api"]
     assert env["PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR"] == "reschedule"
