@@ -86,6 +86,37 @@ def test_compose_runs_the_docker_pools_worker(compose, pools):
     assert f"127.0.0.1:{port}/health" in worker["healthcheck"]["test"][-1]
 
 
+def test_compose_serves_the_pool_the_nightly_deployments_target(compose, pools):
+    """`prefect deployment run q4-yolo/nightly` runs on `docker compose up`: `nightly` targets
+    the process pool, and compose has a process worker for it, in the task image with the
+    checkout where the deployments' pull step looks (VF_PROJECT_DIR at deploy time, which the
+    compose setup service runs)."""
+    services = compose["services"]
+    targeted = {d["work_pool"]["name"] for d in prefect_yaml()["deployments"]
+                if d["name"] in ("nightly", "nightly-docker")}
+    served = {}
+    for name, svc in services.items():
+        cmd = svc.get("command") or svc.get("entrypoint") or []
+        if "worker" in cmd and "start" in cmd:
+            served[cmd[cmd.index("--pool") + 1]] = (name, cmd[cmd.index("--type") + 1])
+    assert targeted <= set(served)
+    for pool, (_, kind) in served.items():
+        assert pools.get(pool).type == kind
+    process = services[served[pools.get("visionflows-process").name][0]]
+    setup = services["prefect-setup"]
+    assert setup["entrypoint"] == ["/bin/bash", "infra/setup-work-pools.sh"]
+    for svc in (process, setup):
+        assert svc["image"] == "${VF_TASK_IMAGE:-visionflows-tasks:latest}"
+        assert svc["environment"]["VF_PROJECT_DIR"] == svc["working_dir"] == "/opt/visionflows"
+        assert "..:/opt/visionflows:ro" in svc["volumes"]
+    assert process["depends_on"]["prefect-setup"]["condition"] == \
+        "service_completed_successfully"
+    # the pull step of the process deployments is that folder
+    pull = prefect_yaml()["pull"][0]["prefect.deployments.steps.set_working_directory"]
+    assert pull["directory"] == "{{ $VF_PROJECT_DIR }}"
+    assert "docker tag \"$IMAGE\" \"$REPO:latest\"" in (ROOT / "images" / "build.sh").read_text()
+
+
 def test_setup_script_creates_the_defined_pools_only(pools):
     text = SETUP.read_text()
     code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
