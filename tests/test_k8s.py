@@ -52,7 +52,9 @@ PREFECT_POD_FIELDS = {"completions": 1, "parallelism": 1}
 SECRETISH = re.compile(r"(KEY|SECRET|PASSWORD|TOKEN|CREDENTIAL|VF_STORE)", re.IGNORECASE)
 GOOD_ENV = {"MINIO_ROOT_USER": "vf-admin", "MINIO_ROOT_PASSWORD": "a-real-admin-password-42",
             "VF_BUCKET": "vf-bucket", "VF_TASKS_ACCESS_KEY": "vf-tasks",
-            "VF_TASKS_SECRET_KEY": "a-real-tasks-secret-42"}
+            "VF_TASKS_SECRET_KEY": "a-real-tasks-secret-42",
+            "PREFECT_DB_PASSWORD": "a-real-db-password-42",
+            "PREFECT_AUTH_STRING": "vf:a-real-prefect-password-42"}
 
 
 def question_table(flow: str):
@@ -176,7 +178,8 @@ def test_template_keeps_prefect_defaults_and_every_variable_is_used(template):
     ours, theirs = template["variables"]["properties"], default["variables"]["properties"]
     replaced = {"cpu_request", "cpu_limit", "memory_request", "memory_limit"}  # -> cpu, memory
     changed_default = {"namespace": "visionflows", "service_account_name":
-                       "visionflows-flow-run", "finished_job_ttl": 86400}
+                       "visionflows-flow-run", "finished_job_ttl": 86400,
+                       "env": {"PREFECT_API_AUTH_STRING": None}}
     for name, schema in theirs.items():
         if name in replaced:
             assert name not in ours
@@ -190,7 +193,7 @@ def test_template_keeps_prefect_defaults_and_every_variable_is_used(template):
     added = set(ours) - set(theirs)
     assert added == {"gpu_count", "cpu", "memory", "shm_size", "node_selector", "tolerations",
                      "store_secret_name", "scratch_size", "ephemeral_storage",
-                     "active_deadline_seconds", "image_pull_secrets"}
+                     "active_deadline_seconds", "image_pull_secrets", "auth_secret_name"}
     assert template["variables"]["definitions"] == default["variables"]["definitions"]
     # the job configuration keeps every default key; the placeholders and the variables
     # match one to one (no dead variable, no placeholder without a variable)
@@ -359,6 +362,78 @@ def test_rendered_jobs_take_credentials_from_the_secret_only(jobs):
         assert not r["deployment"]["work_pool"]["job_variables"].get("env")
 
 
+def test_the_workers_auth_string_reaches_flow_runs_only_by_secret(template):
+    """Prefect hands every setting of the worker to the Job it creates; the worker holds
+    the API's auth string, so without care it would be a literal in the Job (`kubectl
+    describe`). The template's `env` default drops it; the pod reads it from the Secret."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, temporary_settings
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    secret = "vf:the-workers-auth-string-42"
+    for dep in deployed(POOL):
+        with temporary_settings(updates={PREFECT_API_AUTH_STRING: secret}):
+            cfg = resolve(KubernetesWorkerJobConfiguration, template, dep, "kubernetes")
+        assert secret not in json.dumps(cfg.job_manifest)
+        env = [e for e in container(cfg.job_manifest)["env"]
+               if e["name"] == "PREFECT_API_AUTH_STRING"]
+        assert env == [{"name": "PREFECT_API_AUTH_STRING", "valueFrom": {"secretKeyRef": {
+            "name": "prefect-auth", "key": "auth-string", "optional": True}}}]
+        labels = cfg.job_manifest["spec"]["template"]["metadata"]["labels"]
+        assert labels["app.kubernetes.io/component"] == "flow-run"  # the NetworkPolicies'
+
+
+def test_network_policies_let_only_workers_and_flow_runs_in():
+    found = {(d["kind"], d["metadata"]["name"]): d for _, d in manifests()}
+    flow_run = {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "flow-run"}}}
+    worker = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "prefect-worker"}}}
+
+    def sources(name: str, port: int) -> list[dict]:
+        policy = found[("NetworkPolicy", name)]["spec"]
+        assert policy["policyTypes"] == ["Ingress"]
+        (rule,) = policy["ingress"]
+        assert rule["ports"] == [{"protocol": "TCP", "port": port}]
+        target = policy["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+        assert target == name  # it selects the pods of that name
+        return rule["from"]
+
+    assert sources("prefect-server", 4200) == [worker, flow_run]
+    assert sources("minio", 9000) == [flow_run, {"podSelector": {"matchLabels": {
+        "app.kubernetes.io/name": "minio-init"}}}]
+    assert sources("postgres", 5432) == [{"podSelector": {"matchLabels": {
+        "app.kubernetes.io/name": "prefect-server"}}}]
+    # the selected pods carry those labels
+    for kind, name in (("Deployment", "prefect-server"), ("StatefulSet", "minio"),
+                       ("StatefulSet", "postgres"), ("Deployment", "prefect-worker")):
+        labels = found[(kind, name)]["spec"]["template"]["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == name
+
+
+def test_server_runs_on_postgres_with_auth_from_secrets():
+    found = {(d["kind"], d["metadata"]["name"]): d for _, d in manifests()}
+    assert ("PersistentVolumeClaim", "prefect-data") not in found  # no SQLite volume
+    server = found[("Deployment", "prefect-server")]["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in server["containers"][0]["env"]}
+    for part in ("driver", "host", "port", "user", "name", "password"):
+        ref = env[f"PREFECT_SERVER_DATABASE_{part.upper()}"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "prefect-db", "key": part}
+    assert "PREFECT_SERVER_DATABASE_CONNECTION_URL" not in env
+    assert env["PREFECT_SERVER_API_AUTH_STRING"]["valueFrom"]["secretKeyRef"] == {
+        "name": "prefect-auth", "key": "auth-string"}
+    assert not [v for v in server.get("volumes", []) if "persistentVolumeClaim" in v]
+    worker = found[("Deployment", "prefect-worker")]["spec"]["template"]["spec"]
+    wenv = {e["name"]: e for e in worker["containers"][0]["env"]}
+    assert wenv["PREFECT_API_AUTH_STRING"]["valueFrom"]["secretKeyRef"] == {
+        "name": "prefect-auth", "key": "auth-string"}
+    pg = found[("StatefulSet", "postgres")]["spec"]
+    (claim,) = pg["volumeClaimTemplates"]
+    mounts = {m["name"]: m["mountPath"] for m in
+              pg["template"]["spec"]["containers"][0]["volumeMounts"]}
+    assert mounts[claim["metadata"]["name"]] == "/var/lib/postgresql/data"
+    penv = {e["name"]: e for e in pg["template"]["spec"]["containers"][0]["env"]}
+    assert penv["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "prefect-db",
+                                                                      "key": "password"}
+
+
 def test_rendered_jobs_are_locked_down(jobs):
     for flow, r in jobs.items():
         job = r["job"]
@@ -425,7 +500,9 @@ def test_manifests_validate_and_meet_the_restricted_standard():
     found = manifests()
     kinds = {(d["kind"], d["metadata"]["name"]) for _, d in found}
     assert {("Namespace", "visionflows"), ("StatefulSet", "minio"), ("Service", "minio"),
-            ("PersistentVolumeClaim", "prefect-data"), ("Job", "minio-init"),
+            ("StatefulSet", "postgres"), ("Service", "postgres"), ("Job", "minio-init"),
+            ("NetworkPolicy", "prefect-server"), ("NetworkPolicy", "minio"),
+            ("NetworkPolicy", "postgres"),
             ("Deployment", "prefect-server"), ("Service", "prefect-server"),
             ("Deployment", "prefect-worker"), ("ServiceAccount", "prefect-worker"),
             ("Role", "prefect-worker"), ("RoleBinding", "prefect-worker"),
@@ -514,8 +591,44 @@ def test_overlay_refuses_example_and_short_secrets(tmp_path):
         write_overlay(tmp_path / "c", {**GOOD_ENV, "MINIO_ROOT_PASSWORD": "short"})
     with pytest.raises(ConfigError, match="needs VF_STORE"):
         write_overlay(tmp_path / "d", {**GOOD_ENV, "VF_K8S_MINIO": "0"})
-    for d in "abcd":  # nothing written before the checks pass
+    with pytest.raises(ConfigError, match="PREFECT_AUTH_STRING's password is still the example"):
+        write_overlay(tmp_path / "e", {**GOOD_ENV, "PREFECT_AUTH_STRING":
+                                       example["PREFECT_AUTH_STRING"]})
+    with pytest.raises(ConfigError, match="PREFECT_AUTH_STRING must be user:password"):
+        write_overlay(tmp_path / "f", {**GOOD_ENV, "PREFECT_AUTH_STRING": "no-colon-here-42"})
+    with pytest.raises(ConfigError, match="PREFECT_DB_PASSWORD is still the example value"):
+        write_overlay(tmp_path / "g", {**GOOD_ENV, "PREFECT_DB_PASSWORD":
+                                       example["PREFECT_DB_PASSWORD"]})
+    with pytest.raises(ConfigError, match="VF_K8S_POSTGRES=0 needs PREFECT_DB_HOST"):
+        write_overlay(tmp_path / "h", {**GOOD_ENV, "VF_K8S_POSTGRES": "0"})
+    for d in "abcdefgh":  # nothing written before the checks pass
         assert not list((tmp_path / d).glob("*"))
+
+
+def test_overlay_writes_the_auth_and_database_secrets(tmp_path):
+    from flows.k8s import write_overlay
+
+    out = write_overlay(tmp_path / "o", GOOD_ENV)
+    kust = yaml.safe_load((out / "kustomization.yaml").read_text())
+    names = {g["name"]: g["envs"] for g in kust["secretGenerator"]}
+    assert names["prefect-auth"] == ["prefect-auth.env"]
+    assert names["prefect-db"] == ["prefect-db.env"]
+    assert any(r.endswith("postgres") for r in kust["resources"])
+    auth = (out / "prefect-auth.env").read_text()
+    assert auth == "auth-string=vf:a-real-prefect-password-42\n"
+    db = dict(line.split("=", 1) for line in (out / "prefect-db.env").read_text().splitlines())
+    assert db == {"driver": "postgresql+asyncpg",
+                  "host": "postgres.visionflows.svc.cluster.local", "port": "5432",
+                  "user": "prefect", "name": "prefect", "password": "a-real-db-password-42"}
+    assert oct((out / "prefect-db.env").stat().st_mode & 0o777) == "0o600"
+    # an existing database: no StatefulSet, its address in the Secret
+    out = write_overlay(tmp_path / "x", {**GOOD_ENV, "VF_K8S_POSTGRES": "0",
+                                         "PREFECT_DB_HOST": "db.example.org",
+                                         "PREFECT_DB_NAME": "prefect_prod"})
+    kust = yaml.safe_load((out / "kustomization.yaml").read_text())
+    assert not any(r.endswith("postgres") for r in kust["resources"])
+    db = dict(line.split("=", 1) for line in (out / "prefect-db.env").read_text().splitlines())
+    assert (db["host"], db["name"], db["port"]) == ("db.example.org", "prefect_prod", "5432")
 
 
 def render_overlay(out: Path, env: dict) -> list[dict]:
