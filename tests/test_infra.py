@@ -205,19 +205,21 @@ def test_ci_fails_loudly_when_a_stage_cannot_run(tmp_path):
     assert res.returncode == 1 and "ci: error: Ray stage needs root" in res.stderr
     assert "VF_CI_RAY=0 turns it off" in res.stderr
     # ... and so is the container stage without an engine
-    res = _ci_run(tmp_path, CI="true", VF_CI_RAY="0")
+    res = _ci_run(tmp_path, CI="true", VF_CI_RAY="0", VF_CI_OPS="0")
     assert res.returncode == 1, res.stdout + res.stderr
     assert "ci: error: no Docker engine (or no debootstrap): container stage cannot run" in \
         res.stderr
     # turned off by name, it is skipped and CI passes
-    res = _ci_run(tmp_path, CI="true", VF_CI_RAY="0", VF_CI_DOCKER="0")
+    res = _ci_run(tmp_path, CI="true", VF_CI_RAY="0", VF_CI_OPS="0", VF_CI_DOCKER="0")
     assert res.returncode == 0, res.stderr
     assert "container stage skipped (VF_CI_DOCKER=0)" in res.stdout
     # outside CI a missing engine is a skip with the fix
-    res = _ci_run(tmp_path, VF_CI_RAY="0")
+    res = _ci_run(tmp_path, VF_CI_RAY="0", VF_CI_OPS="0")
     assert res.returncode == 0 and "apt-get install -y docker.io debootstrap" in res.stdout
-    # the suite ran each time, before the stages
-    assert (tmp_path / "make.log").read_text().count("test PYTEST_ARGS=") == 4
+    assert "operations stage skipped (VF_CI_OPS=0)" in res.stdout
+    # the suite ran each time, before the stages, without the ops tests (their own stage)
+    log = (tmp_path / "make.log").read_text()
+    assert log.count("test PYTEST_ARGS=-m 'not docker and not ray and not ops'") == 4, log
     text = (ROOT / ".ci" / "run").read_text()
     for package in ("chromium", "postgresql", "docker-compose", "docker.io", "debootstrap"):
         assert f"missing+=({package})" in text

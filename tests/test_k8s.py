@@ -661,7 +661,8 @@ def test_overlay_renders_valid_objects_with_secrets_only_in_secrets(tmp_path):
     assert init["tasks-policy.json"] == (ROOT / "infra/minio/tasks-policy.json").read_text()
     # no secret in plain text outside the Secrets
     plain = yaml.safe_dump_all([o for o in objs if o["kind"] != "Secret"])
-    for secret in (GOOD_ENV["VF_TASKS_SECRET_KEY"], GOOD_ENV["MINIO_ROOT_PASSWORD"]):
+    for secret in (GOOD_ENV["VF_TASKS_SECRET_KEY"], GOOD_ENV["MINIO_ROOT_PASSWORD"],
+                   GOOD_ENV["PREFECT_DB_PASSWORD"], GOOD_ENV["PREFECT_AUTH_STRING"]):
         assert secret not in plain
     worker = by[("Deployment", "prefect-worker")]
     image = worker["spec"]["template"]["spec"]["containers"][0]["image"]
@@ -686,7 +687,8 @@ def test_deploy_script_renders_and_refuses_examples(tmp_path):
                          cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     kinds = [d["kind"] for d in yaml.safe_load_all(res.stdout) if d]
-    assert kinds.count("Secret") == 2 and "StatefulSet" in kinds and "Job" in kinds
+    # the store, MinIO's root account, the API's auth string, the database
+    assert kinds.count("Secret") == 4 and kinds.count("StatefulSet") == 2 and "Job" in kinds
     env["VF_TASKS_SECRET_KEY"] = "change-me-tasks-secret"
     res = subprocess.run([script], capture_output=True, text=True, timeout=300, env=env,
                          cwd=tmp_path)

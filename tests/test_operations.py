@@ -4,7 +4,9 @@ start``, every service on), a process worker on a pool with concurrency 2, and d
 runs of ``q1-mlp`` (smoke) through it: auth refused without the string; 8 runs queued at
 once; a run cancelled from the API; the server SIGKILLed mid-run and restarted; PostgreSQL
 killed mid-run and restarted. The timings printed here are for the note only (the bench,
-``bench/ops_load.py``, measures them side by side); the bounds are the issue's."""
+``bench/ops_load.py``, measures them side by side); the bounds are the issue's. The load,
+cancellation and restart tests take minutes: marked ``ops``, they run in .ci/run's
+operations stage; the auth checks run with the rest of the suite."""
 
 from __future__ import annotations
 
@@ -31,11 +33,8 @@ from tests.ops_support import (
     wait_for,
 )
 
-pytestmark = [
-    pytest.mark.skipif(postgres_bin() is None, reason="PostgreSQL is not installed "
-                       "(apt-get install postgresql; .ci/run installs it)"),
-    pytest.mark.slow,
-]
+pytestmark = pytest.mark.skipif(postgres_bin() is None, reason="PostgreSQL is not installed "
+                                "(apt-get install postgresql; .ci/run installs it)")
 
 AUTH = f"vf-ops:{secrets.token_hex(12)}"
 POOL = "vf-ops-process"
@@ -123,6 +122,7 @@ def test_the_api_refuses_requests_without_the_auth_string(stack):
         assert AUTH.split(":")[1] not in log and stack["pg"].password not in log
 
 
+@pytest.mark.ops
 def test_eight_runs_queued_at_once_all_complete_right(stack):
     store, dep = stack["store"], stack["deployment"]
     t0 = time.monotonic()
@@ -161,6 +161,7 @@ def _wait_training(store: str, run_id: str, timeout_s: float = 240) -> None:
              f"the training of {run_id} to start")
 
 
+@pytest.mark.ops
 def test_a_run_cancelled_from_the_api_stops_within_ten_seconds(stack):
     import asyncio
 
@@ -232,6 +233,7 @@ def _assert_recorded_once(store: str, run_id: str, states: list[str]) -> None:
             assert find_manifest(st, f"runs/q1-mlp/{run_id}/{s}") is not None, s
 
 
+@pytest.mark.ops
 def test_the_server_killed_mid_run_and_restarted(stack):
     server = stack["server"]
     back, total, states = _restart_case(stack, "ops-server-kill", server.kill, server.start)
@@ -241,6 +243,7 @@ def test_the_server_killed_mid_run_and_restarted(stack):
           f"kill; states {states}")
 
 
+@pytest.mark.ops
 def test_postgres_killed_mid_run_and_restarted(stack):
     pg = stack["pg"]
     back, total, states = _restart_case(stack, "ops-pg-kill", pg.kill, pg.start)
