@@ -17,6 +17,7 @@ asks for.
     python -m flows.work_pools show [--markdown|--limits]  # job variables of every deployment
     python -m flows.work_pools create [--pool NAME]      # create/update pools (PREFECT_API_URL)
     python -m flows.work_pools store-block               # Secret block visionflows-store
+    python -m flows.work_pools check-server-secrets      # no example auth/database password
     python -m flows.work_pools get POOL FIELD            # one field, for shell scripts
 
 Reads the definition from the project checkout (``VF_PROJECT_DIR``, else this file's
@@ -343,6 +344,21 @@ def store_settings(env: dict[str, str] | None = None) -> dict[str, str]:
             "AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret}
 
 
+def check_server_secrets(env: dict[str, str] | None = None) -> None:
+    """The Prefect server's secrets as the compose stack sets them: the API's basic-auth
+    password (``PREFECT_API_AUTH_STRING``, ``user:password``) and the database password,
+    each refused when it is an example or short value (unset: nothing to check)."""
+    env = dict(os.environ if env is None else env)
+    if env.get("PREFECT_API_AUTH_STRING"):
+        user, sep, password = env["PREFECT_API_AUTH_STRING"].partition(":")
+        if not sep or not user:
+            raise ConfigError("PREFECT_API_AUTH_STRING must be user:password "
+                              "(PREFECT_AUTH_STRING in infra/.env)")
+        check_secret("PREFECT_AUTH_STRING's password", password)
+    if env.get("PREFECT_DB_PASSWORD"):
+        check_secret("PREFECT_DB_PASSWORD", env["PREFECT_DB_PASSWORD"])
+
+
 async def save_store_block(settings: dict[str, str]) -> None:
     from prefect.blocks.system import Secret
 
@@ -400,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--pool", action="append", help="only this pool (repeatable)")
     sub.add_parser("store-block", help="save the Secret block visionflows-store from "
                    "VF_BUCKET, VF_TASKS_ACCESS_KEY, VF_TASKS_SECRET_KEY, VF_S3_ENDPOINT_URL")
+    sub.add_parser("check-server-secrets", help="refuse example or short values of "
+                   "PREFECT_API_AUTH_STRING's password and PREFECT_DB_PASSWORD, where set")
     get = sub.add_parser("get", help="one field of one pool (worker_image: no pool)")
     get.add_argument("pool")
     get.add_argument("field", nargs="?")
@@ -420,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "store-block":
             asyncio.run(save_store_block(store_settings()))
             print(f"saved Secret block {STORE_SECRET} ({', '.join(STORE_KEYS)})")
+        elif args.cmd == "check-server-secrets":
+            check_server_secrets()
+            print("server secrets ok")
         elif args.cmd == "get":
             if args.pool == "worker_image":
                 print(pools.worker_image)

@@ -117,6 +117,31 @@ def test_compose_serves_the_pool_the_nightly_deployments_target(compose, pools):
     assert "docker tag \"$IMAGE\" \"$REPO:latest\"" in (ROOT / "images" / "build.sh").read_text()
 
 
+def test_setup_refuses_example_server_secrets():
+    """Compose's setup service runs it before anything else: the example auth or database
+    password of infra/.env.example stops the stack (no worker starts after a failed
+    setup)."""
+    from flows.work_pools import check_server_secrets
+
+    example = dict(line.split("=", 1) for line in
+                   (ROOT / "infra" / ".env.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    with pytest.raises(ConfigError, match="PREFECT_AUTH_STRING's password is still the"):
+        check_server_secrets({"PREFECT_API_AUTH_STRING": example["PREFECT_AUTH_STRING"]})
+    with pytest.raises(ConfigError, match="PREFECT_DB_PASSWORD is still the example"):
+        check_server_secrets({"PREFECT_DB_PASSWORD": example["PREFECT_DB_PASSWORD"]})
+    with pytest.raises(ConfigError, match="must be user:password"):
+        check_server_secrets({"PREFECT_API_AUTH_STRING": "just-a-long-password-42"})
+    check_server_secrets({"PREFECT_API_AUTH_STRING": "vf:a-real-password-4242",
+                          "PREFECT_DB_PASSWORD": "a-real-db-password-42"})
+    check_server_secrets({})  # a server without auth: nothing to check
+    code = SETUP.read_text()
+    assert code.index("check-server-secrets") < code.index("work_pools create")
+    setup = yaml.safe_load(COMPOSE.read_text())["services"]["prefect-setup"]
+    assert setup["environment"]["PREFECT_DB_PASSWORD"].startswith("${PREFECT_DB_PASSWORD:?")
+    assert setup["environment"]["PREFECT_API_AUTH_STRING"].startswith("${PREFECT_AUTH_STRING:?")
+
+
 def test_setup_script_creates_the_defined_pools_only(pools):
     text = SETUP.read_text()
     code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
