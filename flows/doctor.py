@@ -7,6 +7,7 @@ check fails.
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 from dataclasses import dataclass
@@ -48,7 +49,24 @@ def check_prefect() -> Check:
     if resp.status_code != 200:
         return Check("prefect", "fail", f"API {url}/health answered HTTP {resp.status_code}",
                      "check the server's logs (`docker compose logs prefect-server`)")
-    return Check("prefect", "ok", f"API {url} is healthy")
+    # /health answers anyone; a call behind the server's basic auth says whether ours works
+    auth = get_current_settings().api.auth_string
+    headers = {}
+    if auth is not None:
+        token = base64.b64encode(auth.get_secret_value().encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    try:
+        resp = httpx.get(url.rstrip("/") + "/admin/version", headers=headers, timeout=3)
+    except httpx.HTTPError as exc:
+        return Check("prefect", "fail", f"API {url} is unreachable ({type(exc).__name__})",
+                     "check the server's logs")
+    if resp.status_code == 401:
+        return Check("prefect", "fail", f"API {url} answered HTTP 401 (unauthorized)",
+                     "the server has basic auth on: set PREFECT_API_AUTH_STRING=user:password "
+                     "(compose: PREFECT_AUTH_STRING in infra/.env; Kubernetes: the Secret "
+                     "prefect-auth)")
+    return Check("prefect", "ok", f"API {url} is healthy"
+                 + (" (basic auth accepted)" if auth is not None else ""))
 
 
 def check_store(uri: str | None) -> Check:

@@ -10,14 +10,22 @@
   retries after a lost worker as the step's Prefect retries. Ray, not ``parallel``,
   decides what runs at once. A step uses as many threads as it asks CPUs.
 
-The step's resources also set the subprocess and docker launchers' limits (time, memory,
-``/dev/shm``, CPUs, GPU requests) unless ``VF_TASK_*`` / ``VF_DOCKER_*`` say otherwise.
+The step's resources also set the launchers' limits (time under every launcher, local
+included; memory, ``/dev/shm``, CPUs, GPU requests under subprocess and docker) unless
+``VF_TASK_*`` / ``VF_DOCKER_*`` say otherwise.
+
+**The flow's time limit** (the table's ``flow_time_limit_s``, counted from the flow run's
+start): no step is submitted past it (``TaskTimeoutError``), and each step's time limit is
+cut to what is left of it when the step is submitted. On the thread pool a step is
+submitted when a slot frees, so that is when it starts: a flow run under any launcher ends
+within its limit plus at most one step's wait for its inputs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
 from typing import Any
 
 from prefect import get_run_logger
@@ -26,7 +34,7 @@ from prefect.futures import PrefectFuture, as_completed
 
 from flows.common import retrying_step
 from tasks.core.config import Config
-from tasks.core.errors import ConfigError
+from tasks.core.errors import ConfigError, TaskTimeoutError
 from tasks.core.resources import Resources, ResourceTable
 
 # Prefect retries per step kind, under the one retry rule (flows.common.worth_retrying):
@@ -93,6 +101,16 @@ def _done(future: PrefectFuture) -> bool:
     return wrapped.done() if wrapped is not None else future.state.is_final()
 
 
+def flow_deadline(limit_s: float | None, ctx: FlowRunContext) -> float | None:
+    """When the flow run must be done (epoch seconds): its start plus ``limit_s``."""
+    if limit_s is None:
+        return None
+    run = getattr(ctx, "flow_run", None)
+    started = getattr(run, "start_time", None) if run is not None else None
+    start = started.timestamp() if started is not None else time.time()
+    return min(start, time.time()) + limit_s
+
+
 def fits(res: Resources, node: dict[str, float]) -> bool:
     return (node.get("CPU", 0) >= res.cpus and node.get("GPU", 0) >= res.gpus
             and node.get("memory", float("inf")) >= res.memory_bytes)
@@ -117,6 +135,8 @@ class Steps:
         self.store, self.launcher, self.kinds, self.refresh = store, launcher, kinds, refresh
         self._in_flight: list[PrefectFuture] = []
         self._checked: set[str] = set()
+        self.flow_name = ctx.flow.name if ctx.flow else "the flow"
+        self.deadline = flow_deadline(self.table.flow_time_limit_s, ctx)
         self.log = get_run_logger()
         if self.on_ray and self.parallel > 1:
             self.log.info("on Ray the resource table decides what runs at once "
@@ -146,7 +166,7 @@ class Steps:
         gets their output prefix (``{"train": future}`` sets ``cfg["train"]``).
         """
         kind = self.kind(task_name)
-        res = self.table.for_kind(kind)
+        res = self.within_flow_limit(name, self.table.for_kind(kind))
         retries = RETRIES[kind]
         launcher, env = self.launcher, None
         if self.on_ray:
@@ -170,6 +190,21 @@ class Steps:
         if not self.on_ray:
             self._in_flight.append(future)
         return future
+
+    def within_flow_limit(self, name: str, res: Resources) -> Resources:
+        """``res`` with its time limit cut to what is left of the flow's; past the flow's
+        limit nothing more starts."""
+        if self.deadline is None:
+            return res
+        left = self.deadline - time.time()
+        if left <= 0:
+            raise TaskTimeoutError(
+                f"{self.flow_name} ran past its time limit of "
+                f"{self.table.flow_time_limit_s:g}s; step {name} was not started. Give the "
+                "flow more time: --set resources.flow_time_limit_s=SECONDS ('null': none)")
+        if res.time_limit_s is None or res.time_limit_s > left:
+            res = res.model_copy(update={"time_limit_s": left})
+        return res
 
     def run(self, name: str, task_name: str, cfg: dict[str, Any], **kw: Any) -> dict[str, Any]:
         """Submit one step and wait for its manifest."""

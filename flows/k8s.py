@@ -11,6 +11,12 @@ in git, from ``infra/.env``'s variables:
   ``tasks-policy.json``) for the in-cluster MinIO, unless ``VF_K8S_MINIO=0`` (an existing
   S3 or MinIO: then ``VF_STORE`` is required and ``VF_S3_ENDPOINT_URL`` names a non-AWS
   endpoint);
+- Secret ``prefect-auth`` (``auth-string``: ``PREFECT_AUTH_STRING``, ``user:password``): the
+  Prefect API's basic auth, read by the server, the worker and every flow-run pod;
+- Secret ``prefect-db`` (``driver``, ``host``, ``port``, ``user``, ``name``, ``password``):
+  the server's PostgreSQL, the in-cluster StatefulSet (``PREFECT_DB_PASSWORD``) unless
+  ``VF_K8S_POSTGRES=0`` (an existing database: ``PREFECT_DB_HOST`` and optionally
+  ``PREFECT_DB_PORT``, ``PREFECT_DB_USER``, ``PREFECT_DB_NAME``);
 - ``VF_REGISTRY``: where the cluster pulls the worker image from.
 
 Example and short secrets are refused before anything is written.
@@ -65,6 +71,38 @@ def store_secret(env: Mapping[str, str], minio: bool, namespace: str) -> dict[st
     return values
 
 
+def auth_secret(env: Mapping[str, str]) -> dict[str, str]:
+    """The key of the Secret ``prefect-auth``: the API's ``user:password``."""
+    auth = env.get("PREFECT_AUTH_STRING") or ""
+    user, sep, password = auth.partition(":")
+    if not sep or not user:
+        raise ConfigError("PREFECT_AUTH_STRING must be user:password (infra/.env), e.g. "
+                          "vf:<a long random password>")
+    check_secret("PREFECT_AUTH_STRING's password", password)
+    return {"auth-string": auth}
+
+
+def db_secret(env: Mapping[str, str], postgres: bool, namespace: str) -> dict[str, str]:
+    """The keys of the Secret ``prefect-db``: the server's PostgreSQL, by parts."""
+    password = check_secret("PREFECT_DB_PASSWORD", env.get("PREFECT_DB_PASSWORD"))
+    if postgres:
+        host, port, user, name = f"postgres.{namespace}.svc.cluster.local", "5432", "prefect", \
+            "prefect"
+    else:
+        host = env.get("PREFECT_DB_HOST") or ""
+        if not host:
+            raise ConfigError("VF_K8S_POSTGRES=0 needs PREFECT_DB_HOST (the existing "
+                              "PostgreSQL), and PREFECT_DB_PORT/USER/NAME where they are not "
+                              "5432/prefect/prefect")
+        port = env.get("PREFECT_DB_PORT") or "5432"
+        user = env.get("PREFECT_DB_USER") or "prefect"
+        name = env.get("PREFECT_DB_NAME") or "prefect"
+        if not port.isdigit():
+            raise ConfigError(f"PREFECT_DB_PORT={port!r} is not a port number")
+    return {"driver": "postgresql+asyncpg", "host": host, "port": port, "user": user,
+            "name": name, "password": password}
+
+
 def write_overlay(out: Path | str, env: Mapping[str, str] | None = None,
                   root: Path | None = None) -> Path:
     """Write the overlay kustomization (with the secrets) into the empty folder ``out``."""
@@ -77,8 +115,10 @@ def write_overlay(out: Path | str, env: Mapping[str, str] | None = None,
     if any(out.iterdir()):
         raise ConfigError(f"{out} is not empty")
     minio = env.get("VF_K8S_MINIO", "1") != "0"
+    postgres = env.get("VF_K8S_POSTGRES", "1") != "0"
     base = Path(os.path.relpath((root / K8S_DIR).resolve(), out.resolve()))
-    resources = [str(base / "core")] + ([str(base / "minio")] if minio else [])
+    resources = [str(base / "core")] + ([str(base / "minio")] if minio else []) + (
+        [str(base / "postgres")] if postgres else [])
 
     # every check first: nothing is written when one fails
     store = store_secret(env, minio, namespace)
@@ -91,9 +131,15 @@ def write_overlay(out: Path | str, env: Mapping[str, str] | None = None,
         if user == store["AWS_ACCESS_KEY_ID"]:
             raise ConfigError("VF_TASKS_ACCESS_KEY must differ from MINIO_ROOT_USER")
         root_account = {"MINIO_ROOT_USER": user, "MINIO_ROOT_PASSWORD": password}
+    auth = auth_secret(env)
+    database = db_secret(env, postgres, namespace)
 
     _env_file(out / "store.env", store)
-    secrets = [{"name": STORE_SECRET, "namespace": namespace, "envs": ["store.env"]}]
+    _env_file(out / "prefect-auth.env", auth)
+    _env_file(out / "prefect-db.env", database)
+    secrets = [{"name": STORE_SECRET, "namespace": namespace, "envs": ["store.env"]},
+               {"name": "prefect-auth", "namespace": namespace, "envs": ["prefect-auth.env"]},
+               {"name": "prefect-db", "namespace": namespace, "envs": ["prefect-db.env"]}]
     config_maps = []
     if root_account:
         _env_file(out / "minio-root.env", root_account)

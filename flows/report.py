@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from flows.common import links_markdown, new_run_id, remember_flow_run, report_links, run_step
+from tasks.core.resources import ResourceTable
 from tasks.core.store import join, link_expiry_seconds, open_store
 from tasks.reporting.final import QUESTIONS
 
@@ -41,7 +42,8 @@ def report(store: str | None = None, questions: list[str] | None = None,
     result = run_step("final-report", "report.final", {
         "out": join("reports", "final", run_id), "questions": questions or QUESTIONS,
         "run_ids": run_ids or {}, "failures": failures or {},
-        "link_expiry_s": link_expiry_seconds()}, st.uri)
+        "link_expiry_s": link_expiry_seconds()}, st.uri,
+        resources=ResourceTable().report.model_dump(mode="json"))  # its time limit
     keys = result["outputs"]
     local = copy_local(st, keys) if local_copy else None
     links = report_links(st, keys)

@@ -42,7 +42,8 @@ WORKER_ENV = (
     "AWS_REGION", "VF_S3_ENDPOINT_URL", "VF_S3_REGION", "VF_S3_MAX_ATTEMPTS", "VF_OFFLINE",
     "VF_RETRY_DELAY_S", "VF_REFRESH", "VF_TASK_TIMEOUT_S", "VF_TASK_MEMORY",
     "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
-    "PREFECT_API_KEY", "PREFECT_SERVER_ANALYTICS_ENABLED", "DO_NOT_TRACK",
+    "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_ANALYTICS_ENABLED",
+    "DO_NOT_TRACK",
 )
 CODE_PACKAGES = ("tasks", "flows", "reports")
 
@@ -179,6 +180,11 @@ def worker_runtime_env(api_url: str, env: Mapping[str, str] | None = None,
     env = os.environ if env is None else env
     names = (*WORKER_ENV, "VF_CACHE_DIR") if local else WORKER_ENV
     env_vars = {k: env[k] for k in names if env.get(k)}
+    from prefect.settings import get_current_settings
+
+    auth = get_current_settings().api.auth_string  # set in a profile rather than the env
+    if auth is not None:
+        env_vars.setdefault("PREFECT_API_AUTH_STRING", auth.get_secret_value())
     env_vars.update({"PREFECT_API_URL": api_url, "VF_GIT_COMMIT": git_commit(),
                      "PREFECT_LOGGING_EXTRA_LOGGERS": "visionflows", "PYTHONUNBUFFERED": "1",
                      "RAY_USAGE_STATS_ENABLED": "0"})

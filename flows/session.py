@@ -59,11 +59,49 @@ def reclaim_sigterm() -> None:
     would let an in-process training run to its end; with ours it stops like Ctrl-C. Call it
     first thing in a flow (``flows.common.remember_flow_run`` does); Prefect restores ours
     when the flow run ends."""
-    if not _ACTIVE or threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if not _ACTIVE:  # a run a worker started (`prefect flow-run execute`): no Session
+        _stop_tasks_on_sigterm()
         return
     session = _ACTIVE[-1]
     if signal.SIGTERM in session._old and signal.getsignal(signal.SIGTERM) != session._on_signal:
         signal.signal(signal.SIGTERM, session._on_signal)
+
+
+def _stop_tasks_on_sigterm() -> None:
+    """In a flow run a worker started, a SIGTERM (a cancellation from the API, a deleted
+    pod) also sets ``STOP``, so in-process steps stop between two batches; then Prefect's
+    own handler runs (its ``TerminationSignal``). Without this the run trains on until the
+    worker's 30 s grace ends in a SIGKILL.
+
+    Prefect's worker only acknowledges a cancellation (and then records it as Cancelled
+    rather than Crashed) while its own handler, ``prefect.utilities.engine.
+    _prefect_sigterm_handler``, is the one installed, compared by identity; so ours takes
+    that name (a wrapper that calls Prefect's) instead of replacing the handler. Should
+    Prefect rename it, runs are left as Prefect makes them (tests/test_operations.py
+    fails: the cancellation takes 30 s again)."""
+    try:
+        import prefect.utilities.engine as prefect_engine
+    except ImportError:
+        return
+    original = getattr(prefect_engine, "_prefect_sigterm_handler", None)
+    lock = getattr(prefect_engine, "_prefect_sigterm_bridge_lock", None)
+    if original is None or lock is None or getattr(original, "_vf_stops_tasks", False):
+        return
+
+    def stop_then_prefect(sig_num: int, *args: object):
+        from tasks.core.runtime import STOP
+
+        STOP.set()
+        return original(sig_num, *args)
+
+    stop_then_prefect._vf_stops_tasks = True  # type: ignore[attr-defined]
+    with lock:
+        installed = signal.getsignal(signal.SIGTERM) is original
+        prefect_engine._prefect_sigterm_handler = stop_then_prefect
+        if installed:
+            signal.signal(signal.SIGTERM, stop_then_prefect)
 
 
 def _configured_api_url() -> str | None:

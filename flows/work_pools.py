@@ -7,15 +7,17 @@ asks for.
   (``tasks/q<N>/plan.py``: ``RESOURCES`` for the step kinds in ``STEP_KINDS``). GPUs there
   are whole: a step asking for a share of one (Q1: 0.25) gets one GPU for the run, and the
   sweep packs ``floor(1 / share)`` cells on it at once (the flow's ``parallel``), each with
-  its own CPUs, memory and ``/dev/shm``.
+  its own CPUs, memory and ``/dev/shm``. Its scratch disk is the largest step's (times the
+  cells packed), its time limit the table's ``flow_time_limit_s``.
 - ``job_variables(flow, pool)``: those needs as the pool's job variables.
 - ``deploy_values()``: the ``prefect.yaml`` build step (id ``vf``) that hands the task image
   of this code and every container deployment's job variables to ``prefect deploy``.
 
     python -m flows.work_pools list                      # the pools
-    python -m flows.work_pools show [--markdown]         # job variables of every deployment
+    python -m flows.work_pools show [--markdown|--limits]  # job variables of every deployment
     python -m flows.work_pools create [--pool NAME]      # create/update pools (PREFECT_API_URL)
     python -m flows.work_pools store-block               # Secret block visionflows-store
+    python -m flows.work_pools check-server-secrets      # no example auth/database password
     python -m flows.work_pools get POOL FIELD            # one field, for shell scripts
 
 Reads the definition from the project checkout (``VF_PROJECT_DIR``, else this file's
@@ -30,6 +32,7 @@ import importlib
 import json
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +53,14 @@ GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSc
 # Values from infra/.env.example (and MinIO's own default) that must never reach a server.
 EXAMPLE_MARKERS = ("change-me", "minioadmin")
 MIN_SECRET_LEN = 12
+# A Kubernetes Job's activeDeadlineSeconds is the flow's time limit plus this margin: the
+# deadline counts from the Job's start, so it also covers scheduling, pulling a multi-GB
+# task image and the flow's own start, and lets the flow's own limit (flows.fanout) fire
+# first and record why.
+DEADLINE_MARGIN_S = 1800
+# Container logs and anything else outside /tmp on the node's disk: the ephemeral-storage
+# limit is the scratch emptyDir's size limit plus this.
+LOG_ALLOWANCE = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -131,6 +142,32 @@ class JobNeeds:
     cpus: float
     memory: int  # a step's memory plus its /dev/shm (memory-backed: it counts in the limit)
     shm: int
+    scratch: int = 10 << 30  # disk under /tmp
+    time_limit_s: float | None = None  # the whole flow run (the table's flow_time_limit_s)
+
+    @property
+    def active_deadline_s(self) -> int | None:
+        """The Kubernetes Job's activeDeadlineSeconds: the time limit plus the margin."""
+        if self.time_limit_s is None:
+            return None
+        return math.ceil(self.time_limit_s) + DEADLINE_MARGIN_S
+
+
+# The final report flow's table (it has no question): one report step, two hours at most.
+REPORT_TABLE = {"flow_time_limit_s": 2 * 3600.0}
+
+
+def image_pull_secrets(env: dict[str, str] | None = None) -> list[dict[str, str]]:
+    """``VF_IMAGE_PULL_SECRETS`` (comma-separated Secret names) as the pod's
+    ``imagePullSecrets``: a private registry without them means ImagePullBackOff."""
+    env = os.environ if env is None else env
+    names = [n.strip() for n in (env.get("VF_IMAGE_PULL_SECRETS") or "").split(",")
+             if n.strip()]
+    for n in names:
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", n):
+            raise ConfigError(f"VF_IMAGE_PULL_SECRETS: {n!r} is not a Kubernetes Secret name "
+                              "(lower-case letters, digits, '-' and '.')")
+    return [{"name": n} for n in names]
 
 
 def _table_and_kinds(flow: str, profile: str, overrides: dict[str, Any] | None):
@@ -140,7 +177,8 @@ def _table_and_kinds(flow: str, profile: str, overrides: dict[str, Any] | None):
     if flow == "report":  # the final report: one report step, the table's default
         if overrides and set(overrides) - {"resources"}:
             raise ConfigError("the report flow takes only resources overrides")
-        table = ResourceTable.model_validate((overrides or {}).get("resources", {}))
+        table = ResourceTable.model_validate({**REPORT_TABLE,
+                                              **(overrides or {}).get("resources", {})})
         return table, ("report",), False
     if flow not in FLOW_CONFIGS:
         raise ConfigError(f"unknown flow {flow!r}; known: report, {', '.join(FLOW_CONFIGS)}")
@@ -174,6 +212,8 @@ def job_needs(flow: str, profile: str = "full",
         cpus=max(r.cpus * times(r) for r in steps),
         memory=max((r.memory_bytes + r.shm_bytes) * times(r) for r in steps),
         shm=max(r.shm_bytes * times(r) for r in steps),
+        scratch=max(r.scratch_bytes * times(r) for r in steps),
+        time_limit_s=table.flow_time_limit_s,
     )
 
 
@@ -201,6 +241,10 @@ def job_variables(flow: str, pool: WorkPool, root: Path | None = None,
     if pool.type == "kubernetes":
         return {"gpu_count": needs.gpus, "cpu": k8s_cpu(needs.cpus),
                 "memory": k8s_quantity(needs.memory), "shm_size": k8s_quantity(needs.shm),
+                "scratch_size": k8s_quantity(needs.scratch),
+                "ephemeral_storage": k8s_quantity(needs.scratch + LOG_ALLOWANCE),
+                "active_deadline_seconds": needs.active_deadline_s,
+                "image_pull_secrets": image_pull_secrets(),
                 "tolerations": [dict(GPU_TOLERATION)] if needs.gpus else []}
     if pool.type == "docker":
         template = pool.template(root) or {}
@@ -256,6 +300,21 @@ def needs_table() -> str:
     return "\n".join(rows)
 
 
+def limits_table() -> str:
+    """A Markdown table of every flow's time limit, Job deadline and scratch disk
+    (docs/deployment.md shows it)."""
+    from flows.deployments import NIGHTLY
+
+    rows = ["| flow | flow time limit | Job activeDeadlineSeconds | scratch (/tmp sizeLimit) "
+            "| ephemeral-storage |", "|---|---|---|---|---|"]
+    for flow in NIGHTLY:
+        n = job_needs(flow)
+        hours = "none" if n.time_limit_s is None else f"{n.time_limit_s / 3600:g} h"
+        rows.append(f"| {flow} | {hours} | {n.active_deadline_s} | {k8s_quantity(n.scratch)} "
+                    f"| {k8s_quantity(n.scratch + LOG_ALLOWANCE)} |")
+    return "\n".join(rows)
+
+
 # -- secrets and pools on a Prefect server -------------------------------------------------
 
 
@@ -283,6 +342,21 @@ def store_settings(env: dict[str, str] | None = None) -> dict[str, str]:
     return {"VF_STORE": env.get("VF_STORE") or f"s3://{bucket}/vf",
             "VF_S3_ENDPOINT_URL": env.get("VF_S3_ENDPOINT_URL", "http://127.0.0.1:9000"),
             "AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret}
+
+
+def check_server_secrets(env: dict[str, str] | None = None) -> None:
+    """The Prefect server's secrets as the compose stack sets them: the API's basic-auth
+    password (``PREFECT_API_AUTH_STRING``, ``user:password``) and the database password,
+    each refused when it is an example or short value (unset: nothing to check)."""
+    env = dict(os.environ if env is None else env)
+    if env.get("PREFECT_API_AUTH_STRING"):
+        user, sep, password = env["PREFECT_API_AUTH_STRING"].partition(":")
+        if not sep or not user:
+            raise ConfigError("PREFECT_API_AUTH_STRING must be user:password "
+                              "(PREFECT_AUTH_STRING in infra/.env)")
+        check_secret("PREFECT_AUTH_STRING's password", password)
+    if env.get("PREFECT_DB_PASSWORD"):
+        check_secret("PREFECT_DB_PASSWORD", env["PREFECT_DB_PASSWORD"])
 
 
 async def save_store_block(settings: dict[str, str]) -> None:
@@ -336,10 +410,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="name, type, flow-run image, template of every pool")
     show = sub.add_parser("show", help="job variables of every container deployment (JSON)")
     show.add_argument("--markdown", action="store_true", help="the needs table instead")
+    show.add_argument("--limits", action="store_true",
+                      help="the time limits and scratch disk table instead")
     create = sub.add_parser("create", help="create or update the pools on PREFECT_API_URL")
     create.add_argument("--pool", action="append", help="only this pool (repeatable)")
     sub.add_parser("store-block", help="save the Secret block visionflows-store from "
                    "VF_BUCKET, VF_TASKS_ACCESS_KEY, VF_TASKS_SECRET_KEY, VF_S3_ENDPOINT_URL")
+    sub.add_parser("check-server-secrets", help="refuse example or short values of "
+                   "PREFECT_API_AUTH_STRING's password and PREFECT_DB_PASSWORD, where set")
     get = sub.add_parser("get", help="one field of one pool (worker_image: no pool)")
     get.add_argument("pool")
     get.add_argument("field", nargs="?")
@@ -351,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{p.name}\t{p.type}\t{p.flow_run_image or '-'}\t"
                       f"{p.base_job_template or '-'}")
         elif args.cmd == "show":
-            print(needs_table() if args.markdown else json.dumps(deploy_values(), indent=2))
+            print(limits_table() if args.limits else needs_table() if args.markdown
+                  else json.dumps(deploy_values(), indent=2))
         elif args.cmd == "create":
             chosen = [pools.get(n) for n in args.pool] if args.pool else list(
                 pools.pools.values())
@@ -359,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "store-block":
             asyncio.run(save_store_block(store_settings()))
             print(f"saved Secret block {STORE_SECRET} ({', '.join(STORE_KEYS)})")
+        elif args.cmd == "check-server-secrets":
+            check_server_secrets()
+            print("server secrets ok")
         elif args.cmd == "get":
             if args.pool == "worker_image":
                 print(pools.worker_image)

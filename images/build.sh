@@ -5,6 +5,7 @@
 #   BASE_IMAGE=my/base:tag images/build.sh           # FROM another base
 #   VF_PIP_ARGS="--no-index --find-links http://127.0.0.1:8765/" images/build.sh   # offline
 #
+# Also tags it <repository>:latest (the compose stack's process worker runs that one).
 # Prints the image reference on the last line. Uses the legacy builder with host networking
 # (no BuildKit/buildx needed); the build context holds only the project wheel (.dockerignore).
 set -euo pipefail
@@ -28,6 +29,7 @@ if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then COM
 
 if [ -z "${VF_FORCE_BUILD:-}" ] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
   echo "build.sh: $IMAGE exists (same version and code); VF_FORCE_BUILD=1 rebuilds it" >&2
+  docker tag "$IMAGE" "$REPO:latest"
   echo "$IMAGE"
   exit 0
 fi
@@ -39,5 +41,6 @@ args=(--force-rm --network host -f images/tasks.Dockerfile -t "$IMAGE"
 if [ -n "${BASE_IMAGE:-}" ]; then args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE"); fi
 start=$SECONDS
 docker build "${args[@]}" . >&2
+docker tag "$IMAGE" "$REPO:latest"
 echo "build.sh: built $IMAGE in $((SECONDS - start))s" >&2
 echo "$IMAGE"

@@ -13,6 +13,8 @@ cd "$VF_PROJECT_DIR"
 PYTHON=${PYTHON:-python3}
 if [ -f infra/.env ]; then set -a; . infra/.env; set +a; fi
 
+# the compose stack's server secrets (where set): example or short values are refused
+"$PYTHON" -m flows.work_pools check-server-secrets
 "$PYTHON" -m flows.work_pools create
 # flow runs of the docker pool read the store settings from this block at run time
 if [ -n "${VF_TASKS_SECRET_KEY:-}" ]; then

@@ -66,10 +66,14 @@ def sleep(cfg: SleepConfig, store: Store) -> Manifest:
         run.put_json("started", {"pid": os.getpid(), "child_pid": child.pid if child else None,
                                  "at": time.time()}, "started.json")
         run.log.info("sleeping %gs%s", cfg.seconds, " (and a child process)" if child else "")
-        time.sleep(cfg.seconds)
-        if child is not None:
-            child.kill()
-            child.wait()
+        until = time.monotonic() + cfg.seconds
+        try:
+            while (left := until - time.monotonic()) > 0:  # short calls, like a training loop
+                time.sleep(min(left, 0.1))
+        finally:
+            if child is not None:
+                child.kill()
+                child.wait()
         return run.finish({"slept_s": cfg.seconds})
 
 

@@ -25,7 +25,8 @@ def compose() -> dict:
 
 def test_compose_services_use_loopback_host_networking(compose):
     services = compose["services"]
-    assert set(services) == {"minio", "minio-init", "prefect-server", "prefect-worker"}
+    assert set(services) == {"minio", "minio-init", "postgres", "prefect-server",
+                             "prefect-setup", "prefect-process-worker", "prefect-worker"}
     for name, svc in services.items():
         assert svc["network_mode"] == "host", name
         assert "ports" not in svc, name  # host networking: nothing published
@@ -41,7 +42,37 @@ def test_compose_services_use_loopback_host_networking(compose):
     assert "EXTRA_PIP_PACKAGES" not in worker["environment"]
     assert "prefect-docker" in (ROOT / "images" / "worker.Dockerfile").read_text()
     assert worker["environment"]["PREFECT_WORKER_WEBSERVER_HOST"] == "127.0.0.1"
-    assert "prefect-data:/var/lib/prefect" in services["prefect-server"]["volumes"]
+    assert "postgres-data:/var/lib/postgresql/data" in services["postgres"]["volumes"]
+    assert "listen_addresses=127.0.0.1" in services["postgres"]["command"]
+
+
+def test_compose_server_runs_on_postgres_with_auth_and_every_client_passes_it(compose):
+    services = compose["services"]
+    server = services["prefect-server"]
+    env = server["environment"]
+    # PostgreSQL, by parts: the password is its own variable, never inside a URL
+    assert env["PREFECT_SERVER_DATABASE_DRIVER"] == "postgresql+asyncpg"
+    assert env["PREFECT_SERVER_DATABASE_HOST"] == "127.0.0.1"
+    assert "PREFECT_SERVER_DATABASE_CONNECTION_URL" not in env
+    assert env["PREFECT_SERVER_DATABASE_PASSWORD"].startswith("${PREFECT_DB_PASSWORD:?")
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith(
+        "${PREFECT_DB_PASSWORD:?")
+    assert server["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "volumes" not in server  # no SQLite file any more
+    auth = env["PREFECT_SERVER_API_AUTH_STRING"]
+    assert auth.startswith("${PREFECT_AUTH_STRING:?")
+    clients = [n for n, svc in services.items() if "PREFECT_API_URL" in
+               (svc.get("environment") or {})]
+    assert set(clients) == {"prefect-setup", "prefect-process-worker", "prefect-worker"}
+    for name in clients:
+        assert services[name]["environment"]["PREFECT_API_AUTH_STRING"] == auth, name
+    # the Prefect image is pinned to the version the worker image builds on
+    worker_df = (ROOT / "images" / "worker.Dockerfile").read_text()
+    version = re.search(r"^ARG PREFECT_VERSION=(\S+)$", worker_df, re.MULTILINE).group(1)
+    assert server["image"] == f"prefecthq/prefect:${{PREFECT_TAG:-{version}-python3.11}}"
+    example = ENV_EXAMPLE.read_text()
+    assert f"PREFECT_TAG={version}-python3.11" in example
+    assert "PREFECT_DB_PASSWORD=change-me" in example and "PREFECT_AUTH_STRING=" in example
 
 
 def test_compose_secrets_come_from_env_file_only(compose):
@@ -147,3 +178,48 @@ def test_doctor_reports_what_to_fix(tmp_path, s3_endpoint):
                      re.MULTILINE)
     assert "2 failed (prefect, store)" in res.stdout
     assert not re.search(r"^\w+\s+docker", res.stdout, re.MULTILINE)  # --no-docker
+
+
+def _ci_run(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    """``.ci/run`` on this checkout with stubs: a non-root ``id`` (so nothing is installed),
+    a ``make`` that only records its arguments, a ``docker`` with no engine."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir(exist_ok=True)
+    for name, body in {"id": "echo 1000", "make": f'echo "$@" >> {tmp_path}/make.log',
+                       "docker": "exit 1", "chromium": "exit 0"}.items():
+        (stubs / name).write_text(f"#!/bin/sh\n{body}\n")
+        (stubs / name).chmod(0o755)
+    path = f"{stubs}:/usr/bin:/bin"  # no dockerd, no debootstrap (not in /usr/bin here)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("VF_CI", "CI"))}
+    return subprocess.run([str(ROOT / ".ci" / "run")], capture_output=True, text=True,
+                          timeout=120, env={**base, "PATH": path, **env})
+
+
+@pytest.mark.skipif(shutil.which("dockerd", path="/usr/bin:/bin") is not None
+                    or shutil.which("debootstrap", path="/usr/bin:/bin") is not None,
+                    reason="this machine has dockerd/debootstrap in /usr/bin: the stub engine "
+                    "cannot stand in for a missing one")
+def test_ci_fails_loudly_when_a_stage_cannot_run(tmp_path):
+    # CI=true: the Ray stage without root is an error, not a skip
+    res = _ci_run(tmp_path, CI="true")
+    assert res.returncode == 1 and "ci: error: Ray stage needs root" in res.stderr
+    assert "VF_CI_RAY=0 turns it off" in res.stderr
+    # ... and so is the container stage without an engine
+    res = _ci_run(tmp_path, CI="true", VF_CI_RAY="0", VF_CI_OPS="0")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "ci: error: no Docker engine (or no debootstrap): container stage cannot run" in \
+        res.stderr
+    # turned off by name, it is skipped and CI passes
+    res = _ci_run(tmp_path, CI="true", VF_CI_RAY="0", VF_CI_OPS="0", VF_CI_DOCKER="0")
+    assert res.returncode == 0, res.stderr
+    assert "container stage skipped (VF_CI_DOCKER=0)" in res.stdout
+    # outside CI a missing engine is a skip with the fix
+    res = _ci_run(tmp_path, VF_CI_RAY="0", VF_CI_OPS="0")
+    assert res.returncode == 0 and "apt-get install -y docker.io debootstrap" in res.stdout
+    assert "operations stage skipped (VF_CI_OPS=0)" in res.stdout
+    # the suite ran each time, before the stages, without the ops tests (their own stage)
+    log = (tmp_path / "make.log").read_text()
+    assert log.count("test PYTEST_ARGS=-m 'not docker and not ray and not ops'") == 4, log
+    text = (ROOT / ".ci" / "run").read_text()
+    for package in ("chromium", "postgresql", "docker-compose", "docker.io", "debootstrap"):
+        assert f"missing+=({package})" in text

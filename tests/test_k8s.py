@@ -25,10 +25,14 @@ from flows.deployments import NIGHTLY
 from flows.launchers.container import SCRATCH, WRITABLE_ENV
 from flows.launchers.images import default_image
 from flows.work_pools import (
+    DEADLINE_MARGIN_S,
     GPU_TOLERATION,
+    LOG_ALLOWANCE,
+    image_pull_secrets,
     job_needs,
     k8s_cpu,
     k8s_quantity,
+    limits_table,
     load_pools,
     needs_table,
 )
@@ -48,7 +52,9 @@ PREFECT_POD_FIELDS = {"completions": 1, "parallelism": 1}
 SECRETISH = re.compile(r"(KEY|SECRET|PASSWORD|TOKEN|CREDENTIAL|VF_STORE)", re.IGNORECASE)
 GOOD_ENV = {"MINIO_ROOT_USER": "vf-admin", "MINIO_ROOT_PASSWORD": "a-real-admin-password-42",
             "VF_BUCKET": "vf-bucket", "VF_TASKS_ACCESS_KEY": "vf-tasks",
-            "VF_TASKS_SECRET_KEY": "a-real-tasks-secret-42"}
+            "VF_TASKS_SECRET_KEY": "a-real-tasks-secret-42",
+            "PREFECT_DB_PASSWORD": "a-real-db-password-42",
+            "PREFECT_AUTH_STRING": "vf:a-real-prefect-password-42"}
 
 
 def question_table(flow: str):
@@ -172,7 +178,8 @@ def test_template_keeps_prefect_defaults_and_every_variable_is_used(template):
     ours, theirs = template["variables"]["properties"], default["variables"]["properties"]
     replaced = {"cpu_request", "cpu_limit", "memory_request", "memory_limit"}  # -> cpu, memory
     changed_default = {"namespace": "visionflows", "service_account_name":
-                       "visionflows-flow-run"}
+                       "visionflows-flow-run", "finished_job_ttl": 86400,
+                       "env": {"PREFECT_API_AUTH_STRING": None}}
     for name, schema in theirs.items():
         if name in replaced:
             assert name not in ours
@@ -185,7 +192,8 @@ def test_template_keeps_prefect_defaults_and_every_variable_is_used(template):
         assert mine == schema, name
     added = set(ours) - set(theirs)
     assert added == {"gpu_count", "cpu", "memory", "shm_size", "node_selector", "tolerations",
-                     "store_secret_name"}
+                     "store_secret_name", "scratch_size", "ephemeral_storage",
+                     "active_deadline_seconds", "image_pull_secrets", "auth_secret_name"}
     assert template["variables"]["definitions"] == default["variables"]["definitions"]
     # the job configuration keeps every default key; the placeholders and the variables
     # match one to one (no dead variable, no placeholder without a variable)
@@ -204,9 +212,15 @@ def test_template_is_a_valid_prefect_kubernetes_configuration(template):
     cfg = asyncio.run(KubernetesWorkerJobConfiguration.from_template_and_values(
         template, {"image": "example/visionflows-tasks:1"}, client=object()))
     c = container(cfg.job_manifest)
-    assert c["resources"] == {"requests": {"cpu": "1", "memory": "4Gi"},
-                              "limits": {"cpu": "1", "memory": "4Gi", "nvidia.com/gpu": 0}}
+    assert c["resources"] == {
+        "requests": {"cpu": "1", "memory": "4Gi", "ephemeral-storage": "11Gi"},
+        "limits": {"cpu": "1", "memory": "4Gi", "nvidia.com/gpu": 0,
+                   "ephemeral-storage": "11Gi"}}
     assert cfg.namespace == "visionflows" == load_pools().get(POOL).namespace
+    spec = cfg.job_manifest["spec"]
+    # even a run with no job variables ends: 7 h at most, and is cleaned up a day later
+    assert spec["activeDeadlineSeconds"] == 25200 and spec["ttlSecondsAfterFinished"] == 86400
+    assert spec["template"]["spec"]["imagePullSecrets"] == []
 
 
 # -- the rendered Jobs -------------------------------------------------------------------
@@ -242,7 +256,8 @@ def test_rendered_jobs_ask_for_the_resource_table(jobs):
         res = c["resources"]
         n = job_needs(flow)
         assert res["limits"]["nvidia.com/gpu"] == expected_gpus[flow] == n.gpus, flow
-        assert res["requests"] == {"cpu": k8s_cpu(n.cpus), "memory": k8s_quantity(n.memory)}
+        assert res["requests"] == {"cpu": k8s_cpu(n.cpus), "memory": k8s_quantity(n.memory),
+                                   "ephemeral-storage": k8s_quantity(n.scratch + LOG_ALLOWANCE)}
         assert {k: v for k, v in res["limits"].items() if k != "nvidia.com/gpu"} == \
             res["requests"], flow  # Guaranteed QoS: requests = limits
         pod = r["job"]["spec"]["template"]["spec"]
@@ -251,8 +266,11 @@ def test_rendered_jobs_ask_for_the_resource_table(jobs):
         mount = next(m for m in c["volumeMounts"] if m["name"] == "dshm")
         assert mount["mountPath"] == "/dev/shm"
         assert pod["tolerations"] == ([GPU_TOLERATION] if n.gpus else [])
+        scratch = next(v for v in pod["volumes"] if v["name"] == "scratch")
+        assert scratch["emptyDir"] == {"sizeLimit": k8s_quantity(n.scratch)}
     q4 = container(jobs["q4-yolo"]["job"])["resources"]
-    assert q4["limits"] == {"cpu": "8", "memory": "40Gi", "nvidia.com/gpu": 1}
+    assert q4["limits"] == {"cpu": "8", "memory": "40Gi", "nvidia.com/gpu": 1,
+                            "ephemeral-storage": "21Gi"}
     q1 = jobs["q1-mlp"]
     assert container(q1["job"])["resources"]["limits"]["memory"] == "20Gi"
     # the sweep packs its cells on the one GPU: parallel = floor(1 / 0.25); the nightly
@@ -262,6 +280,56 @@ def test_rendered_jobs_ask_for_the_resource_table(jobs):
     assert jobs["q4-yolo"]["deployment"]["parameters"]["overrides"] == {
         "fail_on_regression": True}
     assert jobs["q3-segmentation"]["deployment"]["parameters"]["overrides"] == {}
+
+
+def test_rendered_jobs_end(jobs):
+    """A stuck Job cannot hold a GPU for good: its deadline is the flow's time limit from
+    the question's resource table plus the margin, and finished Jobs are cleaned up."""
+    expected_hours = {"q1-mlp": 12, "q1-cnn": 12, "q2-transfer": 24, "q3-segmentation": 6,
+                      "q4-yolo": 30, "report": 2}
+    for flow, r in jobs.items():
+        spec = r["job"]["spec"]
+        table = question_table(flow)[0] if flow != "report" else None
+        if table is not None:
+            assert table.flow_time_limit_s == expected_hours[flow] * 3600, flow
+        assert spec["activeDeadlineSeconds"] == expected_hours[flow] * 3600 + \
+            DEADLINE_MARGIN_S, flow
+        # the deadline outlasts the longest single step: the step's own limit fires first
+        if table is not None:
+            _, kinds = question_table(flow)
+            longest = max(table.for_kind(k).time_limit_s for k in kinds)
+            assert spec["activeDeadlineSeconds"] > longest, flow
+        assert spec["ttlSecondsAfterFinished"] == 86400
+        assert spec["template"]["spec"]["imagePullSecrets"] == []
+    q4 = jobs["q4-yolo"]["job"]["spec"]["template"]["spec"]
+    assert next(v for v in q4["volumes"] if v["name"] == "scratch")["emptyDir"] == \
+        {"sizeLimit": "20Gi"}
+    assert limits_table() in (ROOT / "docs" / "deployment.md").read_text()
+
+
+def test_a_deadline_or_pull_secret_given_at_deploy_or_run_time(template, monkeypatch):
+    """``VF_IMAGE_PULL_SECRETS`` at ``prefect deploy`` names the registry Secret; a run may
+    still set its own deadline and scratch (``-jv``); bad names are refused."""
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    monkeypatch.setenv("VF_IMAGE_PULL_SECRETS", "regcred, mirror-creds")
+    dep = next(d for d in deployed(POOL) if flow_name(d["entrypoint"]) == "q4-yolo")
+    cfg = resolve(KubernetesWorkerJobConfiguration, template, dep, "kubernetes",
+                  flow_run_job_variables={"active_deadline_seconds": 600,
+                                          "scratch_size": "50Gi"})
+    spec = cfg.job_manifest["spec"]
+    assert spec["activeDeadlineSeconds"] == 600
+    assert spec["template"]["spec"]["imagePullSecrets"] == [{"name": "regcred"},
+                                                            {"name": "mirror-creds"}]
+    assert {"name": "scratch", "emptyDir": {"sizeLimit": "50Gi"}} in \
+        spec["template"]["spec"]["volumes"]
+    job = copy.deepcopy(cfg.job_manifest)
+    for field in PREFECT_POD_FIELDS:
+        job["spec"]["template"]["spec"].pop(field)
+    validate(job)
+    with pytest.raises(ConfigError, match="'Reg_Cred' is not a Kubernetes Secret name"):
+        image_pull_secrets({"VF_IMAGE_PULL_SECRETS": "Reg_Cred"})
+    assert image_pull_secrets({}) == []
 
 
 def test_rendered_jobs_run_the_flow_in_the_task_image_of_this_code(jobs):
@@ -292,6 +360,78 @@ def test_rendered_jobs_take_credentials_from_the_secret_only(jobs):
             if SECRETISH.search(e["name"]):
                 assert "value" not in e and "secretKeyRef" in e["valueFrom"], (flow, e)
         assert not r["deployment"]["work_pool"]["job_variables"].get("env")
+
+
+def test_the_workers_auth_string_reaches_flow_runs_only_by_secret(template):
+    """Prefect hands every setting of the worker to the Job it creates; the worker holds
+    the API's auth string, so without care it would be a literal in the Job (`kubectl
+    describe`). The template's `env` default drops it; the pod reads it from the Secret."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, temporary_settings
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    secret = "vf:the-workers-auth-string-42"
+    for dep in deployed(POOL):
+        with temporary_settings(updates={PREFECT_API_AUTH_STRING: secret}):
+            cfg = resolve(KubernetesWorkerJobConfiguration, template, dep, "kubernetes")
+        assert secret not in json.dumps(cfg.job_manifest)
+        env = [e for e in container(cfg.job_manifest)["env"]
+               if e["name"] == "PREFECT_API_AUTH_STRING"]
+        assert env == [{"name": "PREFECT_API_AUTH_STRING", "valueFrom": {"secretKeyRef": {
+            "name": "prefect-auth", "key": "auth-string", "optional": True}}}]
+        labels = cfg.job_manifest["spec"]["template"]["metadata"]["labels"]
+        assert labels["app.kubernetes.io/component"] == "flow-run"  # the NetworkPolicies'
+
+
+def test_network_policies_let_only_workers_and_flow_runs_in():
+    found = {(d["kind"], d["metadata"]["name"]): d for _, d in manifests()}
+    flow_run = {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "flow-run"}}}
+    worker = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "prefect-worker"}}}
+
+    def sources(name: str, port: int) -> list[dict]:
+        policy = found[("NetworkPolicy", name)]["spec"]
+        assert policy["policyTypes"] == ["Ingress"]
+        (rule,) = policy["ingress"]
+        assert rule["ports"] == [{"protocol": "TCP", "port": port}]
+        target = policy["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+        assert target == name  # it selects the pods of that name
+        return rule["from"]
+
+    assert sources("prefect-server", 4200) == [worker, flow_run]
+    assert sources("minio", 9000) == [flow_run, {"podSelector": {"matchLabels": {
+        "app.kubernetes.io/name": "minio-init"}}}]
+    assert sources("postgres", 5432) == [{"podSelector": {"matchLabels": {
+        "app.kubernetes.io/name": "prefect-server"}}}]
+    # the selected pods carry those labels
+    for kind, name in (("Deployment", "prefect-server"), ("StatefulSet", "minio"),
+                       ("StatefulSet", "postgres"), ("Deployment", "prefect-worker")):
+        labels = found[(kind, name)]["spec"]["template"]["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == name
+
+
+def test_server_runs_on_postgres_with_auth_from_secrets():
+    found = {(d["kind"], d["metadata"]["name"]): d for _, d in manifests()}
+    assert ("PersistentVolumeClaim", "prefect-data") not in found  # no SQLite volume
+    server = found[("Deployment", "prefect-server")]["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in server["containers"][0]["env"]}
+    for part in ("driver", "host", "port", "user", "name", "password"):
+        ref = env[f"PREFECT_SERVER_DATABASE_{part.upper()}"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "prefect-db", "key": part}
+    assert "PREFECT_SERVER_DATABASE_CONNECTION_URL" not in env
+    assert env["PREFECT_SERVER_API_AUTH_STRING"]["valueFrom"]["secretKeyRef"] == {
+        "name": "prefect-auth", "key": "auth-string"}
+    assert not [v for v in server.get("volumes", []) if "persistentVolumeClaim" in v]
+    worker = found[("Deployment", "prefect-worker")]["spec"]["template"]["spec"]
+    wenv = {e["name"]: e for e in worker["containers"][0]["env"]}
+    assert wenv["PREFECT_API_AUTH_STRING"]["valueFrom"]["secretKeyRef"] == {
+        "name": "prefect-auth", "key": "auth-string"}
+    pg = found[("StatefulSet", "postgres")]["spec"]
+    (claim,) = pg["volumeClaimTemplates"]
+    mounts = {m["name"]: m["mountPath"] for m in
+              pg["template"]["spec"]["containers"][0]["volumeMounts"]}
+    assert mounts[claim["metadata"]["name"]] == "/var/lib/postgresql/data"
+    penv = {e["name"]: e for e in pg["template"]["spec"]["containers"][0]["env"]}
+    assert penv["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "prefect-db",
+                                                                      "key": "password"}
 
 
 def test_rendered_jobs_are_locked_down(jobs):
@@ -360,7 +500,9 @@ def test_manifests_validate_and_meet_the_restricted_standard():
     found = manifests()
     kinds = {(d["kind"], d["metadata"]["name"]) for _, d in found}
     assert {("Namespace", "visionflows"), ("StatefulSet", "minio"), ("Service", "minio"),
-            ("PersistentVolumeClaim", "prefect-data"), ("Job", "minio-init"),
+            ("StatefulSet", "postgres"), ("Service", "postgres"), ("Job", "minio-init"),
+            ("NetworkPolicy", "prefect-server"), ("NetworkPolicy", "minio"),
+            ("NetworkPolicy", "postgres"),
             ("Deployment", "prefect-server"), ("Service", "prefect-server"),
             ("Deployment", "prefect-worker"), ("ServiceAccount", "prefect-worker"),
             ("Role", "prefect-worker"), ("RoleBinding", "prefect-worker"),
@@ -449,8 +591,44 @@ def test_overlay_refuses_example_and_short_secrets(tmp_path):
         write_overlay(tmp_path / "c", {**GOOD_ENV, "MINIO_ROOT_PASSWORD": "short"})
     with pytest.raises(ConfigError, match="needs VF_STORE"):
         write_overlay(tmp_path / "d", {**GOOD_ENV, "VF_K8S_MINIO": "0"})
-    for d in "abcd":  # nothing written before the checks pass
+    with pytest.raises(ConfigError, match="PREFECT_AUTH_STRING's password is still the example"):
+        write_overlay(tmp_path / "e", {**GOOD_ENV, "PREFECT_AUTH_STRING":
+                                       example["PREFECT_AUTH_STRING"]})
+    with pytest.raises(ConfigError, match="PREFECT_AUTH_STRING must be user:password"):
+        write_overlay(tmp_path / "f", {**GOOD_ENV, "PREFECT_AUTH_STRING": "no-colon-here-42"})
+    with pytest.raises(ConfigError, match="PREFECT_DB_PASSWORD is still the example value"):
+        write_overlay(tmp_path / "g", {**GOOD_ENV, "PREFECT_DB_PASSWORD":
+                                       example["PREFECT_DB_PASSWORD"]})
+    with pytest.raises(ConfigError, match="VF_K8S_POSTGRES=0 needs PREFECT_DB_HOST"):
+        write_overlay(tmp_path / "h", {**GOOD_ENV, "VF_K8S_POSTGRES": "0"})
+    for d in "abcdefgh":  # nothing written before the checks pass
         assert not list((tmp_path / d).glob("*"))
+
+
+def test_overlay_writes_the_auth_and_database_secrets(tmp_path):
+    from flows.k8s import write_overlay
+
+    out = write_overlay(tmp_path / "o", GOOD_ENV)
+    kust = yaml.safe_load((out / "kustomization.yaml").read_text())
+    names = {g["name"]: g["envs"] for g in kust["secretGenerator"]}
+    assert names["prefect-auth"] == ["prefect-auth.env"]
+    assert names["prefect-db"] == ["prefect-db.env"]
+    assert any(r.endswith("postgres") for r in kust["resources"])
+    auth = (out / "prefect-auth.env").read_text()
+    assert auth == "auth-string=vf:a-real-prefect-password-42\n"
+    db = dict(line.split("=", 1) for line in (out / "prefect-db.env").read_text().splitlines())
+    assert db == {"driver": "postgresql+asyncpg",
+                  "host": "postgres.visionflows.svc.cluster.local", "port": "5432",
+                  "user": "prefect", "name": "prefect", "password": "a-real-db-password-42"}
+    assert oct((out / "prefect-db.env").stat().st_mode & 0o777) == "0o600"
+    # an existing database: no StatefulSet, its address in the Secret
+    out = write_overlay(tmp_path / "x", {**GOOD_ENV, "VF_K8S_POSTGRES": "0",
+                                         "PREFECT_DB_HOST": "db.example.org",
+                                         "PREFECT_DB_NAME": "prefect_prod"})
+    kust = yaml.safe_load((out / "kustomization.yaml").read_text())
+    assert not any(r.endswith("postgres") for r in kust["resources"])
+    db = dict(line.split("=", 1) for line in (out / "prefect-db.env").read_text().splitlines())
+    assert (db["host"], db["name"], db["port"]) == ("db.example.org", "prefect_prod", "5432")
 
 
 def render_overlay(out: Path, env: dict) -> list[dict]:
@@ -483,7 +661,8 @@ def test_overlay_renders_valid_objects_with_secrets_only_in_secrets(tmp_path):
     assert init["tasks-policy.json"] == (ROOT / "infra/minio/tasks-policy.json").read_text()
     # no secret in plain text outside the Secrets
     plain = yaml.safe_dump_all([o for o in objs if o["kind"] != "Secret"])
-    for secret in (GOOD_ENV["VF_TASKS_SECRET_KEY"], GOOD_ENV["MINIO_ROOT_PASSWORD"]):
+    for secret in (GOOD_ENV["VF_TASKS_SECRET_KEY"], GOOD_ENV["MINIO_ROOT_PASSWORD"],
+                   GOOD_ENV["PREFECT_DB_PASSWORD"], GOOD_ENV["PREFECT_AUTH_STRING"]):
         assert secret not in plain
     worker = by[("Deployment", "prefect-worker")]
     image = worker["spec"]["template"]["spec"]["containers"][0]["image"]
@@ -508,7 +687,8 @@ def test_deploy_script_renders_and_refuses_examples(tmp_path):
                          cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     kinds = [d["kind"] for d in yaml.safe_load_all(res.stdout) if d]
-    assert kinds.count("Secret") == 2 and "StatefulSet" in kinds and "Job" in kinds
+    # the store, MinIO's root account, the API's auth string, the database
+    assert kinds.count("Secret") == 4 and kinds.count("StatefulSet") == 2 and "Job" in kinds
     env["VF_TASKS_SECRET_KEY"] = "change-me-tasks-secret"
     res = subprocess.run([script], capture_output=True, text=True, timeout=300, env=env,
                          cwd=tmp_path)

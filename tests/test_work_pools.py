@@ -86,6 +86,62 @@ def test_compose_runs_the_docker_pools_worker(compose, pools):
     assert f"127.0.0.1:{port}/health" in worker["healthcheck"]["test"][-1]
 
 
+def test_compose_serves_the_pool_the_nightly_deployments_target(compose, pools):
+    """`prefect deployment run q4-yolo/nightly` runs on `docker compose up`: `nightly` targets
+    the process pool, and compose has a process worker for it, in the task image with the
+    checkout where the deployments' pull step looks (VF_PROJECT_DIR at deploy time, which the
+    compose setup service runs)."""
+    services = compose["services"]
+    targeted = {d["work_pool"]["name"] for d in prefect_yaml()["deployments"]
+                if d["name"] in ("nightly", "nightly-docker")}
+    served = {}
+    for name, svc in services.items():
+        cmd = svc.get("command") or svc.get("entrypoint") or []
+        if "worker" in cmd and "start" in cmd:
+            served[cmd[cmd.index("--pool") + 1]] = (name, cmd[cmd.index("--type") + 1])
+    assert targeted <= set(served)
+    for pool, (_, kind) in served.items():
+        assert pools.get(pool).type == kind
+    process = services[served[pools.get("visionflows-process").name][0]]
+    setup = services["prefect-setup"]
+    assert setup["entrypoint"] == ["/bin/bash", "infra/setup-work-pools.sh"]
+    for svc in (process, setup):
+        assert svc["image"] == "${VF_TASK_IMAGE:-visionflows-tasks:latest}"
+        assert svc["environment"]["VF_PROJECT_DIR"] == svc["working_dir"] == "/opt/visionflows"
+        assert "..:/opt/visionflows:ro" in svc["volumes"]
+    assert process["depends_on"]["prefect-setup"]["condition"] == \
+        "service_completed_successfully"
+    # the pull step of the process deployments is that folder
+    pull = prefect_yaml()["pull"][0]["prefect.deployments.steps.set_working_directory"]
+    assert pull["directory"] == "{{ $VF_PROJECT_DIR }}"
+    assert "docker tag \"$IMAGE\" \"$REPO:latest\"" in (ROOT / "images" / "build.sh").read_text()
+
+
+def test_setup_refuses_example_server_secrets():
+    """Compose's setup service runs it before anything else: the example auth or database
+    password of infra/.env.example stops the stack (no worker starts after a failed
+    setup)."""
+    from flows.work_pools import check_server_secrets
+
+    example = dict(line.split("=", 1) for line in
+                   (ROOT / "infra" / ".env.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    with pytest.raises(ConfigError, match="PREFECT_AUTH_STRING's password is still the"):
+        check_server_secrets({"PREFECT_API_AUTH_STRING": example["PREFECT_AUTH_STRING"]})
+    with pytest.raises(ConfigError, match="PREFECT_DB_PASSWORD is still the example"):
+        check_server_secrets({"PREFECT_DB_PASSWORD": example["PREFECT_DB_PASSWORD"]})
+    with pytest.raises(ConfigError, match="must be user:password"):
+        check_server_secrets({"PREFECT_API_AUTH_STRING": "just-a-long-password-42"})
+    check_server_secrets({"PREFECT_API_AUTH_STRING": "vf:a-real-password-4242",
+                          "PREFECT_DB_PASSWORD": "a-real-db-password-42"})
+    check_server_secrets({})  # a server without auth: nothing to check
+    code = SETUP.read_text()
+    assert code.index("check-server-secrets") < code.index("work_pools create")
+    setup = yaml.safe_load(COMPOSE.read_text())["services"]["prefect-setup"]
+    assert setup["environment"]["PREFECT_DB_PASSWORD"].startswith("${PREFECT_DB_PASSWORD:?")
+    assert setup["environment"]["PREFECT_API_AUTH_STRING"].startswith("${PREFECT_AUTH_STRING:?")
+
+
 def test_setup_script_creates_the_defined_pools_only(pools):
     text = SETUP.read_text()
     code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
@@ -386,9 +442,12 @@ def test_pools_created_deployed_and_resolved_on_a_real_server(server):
         default_image()
     assert dep.pull_steps == [] and dep.entrypoint == "flows.q4_yolo.q4_yolo"
     c = cfg.job_manifest["spec"]["template"]["spec"]["containers"][0]
-    assert c["resources"]["limits"] == {"cpu": "8", "memory": "40Gi", "nvidia.com/gpu": 1}
+    assert c["resources"]["limits"] == {"cpu": "8", "memory": "40Gi", "nvidia.com/gpu": 1,
+                                        "ephemeral-storage": "21Gi"}
     assert c["image"] == default_image()
     assert cfg.job_manifest["spec"]["backoffLimit"] == 0
+    # the deadline deployed with it: Q4's 30 h flow limit plus the 30 min margin
+    assert cfg.job_manifest["spec"]["activeDeadlineSeconds"] == 30 * 3600 + 1800
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["PREFECT_API_URL"] == server["api"]
     assert env["PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR"] == "reschedule"

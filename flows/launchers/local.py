@@ -1,18 +1,28 @@
 """The ``local`` launcher: the task function runs in this process (the embedded default).
 
-It cannot stop a task that shares its process (Python cannot kill a thread, and a memory
-limit would apply to the flow too), so it enforces neither budget; it reports an allocation
-failure as ``TaskOutOfMemoryError`` and warns once when a budget is asked for.
+**Time limit**: ``timeout_s``, else ``VF_TASK_TIMEOUT_S``, else the step's ``time_limit_s``
+in the question's resource table (``none``: no limit), as the subprocess launcher. Python
+cannot kill a thread, so past the limit a ``TaskTimeoutError`` is raised *inside* the
+task's thread (``PyThreadState_SetAsyncExc``): it lands at the task's next Python
+instruction (a training loop between two batches), runs its ``finally`` blocks and leaves
+no manifest (written last). A task blocked inside one C call (a read without a timeout)
+sees it only when that call returns; the Kubernetes Job's deadline and the flow's own
+(:mod:`flows.fanout`) bound that case.
+
+**Memory**: not enforced (a limit would apply to the flow too); an allocation failure is
+reported as ``TaskOutOfMemoryError``, and ``VF_TASK_MEMORY`` is warned about once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
-from collections.abc import Iterator
-from typing import Any
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
-from tasks.core.errors import TaskOutOfMemoryError
+from tasks.core.errors import ConfigError, TaskOutOfMemoryError, TaskTimeoutError
 from tasks.core.limits import is_out_of_memory
 from tasks.core.log import get_logger
 from tasks.core.resources import Resources
@@ -20,6 +30,73 @@ from tasks.core.runtime import Manifest
 from tasks.registry import run_task
 
 _WARNED: set[str] = set()
+T = TypeVar("T")
+
+
+class _PastDeadline(BaseException):  # noqa: N818 - raised into the task's thread only
+    """Injected into a task's thread at its time limit. A BaseException, so a task's own
+    ``except Exception`` does not swallow it; it becomes ``TaskTimeoutError`` here."""
+
+
+def _raise_in(thread_id: int, exc: type[BaseException] | None) -> None:
+    """Make ``thread_id`` raise ``exc`` at its next instruction (None: clear a pending one)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc else ctypes.c_void_p(0))
+
+
+def time_budget(timeout_s: float | None, resources: Resources | None) -> float | None:
+    """The task's time limit: ``timeout_s``, else ``VF_TASK_TIMEOUT_S`` (``none``: none),
+    else the resource table's ``time_limit_s``."""
+    if timeout_s is not None:
+        return timeout_s
+    env = os.environ.get("VF_TASK_TIMEOUT_S", "").strip()
+    if env:
+        if env.lower() in ("none", "off", "0"):
+            return None
+        try:
+            value = float(env)
+        except ValueError:
+            raise ConfigError(f"VF_TASK_TIMEOUT_S={env!r} is not a number of seconds; use "
+                              "e.g. 3600, or 'none' for no limit") from None
+        if value <= 0:
+            raise ConfigError(f"VF_TASK_TIMEOUT_S={env!r} must be > 0 (or 'none')")
+        return value
+    return resources.time_limit_s if resources is not None else None
+
+
+def within(seconds: float | None, fn: Callable[[], T], what: str) -> T:
+    """``fn()`` in this thread, stopped by :class:`_PastDeadline` after ``seconds``."""
+    if seconds is None:
+        return fn()
+    me = threading.get_ident()
+    lock = threading.Lock()
+    state = {"done": False, "fired": False}
+
+    def fire() -> None:
+        with lock:
+            if not state["done"]:
+                state["fired"] = True
+                _raise_in(me, _PastDeadline)
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.name = f"vf-deadline-{what}"
+    try:
+        timer.start()
+        try:
+            return fn()
+        finally:
+            timer.cancel()
+            with lock:
+                state["done"] = True
+                if state["fired"]:  # finished as it fired: drop the pending exception
+                    _raise_in(me, None)
+    except _PastDeadline:
+        raise TaskTimeoutError(
+            f"task {what} ran past its time limit of {seconds:g}s and was stopped in the "
+            "flow's process (local launcher); it left no manifest. Give it more time (a flow "
+            "step: --set resources.<kind>.time_limit_s=SECONDS; any task: "
+            "VF_TASK_TIMEOUT_S=SECONDS, 'none': no limit)") from None
 
 
 @contextlib.contextmanager
@@ -43,23 +120,22 @@ def torch_threads(env: dict[str, str] | None) -> Iterator[None]:
 def launch_local(task: str, cfg: dict[str, Any], store: str, timeout_s: float | None,
                  env: dict[str, str] | None = None, resources: Resources | None = None
                  ) -> Manifest:
-    """Run ``task`` in this process; an allocation failure becomes ``TaskOutOfMemoryError``.
+    """Run ``task`` in this process within its time limit (see the module docstring); an
+    allocation failure becomes ``TaskOutOfMemoryError``.
 
-    ``env`` may set the thread count (``OMP_NUM_THREADS``); ``resources`` are not enforced
-    here (the flow's own process has no limit of its own).
+    ``env`` may set the thread count (``OMP_NUM_THREADS``); of ``resources`` only the time
+    limit applies here (the flow's own process has no memory limit of its own).
     """
-    asked = [f"{k}={v}" for k, v in (("timeout_s", timeout_s),
-                                     ("VF_TASK_TIMEOUT_S", os.environ.get("VF_TASK_TIMEOUT_S")),
-                                     ("VF_TASK_MEMORY", os.environ.get("VF_TASK_MEMORY"))) if v]
-    if asked and "local" not in _WARNED:
+    budget = time_budget(timeout_s, resources)
+    if os.environ.get("VF_TASK_MEMORY") and "local" not in _WARNED:
         _WARNED.add("local")
         get_logger("launcher").warning(
-            "%s: not enforced by the local launcher (tasks share the flow's process); use "
-            "--launcher subprocess or docker to have tasks stopped at their limits",
-            ", ".join(asked))
+            "VF_TASK_MEMORY=%s: not enforced by the local launcher (tasks share the flow's "
+            "process); use --launcher subprocess or docker to have tasks stopped at it",
+            os.environ["VF_TASK_MEMORY"])
     try:
         with torch_threads(env):
-            return run_task(task, cfg, store)
+            return within(budget, lambda: run_task(task, cfg, store), task)
     except (MemoryError, RuntimeError) as exc:
         if not is_out_of_memory(exc):
             raise

@@ -12,6 +12,9 @@
 #                       from (push them first: README "Kubernetes"); unset: the node's images
 #   VF_K8S_MINIO=0      no in-cluster MinIO: use the existing store VF_STORE=s3://BUCKET/PREFIX
 #                       (+ VF_S3_ENDPOINT_URL unless AWS) with VF_TASKS_ACCESS_KEY/SECRET_KEY
+#   VF_K8S_POSTGRES=0   no in-cluster PostgreSQL: the server uses PREFECT_DB_HOST (+ PREFECT_DB_PORT,
+#                       PREFECT_DB_USER, PREFECT_DB_NAME) with PREFECT_DB_PASSWORD
+#   PREFECT_AUTH_STRING the API's basic auth, user:password (infra/.env)
 #   VF_K8S_RENDER=1     print the manifests (Secrets included) instead of applying them
 #   VF_K8S_API_PORT     local port of the port-forward to the Prefect server (4200)
 #   KUBECTL, PYTHON     commands (kubectl, python3)
@@ -44,13 +47,16 @@ if [ "${VF_K8S_MINIO:-1}" != 0 ]; then
   "$KUBECTL" -n "$NS" rollout status statefulset/minio --timeout=10m
   "$KUBECTL" -n "$NS" wait --for=condition=complete job/minio-init --timeout=10m
 fi
+if [ "${VF_K8S_POSTGRES:-1}" != 0 ]; then
+  "$KUBECTL" -n "$NS" rollout status statefulset/postgres --timeout=10m
+fi
 "$KUBECTL" -n "$NS" rollout status deployment/prefect-server --timeout=10m
 
 port=${VF_K8S_API_PORT:-4200}
 "$KUBECTL" -n "$NS" port-forward svc/prefect-server "$port:4200" >/dev/null &
 forward=$!
 trap 'kill "$forward" 2>/dev/null || true; rm -rf "$overlay"' EXIT
-export PREFECT_API_URL="http://127.0.0.1:$port/api"
+export PREFECT_API_URL="http://127.0.0.1:$port/api" PREFECT_API_AUTH_STRING="$PREFECT_AUTH_STRING"
 for _ in $(seq 60); do
   "$PYTHON" -c "import urllib.request; urllib.request.urlopen('$PREFECT_API_URL/health')" \
     2>/dev/null && break

@@ -1,5 +1,6 @@
-"""What a step needs to run: CPUs, memory, GPUs (a share of one, or whole ones), ``/dev/shm``
-and a time limit, per question and step kind.
+"""What a step needs to run: CPUs, memory, GPUs (a share of one, or whole ones), ``/dev/shm``,
+scratch disk and a time limit, per question and step kind; and how long a whole flow run
+may take (``flow_time_limit_s``).
 
 Each question's plan holds its table (``tasks/q<N>/plan.py``: ``RESOURCES`` and the kind of
 each of its tasks, ``STEP_KINDS``); the flow config carries it as ``resources``, so a run
@@ -30,8 +31,10 @@ class Resources(Config):
     gpus: float = Field(0.0, ge=0, description="GPUs: 0.25 = a quarter of one, 2 = two")
     shm: str = Field("1g", description="/dev/shm size (DataLoader workers)")
     time_limit_s: float | None = Field(6 * 3600.0, gt=0, description="seconds; none: no limit")
+    scratch: str = Field("10g", description="scratch disk (/tmp: downloads, caches, "
+                         "checkpoints before upload), e.g. 20g")
 
-    @field_validator("memory", "shm")
+    @field_validator("memory", "shm", "scratch")
     @classmethod
     def _size(cls, v: str) -> str:
         parse_size(v, "a size")
@@ -53,6 +56,10 @@ class Resources(Config):
     def shm_bytes(self) -> int:
         return parse_size(self.shm)
 
+    @property
+    def scratch_bytes(self) -> int:
+        return parse_size(self.scratch)
+
 
 class ResourceTable(Config):
     """A question's needs by step kind."""
@@ -60,7 +67,12 @@ class ResourceTable(Config):
     fetch: Resources = Resources(cpus=1, memory="2g", time_limit_s=3 * 3600)
     train: Resources = Resources()
     evaluate: Resources = Resources()
-    report: Resources = Resources(cpus=1, memory="2g", time_limit_s=3600)
+    report: Resources = Resources(cpus=1, memory="2g", scratch="2g", time_limit_s=3600)
+    # The whole flow run, every step and wait included: the flow stops its steps past it
+    # under every launcher (flows.fanout), and a Kubernetes Job gets it, plus a margin, as
+    # activeDeadlineSeconds (flows.work_pools). A step gets what is left of it at most.
+    flow_time_limit_s: float | None = Field(
+        24 * 3600.0, gt=0, description="seconds a whole flow run may take; none: no limit")
 
     def for_kind(self, kind: str) -> Resources:
         if kind not in KINDS:

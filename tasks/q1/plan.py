@@ -29,8 +29,12 @@ WIRED = {"classifier.train": {"out", "data", "model", "hidden", "activation", "l
          "classifier.evaluate": {"out", "train"}}
 # What each step needs (tasks.core.resources): a Q1 cell is small, so four share a GPU.
 RESOURCES = ResourceTable(
-    train=Resources(cpus=2, memory="4g", gpus=0.25, shm="1g", time_limit_s=2 * 3600),
-    evaluate=Resources(cpus=1, memory="2g", gpus=0.25, shm="1g", time_limit_s=3600))
+    fetch=Resources(cpus=1, memory="2g", scratch="2g", time_limit_s=3 * 3600),
+    train=Resources(cpus=2, memory="4g", gpus=0.25, shm="1g", scratch="2g",
+                    time_limit_s=2 * 3600),
+    evaluate=Resources(cpus=1, memory="2g", gpus=0.25, shm="1g", scratch="2g",
+                       time_limit_s=3600),
+    flow_time_limit_s=12 * 3600)
 STEP_KINDS = {"fashion-mnist.fetch": "fetch", "classifier.train": "train",
               "classifier.evaluate": "evaluate", "classifier.report": "report",
               "model.promote": "report", "report.compare": "report"}

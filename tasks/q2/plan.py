@@ -32,9 +32,12 @@ RENAMED = {"transfer.finetune": {"epochs": "finetune_epochs", "learning_rate": "
 
 # What each step needs (tasks.core.resources): VGG16 wants a GPU of its own.
 RESOURCES = ResourceTable(
-    fetch=Resources(cpus=2, memory="8g", time_limit_s=3 * 3600),
-    train=Resources(cpus=4, memory="16g", gpus=1, shm="4g", time_limit_s=4 * 3600),
-    evaluate=Resources(cpus=4, memory="16g", gpus=1, shm="4g", time_limit_s=3600),
+    # STL10's 2.6 GB archive and its extracted arrays, the VGG16/ResNet weights
+    fetch=Resources(cpus=2, memory="8g", scratch="12g", time_limit_s=3 * 3600),
+    train=Resources(cpus=4, memory="16g", gpus=1, shm="4g", scratch="8g",
+                    time_limit_s=4 * 3600),
+    evaluate=Resources(cpus=4, memory="16g", gpus=1, shm="4g", scratch="8g",
+                       time_limit_s=3600),
     report=Resources(cpus=2, memory="8g", time_limit_s=3600))
 STEP_KINDS = {"transfer.weights": "fetch", "stl10.fetch": "fetch", "transfer.explore": "report",
               "transfer.train": "train", "transfer.finetune": "train",

@@ -20,7 +20,9 @@ WIRED = {"images.ingest": {"out"}, "segment.images": {"out", "ingest"}}
 RENAMED: dict[str, dict[str, str]] = {}
 # What each step needs (tasks.core.resources): DeepLabV3 inference on one GPU.
 RESOURCES = ResourceTable(
-    evaluate=Resources(cpus=4, memory="8g", gpus=1, shm="2g", time_limit_s=3600))
+    fetch=Resources(cpus=1, memory="2g", scratch="4g", time_limit_s=3 * 3600),
+    evaluate=Resources(cpus=4, memory="8g", gpus=1, shm="2g", scratch="4g", time_limit_s=3600),
+    flow_time_limit_s=6 * 3600)
 STEP_KINDS = {"images.ingest": "fetch", "segment.images": "evaluate",
               "segment.report": "report", "report.compare": "report"}
 

@@ -30,9 +30,13 @@ RENAMED = {"yolo.train": {"weights": "weights_mirror"},
 
 # What each step needs (tasks.core.resources): a YOLOv5x training wants a whole GPU.
 RESOURCES = ResourceTable(
-    fetch=Resources(cpus=2, memory="4g", time_limit_s=3600),
-    train=Resources(cpus=8, memory="32g", gpus=1, shm="8g", time_limit_s=12 * 3600),
-    evaluate=Resources(cpus=4, memory="16g", gpus=1, shm="4g", time_limit_s=3600))
+    fetch=Resources(cpus=2, memory="4g", scratch="20g", time_limit_s=3600),
+    train=Resources(cpus=8, memory="32g", gpus=1, shm="8g", scratch="20g",
+                    time_limit_s=12 * 3600),
+    evaluate=Resources(cpus=4, memory="16g", gpus=1, shm="4g", scratch="10g",
+                       time_limit_s=3600),
+    # two models trained one after the other (12 h each at most), fetch and evaluations
+    flow_time_limit_s=30 * 3600)
 STEP_KINDS = {"yolo-export.fetch": "fetch", "yolo.train": "train", "yolo.evaluate": "evaluate",
               "yolo.report": "report", "model.promote": "report",
               "report.compare": "report"}
