@@ -168,6 +168,8 @@ def _task_runners(kind: str, ray_address: str | None):
         session = stack.enter_context(ray_session(ray_address)) if kind == "ray" else None
 
         def runner_for(name: str, cfg):
+            if session is not None:
+                session.check_fit(name, cfg)  # a step no node holds: refused now
             runner = task_runner(kind, getattr(cfg, "parallel", 1), session)
             return load_flow(name).with_options(task_runner=runner)
 
@@ -510,6 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="store to check (default $VF_STORE or file://./artifacts)")
     doctor.add_argument("--no-docker", action="store_true", help="skip the Docker checks")
     doctor.set_defaults(func=cmd_doctor)
+    from flows.submit import add_submit_parser
+
+    add_submit_parser(sub)
     return parser
 
 

@@ -83,8 +83,11 @@ def describe_runner(runner: Any, parallel: int) -> dict[str, Any]:
         from flows.runners import current_session
 
         session = current_session()
-        return {"kind": "ray", "address": getattr(runner, "address", None) or "local",
-                "nodes": len(session.nodes) if session else None}
+        out = {"kind": "ray", "address": getattr(runner, "address", None) or "local",
+               "nodes": len(session.nodes) if session else None}
+        if job := os.environ.get("VF_RAY_JOB_ID"):  # submitted: the Ray job it ran as
+            out["job_id"] = job
+        return out
     return {"kind": "thread", "parallel": parallel}
 
 
