@@ -307,7 +307,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.getLogger("visionflows").setLevel(logging.INFO)
     from prefect import serve
 
-    deployments = build_deployments(names, params, paused=args.paused)
+    deployments = build_deployments(names, params, paused=args.paused,
+                                    ray_address=args.ray_address)
     print("serving " + ", ".join(f"{n}/{DEPLOYMENT} ({NIGHTLY[n].cron} UTC)" for n in names))
     print(f"trigger one now with: prefect deployment run {names[0]}/{DEPLOYMENT}")
     serve(*deployments, limit=args.limit)
@@ -471,6 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--store", default=None, help="default store of scheduled runs")
     srv.add_argument("--limit", type=int, default=1, help="flow runs at once (default 1)")
     srv.add_argument("--paused", action="store_true", help="register schedules paused")
+    srv.add_argument("--ray-address", default=os.environ.get("VF_RAY_ADDRESS"),
+                     help="also serve each question's nightly-ray deployment (paused), its "
+                          "steps on this Ray cluster (docs/ray.md); default $VF_RAY_ADDRESS")
     srv.set_defaults(func=cmd_serve)
     mir = sub.add_parser("mirror", help="download every input the full profiles need into "
                                         "the store (for air-gapped runs)")

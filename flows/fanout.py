@@ -121,6 +121,12 @@ class Steps:
         self._in_flight: list[PrefectFuture] = []
         self._checked: set[str] = set()
         self.log = get_run_logger()
+        if self.on_ray:  # a given cluster: a step no node holds is refused now (a CLI run
+            from flows.runners import current_session  # checked before its flow run began)
+
+            session = current_session()
+            if session is not None:
+                session.check_fit(ctx.flow.name, cfg)
         if self.on_ray and self.parallel > 1:
             self.log.info("on Ray the resource table decides what runs at once "
                           "(parallel=%d does not apply)", self.parallel)

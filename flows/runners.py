@@ -183,12 +183,13 @@ def fit_error(flow: str, kind: str, res, nodes: list[dict[str, float]]) -> str:
 
 
 def check_fit(flow: str, cfg, nodes_now, wait_s: float | None = None,
-              env: Mapping[str, str] | None = None) -> list[dict[str, float]]:
+              env: Mapping[str, str] | None = None, request=None) -> list[dict[str, float]]:
     """Refuse, before anything runs, a flow with a step kind no node of the cluster can hold
     (its needs from the resource table against each node's CPUs, GPUs and memory).
     ``nodes_now()`` lists the nodes' resources; with ``wait_s`` (``VF_RAY_FIT_WAIT_S``:
-    a cluster with an autoscaler) it is asked again until a node fits or the time is up.
-    Returns the nodes last seen."""
+    a cluster with an autoscaler) it is asked again until a node fits or the time is up,
+    after ``request(bundle)`` (the autoscaler asked for such a node). Returns the nodes last
+    seen."""
     import importlib
 
     from flows.fanout import fits
@@ -211,6 +212,10 @@ def check_fit(flow: str, cfg, nodes_now, wait_s: float | None = None,
         if wait_s:
             get_logger("ray").info("waiting up to %gs for a Ray node that holds %s steps "
                                    "(VF_RAY_FIT_WAIT_S)", wait_s, unfit[0])
+            if request is not None:
+                res = table.for_kind(unfit[0])
+                request({k: v for k, v in (("CPU", res.cpus), ("GPU", res.gpus),
+                                           ("memory", float(res.memory_bytes))) if v})
             wait_s = 0.0  # said once
         time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
 
@@ -319,8 +324,18 @@ class RaySession:
         if self.local or flow not in _flow_configs():
             return
         import ray
+        from ray.autoscaler.sdk import request_resources
 
-        self.nodes = check_fit(flow, cfg, lambda: _alive_nodes(ray))
+        def ask(bundle: dict[str, float]) -> None:
+            request_resources(bundles=[bundle])
+            asked.append(bundle)
+
+        asked: list = []
+        try:
+            self.nodes = check_fit(flow, cfg, lambda: _alive_nodes(ray), request=ask)
+        finally:
+            if asked:
+                request_resources(bundles=[])  # the steps themselves ask from now on
 
     def describe(self) -> str:
         where = "a local Ray started for this run" if self.local else f"Ray at {self.address}"

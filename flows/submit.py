@@ -83,8 +83,8 @@ def _get(url: str, path: str, headers: dict[str, str], timeout: float = 15) -> A
                        "check the address, that the head is up and that this machine reaches "
                        "port 8265 (a port-forward for KubeRay); nothing was submitted"
                        ) from None
-    if r.status_code in (401, 403):
-        raise JobError(
+    if r.status_code in (401, 403):  # a setting to fix: exit 2, like a bad option
+        raise ConfigError(
             f"the Ray cluster at {url} refused us (HTTP {r.status_code}): it uses token "
             "authentication; set RAY_AUTH_TOKEN (or put the token in ~/.ray/auth_token or "
             "RAY_AUTH_TOKEN_PATH) to the cluster's token (`ray get-auth-token` on its head)")
@@ -145,6 +145,7 @@ def job_env(job_id: str, env: Mapping[str, str] | None = None) -> dict[str, str]
     out.update({"VF_RAY_JOB_ID": job_id, "VF_GIT_COMMIT": git_commit(),
                 "PREFECT_LOGGING_EXTRA_LOGGERS": "visionflows", "PYTHONUNBUFFERED": "1",
                 "VF_NO_PROGRESS": "1", "RAY_USAGE_STATS_ENABLED": "0",
+                "VF_RAY_FIT_WAIT_S": env.get("VF_RAY_FIT_WAIT_S") or "0",
                 # the driver's own runtime_env (flows.runners.ray_session) wins over the job's
                 "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1",
                 "RAY_JOB_STOP_WAIT_TIME_S": str(int(env.get("VF_RAY_STOP_WAIT_S")
@@ -196,7 +197,11 @@ def submit(args: argparse.Namespace) -> int:
     if not nodes:
         raise JobError(f"the Ray cluster at {url} has no live node; nothing was submitted")
     check_nodes_reach([n["ip"] for n in nodes], url, api_url=configured_api_url())
-    check_fit(run.flow, cfg, lambda: [n["resources"] for n in cluster_nodes(url, headers)])
+    if float(os.environ.get("VF_RAY_FIT_WAIT_S") or 0) <= 0:
+        check_fit(run.flow, cfg, lambda: [n["resources"] for n in cluster_nodes(url, headers)],
+                  wait_s=0)
+    # else: an autoscaling cluster; the driver waits for a node there, asking the autoscaler
+    # for it (this machine has no Ray connection to ask with)
     run_id = run.run_id or new_run_id()
     job_id = f"vf-{run.flow}-{run_id}-{int(time.time())}"
     argv = ["run", run.flow, *[a for a in rest], "--task-runner", "ray", "--ray-address",
@@ -282,14 +287,16 @@ def follow(client, url: str, job_id: str, run_id: str | None = None,
 def stop(client, url: str, job_id: str) -> int:
     """Ask the job to stop (SIGTERM to its driver: the flow run is marked Cancelled); wait
     for it to end."""
+    start = time.monotonic()
     client.stop_job(job_id)
-    deadline = time.monotonic() + STOP_WAIT_S + 15
+    deadline = start + STOP_WAIT_S + 15
     while time.monotonic() < deadline:
         status = str(client.get_job_status(job_id))
         if status in TERMINAL:
-            print(f"Ray job {job_id}: {status}", file=sys.stderr)
+            print(f"Ray job {job_id}: {status} ({time.monotonic() - start:.1f}s after the "
+                  "stop request)", file=sys.stderr)
             return 0
-        time.sleep(0.5)
+        time.sleep(0.2)
     raise JobError(f"Ray job {job_id} did not stop within {STOP_WAIT_S + 15}s; "
                    f"{_how(url, job_id)}")
 

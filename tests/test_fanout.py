@@ -117,7 +117,10 @@ def test_steps_no_node_holds_are_refused_and_an_autoscaler_gets_a_bounded_wait()
         "nothing ran")
     big = {"CPU": 4.0, "memory": 16 * 2.0**30}
     seen = iter([small, small, [*small, big]])  # an autoscaler adds a node on the third look
-    assert check_fit("q1-cnn", cfg, lambda: next(seen), wait_s=30) == [*small, big]
+    asked: list = []
+    assert check_fit("q1-cnn", cfg, lambda: next(seen), wait_s=30,
+                     request=asked.append) == [*small, big]
+    assert asked == [{"CPU": 2.0, "memory": 4.0 * 2**30}]  # the autoscaler, asked once
     start = datetime.now().timestamp()
     with pytest.raises(ConfigError, match="train steps need 2 CPUs"):
         check_fit("q1-cnn", cfg, lambda: small, wait_s=0.5)
