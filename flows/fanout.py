@@ -74,7 +74,8 @@ def ray_options(res: Resources, retries: int) -> dict[str, Any]:
 
 
 def is_ray_runner(runner: Any) -> bool:
-    return type(runner).__module__.startswith("prefect_ray")
+    """prefect-ray's runner or a subclass (flows.ray_runner), without importing it."""
+    return any(c.__module__.startswith("prefect_ray") for c in type(runner).__mro__)
 
 
 def describe_runner(runner: Any, parallel: int) -> dict[str, Any]:
