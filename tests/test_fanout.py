@@ -357,3 +357,58 @@ def test_thread_pool_runs_at_most_parallel_steps_in_order(prefect_harness, tmp_p
     out = _sleeps(store, parallel, 4)
     assert [m["prefix"] for m in out] == [f"runs/fan/{parallel}/s{i}" for i in range(4)]
     assert _most_at_once(out) == parallel
+
+
+class _FakeJobs:
+    """A JobSubmissionClient stand-in: logs that end in Ctrl-C, or a job that ends."""
+
+    def __init__(self, chunks, interrupt=False, status="RUNNING", message=""):
+        self.chunks, self.interrupt, self.status, self.message = chunks, interrupt, status, message
+        self.stopped = False
+
+    async def tail_job_logs(self, job_id):
+        for c in self.chunks:
+            yield c
+        if self.interrupt:
+            raise KeyboardInterrupt
+
+    def get_job_info(self, job_id):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(status=self.status, message=self.message, metadata={})
+
+    def get_job_status(self, job_id):
+        return self.status
+
+    def stop_job(self, job_id):
+        self.stopped, self.status = True, "STOPPED"
+        return True
+
+
+def test_submit_follow_ctrl_c_detaches_or_stops(capsys, monkeypatch):
+    from flows.submit import follow
+
+    url = "http://head:8265"
+    jobs = _FakeJobs(["epoch 1\n"], interrupt=True)
+    assert follow(jobs, url, "vf-job-1", interactive=False) == 0
+    out = capsys.readouterr()
+    assert "epoch 1" in out.out and not jobs.stopped
+    assert ("detached from Ray job vf-job-1; it keeps running. follow it with: visionflows "
+            "submit --ray-address http://head:8265 --logs vf-job-1; stop it with: "
+            "visionflows submit --ray-address http://head:8265 --stop vf-job-1") in out.err
+    jobs = _FakeJobs([], interrupt=True)
+    monkeypatch.setattr("builtins.input", lambda prompt: "s")
+    assert follow(jobs, url, "vf-job-2", interactive=True) == 0
+    assert jobs.stopped and "Ray job vf-job-2: STOPPED" in capsys.readouterr().err
+
+
+def test_submit_follow_reports_the_outcome_or_a_lost_head(capsys):
+    from flows.submit import JobError, follow
+
+    assert follow(_FakeJobs(["done\n"], status="SUCCEEDED"), "http://h:8265", "j") == 0
+    assert follow(_FakeJobs([], status="STOPPED"), "http://h:8265", "j") == 130
+    with pytest.raises(JobError, match="Ray job j failed: exit code 3"):
+        follow(_FakeJobs([], status="FAILED", message="exit code 3"), "http://h:8265", "j")
+    with pytest.raises(JobError, match="lost the Ray cluster at http://h:8265 while following "
+                                       "job j .*resubmit with --run-id r1"):
+        follow(_FakeJobs([], status="RUNNING"), "http://h:8265", "j", run_id="r1")
