@@ -127,8 +127,7 @@ def check_cluster_setup(address: str | None, store_uri: str,
             f"{address} cannot see from its nodes: use a store every node reaches (S3/MinIO: "
             "--store s3://BUCKET/PREFIX, with VF_S3_ENDPOINT_URL for MinIO), or leave out "
             "--ray-address (and VF_RAY_ADDRESS) to start a local Ray on this machine")
-    if not is_loopback(address_host(address) if "://" not in address or
-                       address.startswith("ray://") else urlsplit(address).hostname):
+    if not is_loopback(address_host(address)):  # surely elsewhere: no need to ask it
         check_nodes_reach(["remote"], address, env, api_url)
 
 
