@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -181,11 +182,20 @@ def test_build_sh_makes_the_ray_variant_on_the_same_base(tmp_path):
     (fake / "docker").write_text(
         f'#!/bin/sh\necho "$@" >> {calls}\n[ "$1 $2" = "image inspect" ] && exit 1\nexit 0\n')
     (fake / "docker").chmod(0o755)
+    # a copy of the checkout's files: the build writes dist/ and build/ where it runs
+    repo = tmp_path / "repo"
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, repo / name)
     env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "VF_EXTRAS": "ray",
            "VF_EXTRA_PINS": "ray[default]==2.60.0 prefect-ray==0.6.0",
-           "BASE_IMAGE": "visionflows-base:0.1.0-abc", "PYTHON": sys.executable}
-    res = subprocess.run([str(ROOT / "images" / "build.sh")], capture_output=True, text=True,
-                         env=env, cwd=ROOT, timeout=300)
+           "BASE_IMAGE": "visionflows-base:0.1.0-abc", "PYTHON": sys.executable,
+           "PYTHONPATH": str(repo)}
+    res = subprocess.run([str(repo / "images" / "build.sh")], capture_output=True, text=True,
+                         env=env, cwd=repo, timeout=300)
     assert res.returncode == 0, res.stderr
     image = res.stdout.strip().splitlines()[-1]
     assert image.startswith("visionflows-tasks-ray:0.1.0-")
