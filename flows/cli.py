@@ -518,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.set_defaults(func=cmd_doctor)
     from flows.submit import add_submit_parser
 
-    add_submit_parser(sub)
+    add_submit_parser(sub, run)
     return parser
 
 

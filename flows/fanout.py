@@ -25,6 +25,7 @@ from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, as_completed
 
 from flows.common import retrying_step
+from flows.runners import fits  # noqa: F401 - here too: where a step fits a node
 from tasks.core.config import Config
 from tasks.core.errors import ConfigError
 from tasks.core.resources import Resources, ResourceTable
@@ -95,11 +96,6 @@ def describe_runner(runner: Any, parallel: int) -> dict[str, Any]:
 def _done(future: PrefectFuture) -> bool:
     wrapped = getattr(future, "wrapped_future", None)
     return wrapped.done() if wrapped is not None else future.state.is_final()
-
-
-def fits(res: Resources, node: dict[str, float]) -> bool:
-    return (node.get("CPU", 0) >= res.cpus and node.get("GPU", 0) >= res.gpus
-            and node.get("memory", float("inf")) >= res.memory_bytes)
 
 
 class Steps:

@@ -170,6 +170,12 @@ def check_nodes_reach(node_ips: list[str], address: str, env: Mapping[str, str] 
             "routable one (`prefect server start --host 0.0.0.0`); nothing ran")
 
 
+def fits(res, node: dict[str, float]) -> bool:
+    """Whether a Ray node (its resources) holds a step's needs (``Resources``)."""
+    return (node.get("CPU", 0) >= res.cpus and node.get("GPU", 0) >= res.gpus
+            and node.get("memory", float("inf")) >= res.memory_bytes)
+
+
 def fit_error(flow: str, kind: str, res, nodes: list[dict[str, float]]) -> str:
     """The one line that refuses a step no node holds."""
     biggest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0), n.get("memory", 0)),
@@ -191,7 +197,6 @@ def check_fit(flow: str, cfg, nodes_now, wait_s: float | None = None,
     seen."""
     import importlib
 
-    from flows.fanout import fits
     from tasks.plans import FLOW_CONFIGS
 
     env = os.environ if env is None else env

@@ -153,11 +153,10 @@ def job_env(job_id: str, env: Mapping[str, str] | None = None) -> dict[str, str]
     return out
 
 
-def _run_args(flow: str, rest: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    """The ``run`` options of a submission, parsed as ``visionflows run`` parses them."""
-    from flows.cli import build_parser
-
-    args = build_parser().parse_args(["run", flow, *rest])
+def _run_args(run_parser: argparse.ArgumentParser, flow: str, rest: list[str]
+              ) -> tuple[argparse.Namespace, list[str]]:
+    """The ``run`` options of a submission, parsed by ``visionflows run``'s own parser."""
+    args = run_parser.parse_args([flow, *rest])
     if args.task_runner == "thread" or args.ray_address:
         raise ConfigError("a submitted run's steps always run on the cluster's Ray (--task-"
                           "runner ray --ray-address auto): drop --task-runner/--ray-address "
@@ -178,7 +177,7 @@ def submit(args: argparse.Namespace) -> int:
     from ray.job_submission import JobSubmissionClient
 
     url = dashboard_url(args.ray_address)
-    run, rest = _run_args(args.flow, args.run_args)
+    run, rest = _run_args(args.run_parser, args.flow, args.run_args)
     cfg = resolve_config(run.flow, run.profile, parse_sets(run.set))
     store = open_store(run.store)
     if store.uri.startswith("file://"):
@@ -336,7 +335,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return follow(client, url, job_id, run_id=(info.metadata or {}).get("visionflows_run"))
 
 
-def add_submit_parser(sub) -> None:
+def add_submit_parser(sub, run_parser: argparse.ArgumentParser) -> None:
+    """The ``submit`` subcommand; ``run_parser`` (``visionflows run``'s) parses the run
+    options given after the flow."""
     p = sub.add_parser("submit", help="run a flow as a Ray job on a cluster (Ray Jobs API); "
                                       "--status/--logs/--stop a job")
     p.add_argument("--ray-address", default=None, metavar="URL",
@@ -347,7 +348,7 @@ def add_submit_parser(sub) -> None:
     p.add_argument("flow", nargs="?", metavar="FLOW", help="the flow to submit, then any "
                    "`visionflows run` options (--store, --profile, --set, --run-id, ...)")
     p.add_argument("run_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    p.set_defaults(func=cmd_submit)
+    p.set_defaults(func=cmd_submit, run_parser=run_parser)
 
 
 def driver_main(argv: list[str]) -> int:
@@ -360,9 +361,9 @@ def driver_main(argv: list[str]) -> int:
               "commit (images/build-local-base.sh with VF_RAY_IMAGE=1); nothing ran",
               file=sys.stderr)
         return 3
-    from flows.cli import main
-
-    return main(argv[1:])
+    sys.stdout.flush()
+    # the same process (pid) becomes `visionflows run`: Ray's stop signal reaches it
+    os.execv(sys.executable, [sys.executable, "-m", "flows.cli", *argv[1:]])
 
 
 if __name__ == "__main__":

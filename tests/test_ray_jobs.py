@@ -164,9 +164,10 @@ def test_submitted_run_names_the_job_and_nodes_and_survives_a_killed_node(killed
     assert run["killed"], "no training ever ran on the worker node:\n" + run["out"][-3000:]
     s3, bucket = run["s3"], run["bucket"]
     flow = _manifest(s3, bucket, f"runs/q1-mlp/{run['run_id']}/manifest.json")
-    assert flow["task_runner"] == {"kind": "ray", "address": "auto", "nodes": 2,
-                                   "job_id": run["job"]}
     trains = _trains(s3, bucket, run["run_id"])
+    assert flow["task_runner"] == {"kind": "ray", "address": "auto", "nodes": 2,
+                                   "job_id": run["job"]}, (
+        [m["provenance"]["ray"] for m in trains.values()], run["out"][-4000:])
     assert len(trains) == 4
     head = {n["node_id"] for n in cluster.alive_nodes() if n["is_head_node"]}
     for m in trains.values():
