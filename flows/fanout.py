@@ -87,7 +87,8 @@ def describe_runner(runner: Any, parallel: int) -> dict[str, Any]:
         session = current_session()
         out = {"kind": "ray", "address": getattr(runner, "address", None) or "local",
                "nodes": len(session.nodes) if session else None}
-        if job := os.environ.get("VF_RAY_JOB_ID"):  # submitted: the Ray job it ran as
+        job = (session.job_id if session else None) or os.environ.get("VF_RAY_JOB_ID")
+        if job:  # submitted: the Ray job it ran as
             out["job_id"] = job
         return out
     return {"kind": "thread", "parallel": parallel}

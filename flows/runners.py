@@ -316,6 +316,8 @@ class RaySession:
     address: str | None
     nodes: list[dict[str, float]] = field(default_factory=list)
     ips: list[str] = field(default_factory=list)
+    # the Ray job of a `visionflows submit` this command runs as (read once, at connection)
+    job_id: str | None = field(default_factory=lambda: os.environ.get("VF_RAY_JOB_ID"))
 
     @property
     def local(self) -> bool:
