@@ -169,6 +169,8 @@ def _task_runners(kind: str, ray_address: str | None):
         session = stack.enter_context(ray_session(ray_address)) if kind == "ray" else None
 
         def runner_for(name: str, cfg):
+            if session is not None:
+                session.check_fit(name, cfg)  # a step no node holds: refused now
             runner = task_runner(kind, getattr(cfg, "parallel", 1), session)
             return load_flow(name).with_options(task_runner=runner)
 
@@ -306,7 +308,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.getLogger("visionflows").setLevel(logging.INFO)
     from prefect import serve
 
-    deployments = build_deployments(names, params, paused=args.paused)
+    deployments = build_deployments(names, params, paused=args.paused,
+                                    ray_address=args.ray_address)
     print("serving " + ", ".join(f"{n}/{DEPLOYMENT} ({NIGHTLY[n].cron} UTC)" for n in names))
     print(f"trigger one now with: prefect deployment run {names[0]}/{DEPLOYMENT}")
     serve(*deployments, limit=args.limit)
@@ -484,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--store", default=None, help="default store of scheduled runs")
     srv.add_argument("--limit", type=int, default=1, help="flow runs at once (default 1)")
     srv.add_argument("--paused", action="store_true", help="register schedules paused")
+    srv.add_argument("--ray-address", default=os.environ.get("VF_RAY_ADDRESS"),
+                     help="also serve each question's nightly-ray deployment (paused), its "
+                          "steps on this Ray cluster (docs/ray.md); default $VF_RAY_ADDRESS")
     srv.set_defaults(func=cmd_serve)
     mir = sub.add_parser("mirror", help="download every input the full profiles need into "
                                         "the store (for air-gapped runs)")
@@ -539,6 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="store to check (default $VF_STORE or file://./artifacts)")
     doctor.add_argument("--no-docker", action="store_true", help="skip the Docker checks")
     doctor.set_defaults(func=cmd_doctor)
+    from flows.submit import add_submit_parser
+
+    add_submit_parser(sub, run)
     return parser
 
 

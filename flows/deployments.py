@@ -12,9 +12,11 @@ can fire on it.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 DEPLOYMENT = "nightly"
+RAY_DEPLOYMENT = "nightly-ray"  # `visionflows serve --ray-address ADDRESS`: steps on that Ray
 TIMEZONE = "UTC"
 
 
@@ -44,12 +46,22 @@ NIGHTLY: dict[str, Nightly] = {n.flow: n for n in (
 )}
 
 
-def build_deployments(flows: list[str], parameters: dict, paused: bool = False):
-    """``RunnerDeployment`` objects for ``prefect.serve``."""
+def build_deployments(flows: list[str], parameters: dict, paused: bool = False,
+                      ray_address: str | None = None):
+    """``RunnerDeployment`` objects for ``prefect.serve``: ``nightly`` for each flow; with
+    ``ray_address`` also ``nightly-ray`` for each question, its flow runs with the Ray task
+    runner on that cluster (same schedule, started paused: one of the two should run)."""
     from prefect.client.schemas.schedules import CronSchedule
 
     from flows.registry import load_flow
 
+    if ray_address:
+        from flows.runners import address_host, require_ray
+
+        address_host(ray_address)  # its form: ray://HOST:10001, HOST:6379 or auto
+        require_ray()
+        # the served runs (processes of this one) find their cluster here (flows.ray_runner)
+        os.environ["VF_RAY_ADDRESS"] = ray_address
     out = []
     for name in flows:
         spec = NIGHTLY[name]
@@ -58,8 +70,17 @@ def build_deployments(flows: list[str], parameters: dict, paused: bool = False):
         if spec.overrides:
             params = {**params, "overrides": {**spec.overrides,
                                               **(params.get("overrides") or {})}}
+        schedule = CronSchedule(cron=spec.cron, timezone=TIMEZONE)
         out.append(load_flow(name).to_deployment(
             name=DEPLOYMENT, description=spec.description, parameters=params,
-            schedules=[CronSchedule(cron=spec.cron, timezone=TIMEZONE)], paused=paused,
-            tags=["visionflows", name]))
+            schedules=[schedule], paused=paused, tags=["visionflows", name]))
+        if ray_address and name != "report":
+            from prefect.deployments.runner import RunnerDeployment
+
+            from flows.ray_runner import entrypoint
+
+            out.append(RunnerDeployment.from_entrypoint(
+                entrypoint(name), name=RAY_DEPLOYMENT, description=f"{spec.description}, "
+                f"steps on the Ray cluster at {ray_address}", parameters=params,
+                schedules=[schedule], paused=True, tags=["visionflows", name, "ray"]))
     return out

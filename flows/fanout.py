@@ -33,6 +33,7 @@ from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, as_completed
 
 from flows.common import retrying_step
+from flows.runners import fits  # noqa: F401 - here too: where a step fits a node
 from tasks.core.config import Config
 from tasks.core.errors import ConfigError, TaskTimeoutError
 from tasks.core.resources import Resources, ResourceTable
@@ -82,7 +83,8 @@ def ray_options(res: Resources, retries: int) -> dict[str, Any]:
 
 
 def is_ray_runner(runner: Any) -> bool:
-    return type(runner).__module__.startswith("prefect_ray")
+    """prefect-ray's runner or a subclass (flows.ray_runner), without importing it."""
+    return any(c.__module__.startswith("prefect_ray") for c in type(runner).__mro__)
 
 
 def describe_runner(runner: Any, parallel: int) -> dict[str, Any]:
@@ -91,8 +93,12 @@ def describe_runner(runner: Any, parallel: int) -> dict[str, Any]:
         from flows.runners import current_session
 
         session = current_session()
-        return {"kind": "ray", "address": getattr(runner, "address", None) or "local",
-                "nodes": len(session.nodes) if session else None}
+        out = {"kind": "ray", "address": getattr(runner, "address", None) or "local",
+               "nodes": len(session.nodes) if session else None}
+        job = (session.job_id if session else None) or os.environ.get("VF_RAY_JOB_ID")
+        if job:  # submitted: the Ray job it ran as
+            out["job_id"] = job
+        return out
     return {"kind": "thread", "parallel": parallel}
 
 
@@ -109,11 +115,6 @@ def flow_deadline(limit_s: float | None, ctx: FlowRunContext) -> float | None:
     started = getattr(run, "start_time", None) if run is not None else None
     start = started.timestamp() if started is not None else time.time()
     return min(start, time.time()) + limit_s
-
-
-def fits(res: Resources, node: dict[str, float]) -> bool:
-    return (node.get("CPU", 0) >= res.cpus and node.get("GPU", 0) >= res.gpus
-            and node.get("memory", float("inf")) >= res.memory_bytes)
 
 
 class Steps:
@@ -138,6 +139,12 @@ class Steps:
         self.flow_name = ctx.flow.name if ctx.flow else "the flow"
         self.deadline = flow_deadline(self.table.flow_time_limit_s, ctx)
         self.log = get_run_logger()
+        if self.on_ray:  # a given cluster: a step no node holds is refused now (a CLI run
+            from flows.runners import current_session  # checked before its flow run began)
+
+            session = current_session()
+            if session is not None:
+                session.check_fit(ctx.flow.name, cfg)
         if self.on_ray and self.parallel > 1:
             self.log.info("on Ray the resource table decides what runs at once "
                           "(parallel=%d does not apply)", self.parallel)

@@ -43,8 +43,13 @@ WORKER_ENV = (
     "VF_RETRY_DELAY_S", "VF_REFRESH", "VF_TASK_TIMEOUT_S", "VF_TASK_MEMORY",
     "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
     "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_ANALYTICS_ENABLED",
-    "DO_NOT_TRACK",
+    "DO_NOT_TRACK", "VF_RAY_JOB_ID",
 )
+# What the cluster's nodes use where their names differ from this machine's (a port-forward:
+# here http://127.0.0.1:9000, in the cluster http://minio.vf.svc:9000); see docs/ray.md.
+CLUSTER_ENDPOINT = "VF_RAY_S3_ENDPOINT_URL"
+CLUSTER_API_URL = "VF_RAY_PREFECT_API_URL"
+FIT_WAIT_S = 0.0  # VF_RAY_FIT_WAIT_S: how long a step no node holds waits for an autoscaler
 CODE_PACKAGES = ("tasks", "flows", "reports")
 
 
@@ -111,7 +116,9 @@ def check_cluster_setup(address: str | None, store_uri: str,
                         env: Mapping[str, str] | None = None,
                         api_url: str | None = None) -> None:
     """Refuse, before anything runs, a setup whose Ray nodes could not reach the store or the
-    Prefect API. ``address`` None (a local Ray on this machine) needs nothing."""
+    Prefect API. ``address`` None (a local Ray on this machine) needs nothing. A loopback
+    address may still be a remote cluster (a port-forward): :func:`check_nodes_reach` tells
+    once the cluster's nodes are known."""
     if address is None:
         return
     env = os.environ if env is None else env
@@ -121,20 +128,133 @@ def check_cluster_setup(address: str | None, store_uri: str,
             f"{address} cannot see from its nodes: use a store every node reaches (S3/MinIO: "
             "--store s3://BUCKET/PREFIX, with VF_S3_ENDPOINT_URL for MinIO), or leave out "
             "--ray-address (and VF_RAY_ADDRESS) to start a local Ray on this machine")
-    if is_loopback(address_host(address)):
-        return  # the cluster runs on this machine (or behind a port-forward the user set up)
-    endpoint = env.get("VF_S3_ENDPOINT_URL")
+    if not is_loopback(address_host(address)):  # surely elsewhere: no need to ask it
+        check_nodes_reach(["remote"], address, env, api_url)
+
+
+def local_ips() -> set[str]:
+    """This machine's own addresses (a node at one of them is on this machine)."""
+    ips = {"127.0.0.1", "::1"}
+    with contextlib.suppress(OSError):
+        ips.update(socket.gethostbyname_ex(socket.gethostname())[2])
+    return ips
+
+
+def check_nodes_reach(node_ips: list[str], address: str, env: Mapping[str, str] | None = None,
+                      api_url: str | None = None) -> None:
+    """Refuse loopback store and Prefect URLs when any node of the cluster at ``address`` is
+    on another machine (``node_ips``; "remote" when only the address is known): the nodes
+    would read 127.0.0.1 as themselves. The fix names the setting: the cluster-side URL
+    (``VF_RAY_S3_ENDPOINT_URL`` / ``VF_RAY_PREFECT_API_URL``, e.g. in-cluster service
+    names behind a port-forward) or a routable one."""
+    env = os.environ if env is None else env
+    here = local_ips()
+    remote = [ip for ip in node_ips if ip not in here and not is_loopback(ip)]
+    if not remote:
+        return
+    where = f"the Ray nodes at {address}" + (
+        f" ({', '.join(sorted(set(remote))[:3])})" if remote != ["remote"] else "")
+    endpoint = env.get(CLUSTER_ENDPOINT) or env.get("VF_S3_ENDPOINT_URL")
     if endpoint and is_loopback(urlsplit(endpoint).hostname):
+        name = CLUSTER_ENDPOINT if env.get(CLUSTER_ENDPOINT) else "VF_S3_ENDPOINT_URL"
         raise ConfigError(
-            f"VF_S3_ENDPOINT_URL={endpoint} is this machine's loopback address, which the Ray "
-            f"nodes at {address} would read as their own: set it to an address they reach "
-            "(e.g. http://minio.example:9000)")
-    if not api_url or is_loopback(urlsplit(api_url).hostname):
+            f"{name}={endpoint} is this machine's loopback address, which {where} would read "
+            f"as their own: set {CLUSTER_ENDPOINT} to the store's address as the nodes see it "
+            "(e.g. http://minio.vf.svc:9000 behind a port-forward; docs/ray.md); nothing ran")
+    cluster_api = env.get(CLUSTER_API_URL) or api_url
+    if not cluster_api or is_loopback(urlsplit(cluster_api).hostname):
+        shown = cluster_api or "the temporary local Prefect server"
         raise ConfigError(
-            f"the Ray nodes at {address} must report to a Prefect server they reach, and "
-            f"{api_url if api_url else 'the temporary local one'} listens on this "
-            "machine's loopback only: run `prefect server start --host 0.0.0.0` and set "
-            "PREFECT_API_URL=http://THIS_HOST:4200/api")
+            f"{where} must report to a Prefect server they reach, and {shown} is this "
+            f"machine's loopback: set {CLUSTER_API_URL} to the server's address as the nodes "
+            "see it (e.g. http://prefect-server.vf.svc:4200/api), or PREFECT_API_URL to a "
+            "routable one (`prefect server start --host 0.0.0.0`); nothing ran")
+
+
+def fits(res, node: dict[str, float]) -> bool:
+    """Whether a Ray node (its resources) holds a step's needs (``Resources``)."""
+    return (node.get("CPU", 0) >= res.cpus and node.get("GPU", 0) >= res.gpus
+            and node.get("memory", float("inf")) >= res.memory_bytes)
+
+
+def fit_error(flow: str, kind: str, res, nodes: list[dict[str, float]]) -> str:
+    """The one line that refuses a step no node holds."""
+    biggest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0), n.get("memory", 0)),
+                  default={})
+    return (f"{flow}: {kind} steps need {res.cpus:g} CPUs, {res.gpus:g} GPUs and {res.memory} "
+            f"memory, and no Ray node holds that (the largest: {biggest.get('CPU', 0):g} "
+            f"CPUs, {biggest.get('GPU', 0):g} GPUs, {biggest.get('memory', 0) / 2**30:.1f} GiB "
+            f"of {len(nodes)} node(s)); lower it (--set resources.{kind}.cpus=... / .gpus=... "
+            "/ .memory=...) or add a node that large; nothing ran")
+
+
+def check_fit(flow: str, cfg, nodes_now, wait_s: float | None = None,
+              env: Mapping[str, str] | None = None, request=None) -> list[dict[str, float]]:
+    """Refuse, before anything runs, a flow with a step kind no node of the cluster can hold
+    (its needs from the resource table against each node's CPUs, GPUs and memory).
+    ``nodes_now()`` lists the nodes' resources; with ``wait_s`` (``VF_RAY_FIT_WAIT_S``:
+    a cluster with an autoscaler) it is asked again until a node fits or the time is up,
+    after ``request(bundle)`` (the autoscaler asked for such a node). Returns the nodes last
+    seen."""
+    import importlib
+
+    from tasks.plans import FLOW_CONFIGS
+
+    env = os.environ if env is None else env
+    if wait_s is None:
+        wait_s = float(env.get("VF_RAY_FIT_WAIT_S") or FIT_WAIT_S)
+    kinds = sorted(set(importlib.import_module(FLOW_CONFIGS[flow].__module__)
+                       .STEP_KINDS.values()))
+    table = cfg.resources
+    deadline = time.monotonic() + wait_s
+    while True:
+        nodes = nodes_now()
+        unfit = [k for k in kinds if not any(fits(table.for_kind(k), n) for n in nodes)]
+        if not unfit:
+            return nodes
+        if time.monotonic() >= deadline:
+            raise ConfigError(fit_error(flow, unfit[0], table.for_kind(unfit[0]), nodes))
+        if wait_s:
+            get_logger("ray").info("waiting up to %gs for a Ray node that holds %s steps "
+                                   "(VF_RAY_FIT_WAIT_S)", wait_s, unfit[0])
+            if request is not None:
+                res = table.for_kind(unfit[0])
+                request({k: v for k, v in (("CPU", res.cpus), ("GPU", res.gpus),
+                                           ("memory", float(res.memory_bytes))) if v})
+            wait_s = 0.0  # said once
+        time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+
+
+def _flow_configs():
+    from tasks.plans import FLOW_CONFIGS
+
+    return FLOW_CONFIGS
+
+
+def ray_auth_token(env: Mapping[str, str] | None = None) -> str | None:
+    """The cluster's token for Ray's token authentication: ``RAY_AUTH_TOKEN``, else the file
+    at ``RAY_AUTH_TOKEN_PATH``, else Ray's own ``~/.ray/auth_token``; None without one.
+    A secret: never printed or logged."""
+    env = os.environ if env is None else env
+    if token := (env.get("RAY_AUTH_TOKEN") or "").strip():
+        return token
+    path = Path(env.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def use_ray_auth(env: dict[str, str] | None = None) -> bool:
+    """Switch this process's Ray client to token mode when a token is at hand and
+    ``RAY_AUTH_MODE`` is not set (Ray reads the token itself, from the same places)."""
+    env = os.environ if env is None else env
+    if env.get("RAY_AUTH_MODE"):
+        return env["RAY_AUTH_MODE"].lower() == "token"
+    if ray_auth_token(env) is None:
+        return False
+    env["RAY_AUTH_MODE"] = "token"
+    return True
 
 
 def configured_api_url() -> str | None:
@@ -185,6 +305,9 @@ def worker_runtime_env(api_url: str, env: Mapping[str, str] | None = None,
     auth = get_current_settings().api.auth_string  # set in a profile rather than the env
     if auth is not None:
         env_vars.setdefault("PREFECT_API_AUTH_STRING", auth.get_secret_value())
+    if env.get(CLUSTER_ENDPOINT):
+        env_vars["VF_S3_ENDPOINT_URL"] = env[CLUSTER_ENDPOINT]
+    api_url = env.get(CLUSTER_API_URL) or api_url
     env_vars.update({"PREFECT_API_URL": api_url, "VF_GIT_COMMIT": git_commit(),
                      "PREFECT_LOGGING_EXTRA_LOGGERS": "visionflows", "PYTHONUNBUFFERED": "1",
                      "RAY_USAGE_STATS_ENABLED": "0"})
@@ -198,11 +321,33 @@ class RaySession:
 
     address: str | None
     nodes: list[dict[str, float]] = field(default_factory=list)
+    ips: list[str] = field(default_factory=list)
+    # the Ray job of a `visionflows submit` this command runs as (read once, at connection)
+    job_id: str | None = field(default_factory=lambda: os.environ.get("VF_RAY_JOB_ID"))
 
     @property
     def local(self) -> bool:
         """A Ray started for this run on this machine (no address given)."""
         return self.address is None
+
+    def check_fit(self, flow: str, cfg) -> None:
+        """On a given cluster, refuse a flow with a step no node holds (see
+        :func:`check_fit`); a local Ray fits steps to this machine instead."""
+        if self.local or flow not in _flow_configs():
+            return
+        import ray
+        from ray.autoscaler.sdk import request_resources
+
+        def ask(bundle: dict[str, float]) -> None:
+            request_resources(bundles=[bundle])
+            asked.append(bundle)
+
+        asked: list = []
+        try:
+            self.nodes = check_fit(flow, cfg, lambda: _alive_nodes(ray), request=ask)
+        finally:
+            if asked:
+                request_resources(bundles=[])  # the steps themselves ask from now on
 
     def describe(self) -> str:
         where = "a local Ray started for this run" if self.local else f"Ray at {self.address}"
@@ -257,6 +402,10 @@ def _alive_nodes(ray) -> list[dict[str, float]]:
     return [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
 
 
+def _alive_ips(ray) -> list[str]:
+    return [n.get("NodeManagerAddress", "") for n in ray.nodes() if n.get("Alive")]
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None, *, connect_timeout_s: float | None = None,
                 num_cpus: int | None = None, num_gpus: int | None = None
@@ -274,6 +423,7 @@ def ray_session(address: str | None, *, connect_timeout_s: float | None = None,
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports from a run
     log = get_logger("ray")
     if address is not None:
+        use_ray_auth()  # the cluster's token, when one is at hand (docs/ray.md)
         probe(address, timeout)  # a dead address fails here, within the timeout
     with prefect_api_for_workers() as api_url:
         kwargs: dict[str, Any] = {"runtime_env": worker_runtime_env(api_url,
@@ -311,7 +461,9 @@ def ray_session(address: str | None, *, connect_timeout_s: float | None = None,
             raise RayUnavailableError(f"could not {what}: {type(exc).__name__}: {first}; "
                                       "nothing ran") from None
         try:
-            _SESSION = RaySession(address, _alive_nodes(ray))
+            _SESSION = RaySession(address, _alive_nodes(ray), _alive_ips(ray))
+            if address is not None:  # a port-forwarded address may hide remote nodes
+                check_nodes_reach(_SESSION.ips, address, api_url=api_url)
             log.info("task runner: %s", _SESSION.describe())
             yield _SESSION
         finally:

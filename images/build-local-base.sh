@@ -22,6 +22,9 @@
 #   VF_CONSTRAINTS     a constraints file; default: `pip freeze` of $PYTHON, so the image has
 #                      exactly the versions the tests ran with (torch's CUDA build included)
 #   PYTHON             the host Python (default python3) used for pip download and the wheel
+#   VF_RAY_IMAGE=1     also build the Ray-ready variant visionflows-tasks-ray: the same base
+#                      and pins plus the project's [ray] extra (ray[default], prefect-ray at
+#                      their versions in the constraints), for KubeRay (infra/k8s/ray/)
 #
 # Host CA certificates (/usr/local/share/ca-certificates/*.crt) go into the rootfs so apt and
 # pip inside the images trust a site's TLS proxy. The wheelhouse is served to the builds on
@@ -93,6 +96,19 @@ with zipfile.ZipFile(sys.argv[1]) as zf:
         if line.startswith("Requires-Dist:") and "extra ==" not in line:
             print(line.split(":", 1)[1].strip())
 PY
+# the [ray] extra's requirements (wheelhouse only: the base image stays the same)
+: >"$CTX/ray-requirements.txt"
+if [ "${VF_RAY_IMAGE:-0}" = 1 ]; then
+  "$PYTHON" - "$WHEEL" >"$CTX/ray-requirements.txt" <<'PY'
+import re, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as zf:
+    meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+    for line in zf.read(meta).decode().splitlines():
+        if line.startswith("Requires-Dist:") and re.search(r"extra == .ray.", line):
+            print(line.split(":", 1)[1].split(";")[0].strip())
+PY
+  [ -s "$CTX/ray-requirements.txt" ] || die "the wheel has no [ray] extra"
+fi
 if [ -n "${VF_CONSTRAINTS:-}" ]; then
   cp "$VF_CONSTRAINTS" "$CTX/constraints.txt"
 else
@@ -110,11 +126,12 @@ if [ -n "${VF_WHEELHOUSE:-}" ]; then
   OFFLINE="--no-index"
 else
   WH="$CACHE/wheelhouse"
-  STAMP=$(cat "$CTX/requirements.txt" "$CTX/constraints.txt" | sha)
+  STAMP=$(cat "$CTX/requirements.txt" "$CTX/ray-requirements.txt" "$CTX/constraints.txt" | sha)
   if [ "$(cat "$WH/.stamp-host" 2>/dev/null)" != "$STAMP" ]; then
     mkdir -p "$WH"
     log "pip download into $WH (first run: gigabytes for torch's CUDA build)"
-    "$PYTHON" -m pip download -q -d "$WH" -r "$CTX/requirements.txt" -c "$CTX/constraints.txt" \
+    "$PYTHON" -m pip download -q -d "$WH" -r "$CTX/requirements.txt" \
+      -r "$CTX/ray-requirements.txt" -c "$CTX/constraints.txt" \
       2> >(grep -v "is ignored: it is neither a file nor a directory" >&2) \
       || die "pip download failed: fix the host's pip access or set VF_WHEELHOUSE"
     echo "$STAMP" >"$WH/.stamp-host"
@@ -130,11 +147,11 @@ PY_IMAGE="visionflows-python:$SUITE-$( { docker image inspect -f '{{.Id}}' "$ROO
 docker build --force-rm --network host -f images/base.Dockerfile --target python -t "$PY_IMAGE" \
   --build-arg "ROOTFS_IMAGE=$ROOTFS_IMAGE" "$CTX" >"$CACHE/python-build.log" 2>&1 \
   || { tail -30 "$CACHE/python-build.log" >&2; die "python stage failed; see $CACHE/python-build.log"; }
-TARGET=$(cat "$CTX/requirements.txt" "$CTX/constraints.txt" <(docker image inspect -f '{{.Id}}' "$PY_IMAGE") | sha)
+TARGET=$(cat "$CTX/requirements.txt" "$CTX/ray-requirements.txt" "$CTX/constraints.txt" <(docker image inspect -f '{{.Id}}' "$PY_IMAGE") | sha)
 if [ "$(cat "$WH/.stamp-target" 2>/dev/null)" != "$TARGET" ]; then
   docker run --rm --network host -v "$WH:/wheelhouse" -v "$CTX:/ctx:ro" "$PY_IMAGE" \
     pip download -q $OFFLINE -d /wheelhouse --find-links /wheelhouse \
-      -r /ctx/requirements.txt -c /ctx/constraints.txt \
+      -r /ctx/requirements.txt -r /ctx/ray-requirements.txt -c /ctx/constraints.txt \
     || die "the wheelhouse lacks wheels for the image's Python (see above)"
   echo "$TARGET" >"$WH/.stamp-target"
 fi
@@ -173,8 +190,33 @@ t=$SECONDS
 IMAGE=$(BASE_IMAGE="$BASE_IMAGE" VF_PIP_ARGS="$PIP_ARGS" PYTHON="$PYTHON" \
   "$ROOT/images/build.sh" | tail -1)
 step "task image $IMAGE" "$t"
+if [ "${VF_RAY_IMAGE:-0}" = 1 ]; then
+  # the same base and pins, plus the [ray] extra at the constraints' versions
+  t=$SECONDS
+  PINS=$("$PYTHON" - "$CTX/ray-requirements.txt" "$CTX/constraints.txt" <<'PY'
+import re, sys
+pinned = {}
+for line in open(sys.argv[2]):
+    name, sep, version = line.strip().partition("==")
+    if sep:
+        pinned[re.sub(r"[-_.]+", "-", name).lower()] = version
+out = []
+for req in open(sys.argv[1]):
+    m = re.match(r"([A-Za-z0-9._-]+)(\[[^\]]*\])?", req.strip())
+    key = re.sub(r"[-_.]+", "-", m.group(1)).lower()
+    if key not in pinned:
+        sys.exit(f"build-local-base: error: {m.group(1)} (the [ray] extra) is not in the "
+                 "constraints: install it on the host first (pip install -e '.[ray]')")
+    out.append(f"{m.group(1)}{m.group(2) or ''}=={pinned[key]}")
+print(" ".join(out))
+PY
+) || die "no pins for the [ray] extra"
+  RAY_IMAGE=$(BASE_IMAGE="$BASE_IMAGE" VF_PIP_ARGS="$PIP_ARGS" PYTHON="$PYTHON" VF_EXTRAS=ray \
+    VF_EXTRA_PINS="$PINS" "$ROOT/images/build.sh" | tail -1)
+  step "Ray image $RAY_IMAGE ($PINS)" "$t"
+fi
 
 size() { docker image inspect -f '{{.Size}}' "$1" | awk '{printf "%.2f GB", $1 / 1e9}'; }
-log "rootfs $(size "$ROOTFS_IMAGE"), base $(size "$BASE_IMAGE"), task image $(size "$IMAGE")"
+log "rootfs $(size "$ROOTFS_IMAGE"), base $(size "$BASE_IMAGE"), task image $(size "$IMAGE")${RAY_IMAGE:+, Ray image $(size "$RAY_IMAGE")}"
 log "total $((SECONDS - T0))s"
 echo "$IMAGE"

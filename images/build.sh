@@ -22,7 +22,9 @@ rm -rf "$WHEEL" build/lib build/bdist.*
 [ -f "$WHEEL" ] || { echo "build.sh: $WHEEL was not built" >&2; exit 1; }
 TAG=$("$PYTHON" -m flows.launchers.images wheel-tag "$WHEEL")
 HASH=${TAG#"$VERSION"-}
-REPO=${VF_IMAGE_REPOSITORY:-visionflows-tasks}
+# VF_EXTRAS=ray (with VF_EXTRA_PINS): the Ray-ready variant, visionflows-tasks-ray
+EXTRAS=${VF_EXTRAS:+[$VF_EXTRAS]}
+REPO=${VF_IMAGE_REPOSITORY:-visionflows-tasks${VF_EXTRAS:+-$VF_EXTRAS}}
 IMAGE="$REPO:$TAG"
 COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then COMMIT="$COMMIT-dirty"; fi
@@ -37,7 +39,8 @@ fi
 args=(--force-rm --network host -f images/tasks.Dockerfile -t "$IMAGE"
       --build-arg "VF_VERSION=$VERSION" --build-arg "VF_SOURCE_HASH=$HASH"
       --build-arg "VF_GIT_COMMIT=$COMMIT" --build-arg "VF_IMAGE_TAG=$IMAGE"
-      --build-arg "VF_PIP_ARGS=${VF_PIP_ARGS:-}")
+      --build-arg "VF_PIP_ARGS=${VF_PIP_ARGS:-}" --build-arg "VF_EXTRAS=$EXTRAS"
+      --build-arg "VF_EXTRA_PINS=${VF_EXTRA_PINS:-}")
 if [ -n "${BASE_IMAGE:-}" ]; then args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE"); fi
 start=$SECONDS
 docker build "${args[@]}" . >&2

@@ -95,9 +95,23 @@ class RayCluster:
     def client_address(self) -> str:
         return f"ray://127.0.0.1:{self.client_port}"
 
-    # Ray's token authentication (on by default for new clusters) is off: only loopback
-    # exists in the namespace, and its token loader caches its mode per process.
-    auth_env = {"RAY_AUTH_MODE": "disabled"}
+    # the Ray dashboard (the Jobs API: ``visionflows submit``) on 127.0.0.1, or none
+    dashboard: bool = False
+    dashboard_port: int = field(default_factory=free_port)
+    # Ray's token authentication (on by default for new clusters) is off unless ``token``
+    # is given: only loopback exists in the namespace, and its token loader caches its
+    # mode per process (so a client process of a token cluster must be a new one).
+    token: str | None = None
+
+    @property
+    def auth_env(self) -> dict[str, str]:
+        if self.token:
+            return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
+        return {"RAY_AUTH_MODE": "disabled"}
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
 
     def _start(self, name: str, args: list[str]) -> None:
         log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
@@ -114,14 +128,41 @@ class RayCluster:
     def start(self, timeout_s: float = 240) -> RayCluster:
         self._start("head", ["--head", "--port", str(self.gcs_port),
                              "--ray-client-server-port", str(self.client_port),
-                             "--temp-dir", str(self.root / "t"), "--include-dashboard", "false",
+                             "--temp-dir", str(self.root / "t"), *self._dashboard_args(),
                              "--num-cpus", "4", "--num-gpus", "2"])
         self.wait_for_port(self.gcs_port, timeout_s)
-        self._start("node", ["--address", self.gcs_address, "--num-cpus", "2",
-                             "--num-gpus", "0"])
-        self.wait_for_nodes(2, timeout_s)
+        self.start_node(timeout_s)
         self.wait_for_port(self.client_port, timeout_s)
+        if self.dashboard:
+            self.wait_for_port(self.dashboard_port, timeout_s)
         return self
+
+    def _dashboard_args(self) -> list[str]:
+        if not self.dashboard:
+            return ["--include-dashboard", "false"]
+        return ["--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
+                "--dashboard-port", str(self.dashboard_port),
+                "--dashboard-agent-listen-port", str(free_port())]
+
+    def start_node(self, timeout_s: float = 240) -> None:
+        """The second node (2 CPUs, no GPU), joined to the head; again after a kill."""
+        alive = 1 + sum(p.poll() is None for p in self.procs[1:])
+        self._start(f"node{len(self.procs)}", [
+            "--address", self.gcs_address, "--num-cpus", "2", "--num-gpus", "0",
+            "--dashboard-agent-listen-port", str(free_port())])
+        self.wait_for_nodes(alive + 1, timeout_s)
+
+    def kill(self, which: int) -> float:
+        """SIGKILL node ``which`` (0: the head) and every process below it; the time."""
+        pids = descendants(self.procs[which].pid)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.procs[which].wait(timeout=10)
+        return time.time()
+
+    def node_pids(self, which: int) -> set[int]:
+        return set(descendants(self.procs[which].pid))
 
     def wait_for_port(self, port: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -132,10 +173,28 @@ class RayCluster:
             time.sleep(0.5)
         raise TimeoutError(f"Ray did not open port {port} in {timeout_s:g}s: {self.logs()}")
 
+    def alive_nodes(self) -> list[dict]:
+        """The dashboard's alive nodes (``node_id``, ``node_ip``, ``resources_total``)."""
+        import requests
+
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        body = requests.get(f"{self.dashboard_url}/api/v0/nodes?limit=100", headers=headers,
+                            timeout=10).json()
+        return [n for n in body["data"]["result"]["result"] if n["state"] == "ALIVE"]
+
     def wait_for_nodes(self, n: int, timeout_s: float) -> None:
         import ray
 
         deadline = time.monotonic() + timeout_s
+        if self.dashboard:  # no Ray client in this process (its auth mode is per process)
+            self.wait_for_port(self.dashboard_port, timeout_s)
+            while time.monotonic() < deadline:
+                self._check_alive()
+                with contextlib.suppress(Exception):
+                    if len(self.alive_nodes()) >= n:
+                        return
+                time.sleep(1)
+            raise TimeoutError(f"{n} Ray nodes not up in {timeout_s:g}s: {self.logs()}")
         ray.init(address=self.gcs_address, log_to_driver=False)
         try:
             while time.monotonic() < deadline:
@@ -148,8 +207,8 @@ class RayCluster:
         raise TimeoutError(f"{n} Ray nodes not up in {timeout_s:g}s: {self.logs()}")
 
     def _check_alive(self) -> None:
-        for p in self.procs:
-            if p.poll() is not None:
+        for p in self.procs[:2]:
+            if p.poll() is not None and p.returncode != -signal.SIGKILL:
                 raise RuntimeError(f"ray start exited with {p.returncode}: {self.logs()}")
 
     def logs(self) -> str:

@@ -73,6 +73,39 @@ def test_served_nightly_deployments_carry_the_regression_switch():
     assert deps["nightly/report"].parameters == {"store": "file:///s"}
 
 
+def test_served_nightly_ray_deployments_run_each_question_on_the_ray_runner(monkeypatch):
+    """``visionflows serve --ray-address A``: a paused ``nightly-ray`` per question (not the
+    report), whose entrypoint is the question's flow with the cluster Ray task runner; the
+    served runs find the address in VF_RAY_ADDRESS."""
+    pytest.importorskip("prefect_ray")
+    import importlib
+
+    from flows.deployments import RAY_DEPLOYMENT, build_deployments
+    from tasks.core.errors import ConfigError
+
+    monkeypatch.delenv("VF_RAY_ADDRESS", raising=False)
+    deps = build_deployments([*FLOWS, "report"], {"profile": "full"},
+                             ray_address="ray://head.vf.svc:10001")
+    assert os.environ["VF_RAY_ADDRESS"] == "ray://head.vf.svc:10001"
+    ray = {d.flow_name: d for d in deps if d.name == RAY_DEPLOYMENT}
+    assert set(ray) == set(FLOWS)
+    module = importlib.import_module("flows.ray_runner")
+    for name, dep in ray.items():
+        plain = next(d for d in deps if d.name == DEPLOYMENT and d.flow_name == name)
+        assert dep.paused and dep.parameters == plain.parameters, name
+        assert [s.schedule.cron for s in dep.schedules] == [NIGHTLY[name].cron]
+        path, attr = dep.entrypoint.split(":")
+        assert path == "flows/ray_runner.py" and (ROOT / path).is_file()
+        flow = getattr(module, attr)
+        assert flow.name == name
+        assert type(flow.task_runner).__name__ == "ClusterRayTaskRunner"
+    with pytest.raises(ConfigError, match="use ray://HOST:10001"):
+        build_deployments(["q1-mlp"], {}, ray_address="http://head:8265")
+    monkeypatch.delenv("VF_RAY_ADDRESS")
+    with pytest.raises(ConfigError, match="needs the Ray cluster's address: set VF_RAY_ADDRESS"):
+        module.ClusterRayTaskRunner().__enter__()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

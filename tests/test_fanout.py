@@ -68,7 +68,8 @@ def test_a_remote_cluster_must_reach_the_store_and_the_api():
     with pytest.raises(ConfigError, match="VF_S3_ENDPOINT_URL=http://127.0.0.1:9000"):
         check_cluster_setup(remote, "s3://b/p", {"VF_S3_ENDPOINT_URL": "http://127.0.0.1:9000"},
                             api_url="http://10.0.0.2:4200/api")
-    with pytest.raises(ConfigError, match="the temporary local one.*PREFECT_API_URL"):
+    with pytest.raises(ConfigError, match="the temporary local Prefect server.*"
+                                          "VF_RAY_PREFECT_API_URL"):
         check_cluster_setup(remote, "s3://b/p", {}, api_url=None)
     with pytest.raises(ConfigError, match="localhost:4200"):
         check_cluster_setup(remote, "s3://b/p", {}, api_url="http://localhost:4200/api")
@@ -76,6 +77,115 @@ def test_a_remote_cluster_must_reach_the_store_and_the_api():
                         api_url="http://10.0.0.2:4200/api")
     # a cluster on this machine (or a port-forward) reaches loopback services
     check_cluster_setup("127.0.0.1:6379", "s3://b/p", {"VF_S3_ENDPOINT_URL": "http://127.0.0.1:9"})
+
+
+def test_a_port_forwarded_cluster_with_remote_nodes_needs_cluster_side_urls():
+    """A loopback address (a port-forward) whose nodes are elsewhere: loopback URLs are
+    refused naming the cluster-side setting, which then goes to the workers."""
+    from flows.runners import check_nodes_reach
+
+    fwd, nodes = "ray://127.0.0.1:10001", ["10.1.2.3", "10.1.2.4"]
+    loop = {"VF_S3_ENDPOINT_URL": "http://127.0.0.1:9000"}
+    with pytest.raises(ConfigError, match=r"VF_S3_ENDPOINT_URL=http://127.0.0.1:9000 .*"
+                                          r"\(10.1.2.3, 10.1.2.4\).*set VF_RAY_S3_ENDPOINT_URL"):
+        check_nodes_reach(nodes, fwd, loop, api_url="http://10.0.0.2:4200/api")
+    inside = {**loop, "VF_RAY_S3_ENDPOINT_URL": "http://minio.vf.svc:9000"}
+    with pytest.raises(ConfigError, match="127.0.0.1:4200/api is this machine's loopback: "
+                                          "set VF_RAY_PREFECT_API_URL"):
+        check_nodes_reach(nodes, fwd, inside, api_url="http://127.0.0.1:4200/api")
+    both = {**inside, "VF_RAY_PREFECT_API_URL": "http://prefect.vf.svc:4200/api"}
+    check_nodes_reach(nodes, fwd, both, api_url="http://127.0.0.1:4200/api")
+    check_nodes_reach(["127.0.0.1"], fwd, loop, api_url=None)  # all on this machine
+    env = worker_runtime_env("http://127.0.0.1:4200/api", env=both)["env_vars"]
+    assert env["VF_S3_ENDPOINT_URL"] == "http://minio.vf.svc:9000"
+    assert env["PREFECT_API_URL"] == "http://prefect.vf.svc:4200/api"
+
+
+def test_steps_no_node_holds_are_refused_and_an_autoscaler_gets_a_bounded_wait():
+    from flows.runners import check_fit
+    from tasks.plans import resolve_config
+
+    cfg = resolve_config("q1-cnn", "smoke", {"resources": {"train": {"cpus": 2,
+                                                                      "memory": "4g"}}})
+    small = [{"CPU": 1.0, "memory": 8 * 2.0**30}, {"CPU": 1.0, "memory": 2 * 2.0**30}]
+    with pytest.raises(ConfigError) as err:
+        check_fit("q1-cnn", cfg, lambda: small, wait_s=0)
+    assert str(err.value) == (
+        "q1-cnn: train steps need 2 CPUs, 0 GPUs and 4g memory, and no Ray node holds that "
+        "(the largest: 1 CPUs, 0 GPUs, 8.0 GiB of 2 node(s)); lower it (--set "
+        "resources.train.cpus=... / .gpus=... / .memory=...) or add a node that large; "
+        "nothing ran")
+    big = {"CPU": 4.0, "memory": 16 * 2.0**30}
+    seen = iter([small, small, [*small, big]])  # an autoscaler adds a node on the third look
+    asked: list = []
+    assert check_fit("q1-cnn", cfg, lambda: next(seen), wait_s=30,
+                     request=asked.append) == [*small, big]
+    assert asked == [{"CPU": 2.0, "memory": 4.0 * 2**30}]  # the autoscaler, asked once
+    start = datetime.now().timestamp()
+    with pytest.raises(ConfigError, match="train steps need 2 CPUs"):
+        check_fit("q1-cnn", cfg, lambda: small, wait_s=0.5)
+    assert datetime.now().timestamp() - start < 5
+
+
+def test_ray_token_comes_from_the_environment_or_rays_token_file(tmp_path):
+    from flows.runners import ray_auth_token, use_ray_auth
+    from flows.submit import auth_headers
+
+    file = tmp_path / "auth_token"
+    file.write_text("from-file\n")
+    assert ray_auth_token({"RAY_AUTH_TOKEN": "from-env", "RAY_AUTH_TOKEN_PATH": str(file)}) \
+        == "from-env"
+    assert ray_auth_token({"RAY_AUTH_TOKEN_PATH": str(file)}) == "from-file"
+    assert ray_auth_token({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "none")}) is None
+    assert auth_headers({"RAY_AUTH_TOKEN": "t0k"}) == {"Authorization": "Bearer t0k"}
+    env = {"RAY_AUTH_TOKEN_PATH": str(file)}
+    assert use_ray_auth(env) and env["RAY_AUTH_MODE"] == "token"
+    env = {"RAY_AUTH_TOKEN": "x", "RAY_AUTH_MODE": "disabled"}  # the user's choice stands
+    assert not use_ray_auth(env) and env["RAY_AUTH_MODE"] == "disabled"
+
+
+def test_submit_refuses_bad_input_before_contacting_a_cluster(tmp_path, capsys):
+    from flows.cli import main
+
+    cases = [
+        (["--ray-address", "ray://h:10001", "q1-mlp"], "the Ray dashboard's address"),
+        (["--ray-address", "http://127.0.0.1:9", "q1-mlp", "--store", f"file://{tmp_path}"],
+         "is a folder on this machine"),
+        (["--ray-address", "http://127.0.0.1:9", "q1-mlp", "--task-runner", "thread"],
+         "drop --task-runner/--ray-address"),
+        (["--ray-address", "http://127.0.0.1:9", "q1-mlp", "--set", "epochs=-1"], "epochs"),
+        (["--ray-address", "http://127.0.0.1:9", "--status", "j", "--stop", "j"],
+         "one of --status/--logs/--stop"),
+        (["--ray-address", "http://127.0.0.1:9", "q1-mlp", "--store", "s3://b/p"],
+         "the Ray dashboard at http://127.0.0.1:9 does not answer"),
+    ]
+    for args, message in cases:
+        code = main(["submit", *args])
+        err = capsys.readouterr().err
+        assert code in (1, 2) and message in err, (args, err)
+        assert len(err.strip().splitlines()) == 1, err
+
+
+def test_the_driver_refuses_a_cluster_environment_unlike_the_submitters(capsys):
+    from flows.submit import driver_main, local_versions
+
+    wrong = {**local_versions(), "torch": "0.0.1"}
+    assert driver_main([__import__("json").dumps(wrong), "run", "q1-mlp"]) == 3
+    err = capsys.readouterr().err
+    assert "torch 0.0.1 here" in err and "nothing ran" in err
+
+
+def test_submitted_job_environment_has_cluster_side_urls_and_the_job(monkeypatch):
+    from flows.submit import job_env
+
+    env = {**ENV, "VF_S3_ENDPOINT_URL": "http://127.0.0.1:9000",
+           "VF_RAY_S3_ENDPOINT_URL": "http://minio.vf.svc:9000",
+           "VF_RAY_PREFECT_API_URL": "http://prefect.vf.svc:4200/api", "UNRELATED": "x"}
+    v = job_env("vf-q1-mlp-r1-1", env)
+    assert v["VF_S3_ENDPOINT_URL"] == "http://minio.vf.svc:9000"
+    assert v["PREFECT_API_URL"] == "http://prefect.vf.svc:4200/api"
+    assert v["VF_RAY_JOB_ID"] == "vf-q1-mlp-r1-1" and v["RAY_OVERRIDE_JOB_RUNTIME_ENV"] == "1"
+    assert v["AWS_SECRET_ACCESS_KEY"] == ENV["AWS_SECRET_ACCESS_KEY"] and "UNRELATED" not in v
 
 
 def test_cli_refuses_a_folder_store_with_a_cluster_before_anything_runs(tmp_path, capsys):
@@ -247,3 +357,58 @@ def test_thread_pool_runs_at_most_parallel_steps_in_order(prefect_harness, tmp_p
     out = _sleeps(store, parallel, 4)
     assert [m["prefix"] for m in out] == [f"runs/fan/{parallel}/s{i}" for i in range(4)]
     assert _most_at_once(out) == parallel
+
+
+class _FakeJobs:
+    """A JobSubmissionClient stand-in: logs that end in Ctrl-C, or a job that ends."""
+
+    def __init__(self, chunks, interrupt=False, status="RUNNING", message=""):
+        self.chunks, self.interrupt, self.status, self.message = chunks, interrupt, status, message
+        self.stopped = False
+
+    async def tail_job_logs(self, job_id):
+        for c in self.chunks:
+            yield c
+        if self.interrupt:
+            raise KeyboardInterrupt
+
+    def get_job_info(self, job_id):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(status=self.status, message=self.message, metadata={})
+
+    def get_job_status(self, job_id):
+        return self.status
+
+    def stop_job(self, job_id):
+        self.stopped, self.status = True, "STOPPED"
+        return True
+
+
+def test_submit_follow_ctrl_c_detaches_or_stops(capsys, monkeypatch):
+    from flows.submit import follow
+
+    url = "http://head:8265"
+    jobs = _FakeJobs(["epoch 1\n"], interrupt=True)
+    assert follow(jobs, url, "vf-job-1", interactive=False) == 0
+    out = capsys.readouterr()
+    assert "epoch 1" in out.out and not jobs.stopped
+    assert ("detached from Ray job vf-job-1; it keeps running. follow it with: visionflows "
+            "submit --ray-address http://head:8265 --logs vf-job-1; stop it with: "
+            "visionflows submit --ray-address http://head:8265 --stop vf-job-1") in out.err
+    jobs = _FakeJobs([], interrupt=True)
+    monkeypatch.setattr("builtins.input", lambda prompt: "s")
+    assert follow(jobs, url, "vf-job-2", interactive=True) == 0
+    assert jobs.stopped and "Ray job vf-job-2: STOPPED" in capsys.readouterr().err
+
+
+def test_submit_follow_reports_the_outcome_or_a_lost_head(capsys):
+    from flows.submit import JobError, follow
+
+    assert follow(_FakeJobs(["done\n"], status="SUCCEEDED"), "http://h:8265", "j") == 0
+    assert follow(_FakeJobs([], status="STOPPED"), "http://h:8265", "j") == 130
+    with pytest.raises(JobError, match="Ray job j failed: exit code 3"):
+        follow(_FakeJobs([], status="FAILED", message="exit code 3"), "http://h:8265", "j")
+    with pytest.raises(JobError, match="lost the Ray cluster at http://h:8265 while following "
+                                       "job j .*resubmit with --run-id r1"):
+        follow(_FakeJobs([], status="RUNNING"), "http://h:8265", "j", run_id="r1")

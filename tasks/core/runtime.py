@@ -313,23 +313,30 @@ def git_commit() -> str:
 
 
 def ray_context() -> dict[str, Any] | None:
-    """Where this process runs on Ray (node id, worker pid, the GPU ids Ray assigned), or
-    None off Ray. A task's child process (the subprocess or docker launcher inside a Ray
-    worker) reads what its worker passed on: ``VF_RAY_NODE_ID``, ``VF_RAY_WORKER_PID``."""
+    """Where this process runs on Ray (node id, worker pid, the GPU ids Ray assigned, the
+    Ray job id of a ``visionflows submit``), or None off Ray. A task's child process (the
+    subprocess or docker launcher inside a Ray worker) reads what its worker passed on:
+    ``VF_RAY_NODE_ID``, ``VF_RAY_WORKER_PID``."""
     ray = sys.modules.get("ray")  # never imported here: only a Ray worker has it loaded
     if ray is not None:
         try:
             if ray.is_initialized():
                 ctx = ray.get_runtime_context()
                 if ctx.get_task_id() is not None:  # inside a Ray task, not a driver
-                    return {"node_id": ctx.get_node_id(), "worker_pid": os.getpid(),
-                            "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+                    out = {"node_id": ctx.get_node_id(), "worker_pid": os.getpid(),
+                           "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+                    if job := os.environ.get("VF_RAY_JOB_ID"):  # a visionflows submit
+                        out["job_id"] = job
+                    return out
         except Exception:  # noqa: BLE001 - provenance never fails a task
             pass
     if node := os.environ.get("VF_RAY_NODE_ID"):
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-        return {"node_id": node, "worker_pid": int(os.environ.get("VF_RAY_WORKER_PID") or 0),
-                "gpu_ids": [g for g in visible.split(",") if g]}
+        out = {"node_id": node, "worker_pid": int(os.environ.get("VF_RAY_WORKER_PID") or 0),
+               "gpu_ids": [g for g in visible.split(",") if g]}
+        if job := os.environ.get("VF_RAY_JOB_ID"):
+            out["job_id"] = job
+        return out
     return None
 
 
