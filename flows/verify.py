@@ -42,12 +42,13 @@ NOT_RECOMPUTED = {"model.promote": "promotes a champion (an effect outside its p
                   "report.trend": "reads the run history of the store"}
 # Metric and history keys that measure the machine, not the model.
 MEASUREMENT = re.compile(r"(^|[/_.])(time|times|time_s|seconds|duration|duration_s|threads|"
-                         r"throughput|per_s|hostname|pid|started_at|finished_at)($|[/_.])"
-                         r"|_s$|/s$")
+                         r"throughput|per_s|hostname|pid|started|started_at|finished|"
+                         r"finished_at|date|speed|speed_ms)($|[/_.])|_s$|/s$|_ms$")
 # Binary outputs whose bytes hold such measurements (a checkpoint's history, ultralytics'
-# results table and weights, which carry a date): compared through the metrics. JSON outputs
-# are compared by content, measurements set aside.
-VOLATILE_OUTPUTS = re.compile(r"(^|/)(last|best|results|train_state)(\.(csv|pt))?$")
+# results table and weights, which carry a date; its args.yaml, which names its scratch
+# folder): compared through the metrics. JSON outputs are compared by content, measurements
+# set aside, with the recomputation's own prefix read as the stored one's.
+VOLATILE_OUTPUTS = re.compile(r"(^|/)(last|best|results|train_state|args)(\.(csv|pt|yaml))?$")
 SCRATCH = "verify"
 
 
@@ -138,12 +139,15 @@ def _numbers(prefix: str, value: Any, out: dict[str, Any]) -> None:
 
 
 def compare_values(stored: dict[str, Any], now: dict[str, Any], tolerance: float,
-                   check: StepCheck, what: str) -> None:
-    """Compare two nested dicts of metrics (or history rows) into ``check``."""
+                   check: StepCheck, what: str, rename: tuple[str, str] | None = None) -> None:
+    """Compare two nested dicts of metrics (or history rows) into ``check``; ``rename``
+    ``(new, old)``: the recomputation's prefix, read as the stored one's in strings."""
     a: dict[str, Any] = {}
     b: dict[str, Any] = {}
     _numbers("", stored, a)
     _numbers("", now, b)
+    if rename:
+        b = {k: v.replace(*rename) if isinstance(v, str) else v for k, v in b.items()}
     for key in sorted(set(a) | set(b)):
         if MEASUREMENT.search(key.split("[")[-1].split("]")[-1] or key):
             label = f"{what}:{key}"
@@ -169,8 +173,8 @@ def compare_values(stored: dict[str, Any], now: dict[str, Any], tolerance: float
 
 
 def compare_manifests(stored: Manifest, now: Manifest, tolerance: float,
-                      check: StepCheck, stores: tuple[Store, Store] | None = None
-                      ) -> StepCheck:
+                      check: StepCheck, stores: tuple[Store, Store] | None = None,
+                      rename: tuple[str, str] | None = None) -> StepCheck:
     """Fill ``check`` with how ``now`` (recomputed) differs from ``stored``; ``stores``
     (where each lives) lets JSON outputs whose bytes differ be compared by content."""
     compare_values(stored.metrics, now.metrics, tolerance, check, "metric")
@@ -194,7 +198,7 @@ def compare_manifests(stored: Manifest, now: Manifest, tolerance: float,
                 before = len(check.differences)
                 compare_values({"v": stores[0].get_json(key)},
                                {"v": stores[1].get_json(now.outputs[name])}, tolerance, check,
-                               f"output {name}")
+                               f"output {name}", rename)
                 if len(check.differences) == before:
                     check.outputs_differ.append(name)  # in measurements only
             elif VOLATILE_OUTPUTS.search(name):
@@ -261,7 +265,8 @@ def verify_run(store_uri: str, flow: str, ref: str = "latest", steps: str | None
             fresh = launch(stored.task, cfg, target, launcher)
             check.seconds = time.monotonic() - started
             compare_manifests(stored, fresh, tolerance, check,
-                              stores=(store, open_store(target)))
+                              stores=(store, open_store(target)),
+                              rename=None if shared else (cfg["out"], stored.prefix))
             out(check.line())
     finally:  # the scratch results (and a scratch store of datasets) never stay
         for prefix in (scratch, join(SCRATCH, attempt)):

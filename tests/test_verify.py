@@ -207,3 +207,22 @@ def test_a_file_key_used_as_a_prefix_is_simply_missing(tmp_path):
     assert find_manifest(st, "runs/x/labels.npy") is None
     with pytest.raises(MissingKeyError):
         st.get_bytes("runs/x/labels.npy/manifest.json")
+
+
+def test_the_recomputations_own_prefix_reads_as_the_stored_one(tmp_path):
+    from flows.verify import StepCheck, compare_manifests
+    from tasks.core.store import open_store
+
+    st = open_store(f"file://{tmp_path}/s")
+    st.put_json("runs/r/t/state.json", {"config": {"out": "runs/r/t"}, "started": 1.0})
+    st.put_json("verify/x/t/state.json", {"config": {"out": "verify/x/t"}, "started": 9.0})
+    dig = {"state": {"sha256": "1", "size": 1}}
+    old = _manifest({"speed_ms/inference": 8.3}, digests=dig,
+                    outputs={"state": "runs/r/t/state.json"})
+    new = _manifest({"speed_ms/inference": 21.0}, digests={"state": {"sha256": "2", "size": 1}},
+                    outputs={"state": "verify/x/t/state.json"})
+    check = compare_manifests(old, new, 0.0, StepCheck("s", "t"), stores=(st, st),
+                              rename=("verify/x/t", "runs/r/t"))
+    assert check.verdict == "identical", check.differences
+    unrenamed = compare_manifests(old, new, 0.0, StepCheck("s", "t"), stores=(st, st))
+    assert unrenamed.verdict == "DIFFERENT"
