@@ -334,3 +334,39 @@ def test_interval_check_edges():
     high = {"c": Cell("c", [{"m": 0.99}])}
     assert interval_check(three, high, "m", "min", "r0")["drop"] is True
     assert interval_check(three, high, "m", "max", "r0")["drop"] is False
+
+
+# ---------------------------------------------------------------- the docs table
+
+def test_fidelity_table_from_step_manifests_with_pending_cells(store, capsys):
+    from tasks.q1.fidelity import main as fidelity
+
+    base = "runs/q1-cnn/20260101T000000Z-abc123"
+    for k, (dev, test) in enumerate(zip([0.912, 0.914, 0.916], [0.900, 0.902, 0.904],
+                                        strict=True)):
+        cid = "cnn_pool_bn-d0.4" + (f"-seed{k}" if k else "")
+        put_manifest(store, "classifier.train", f"{base}/train-{cid}", {"seed": k},
+                     {"dev/accuracy": dev, "test/accuracy": test, "train/time_s": 50.0})
+        put_manifest(store, "classifier.evaluate", f"{base}/eval-{cid}", {},
+                     {"test/accuracy": test})
+    put_manifest(store, "classifier.train", f"{base}/train-cnn-d0", {"seed": 0},
+                 {"dev/accuracy": 0.90, "test/accuracy": 0.89, "train/time_s": 50.0})
+    put_manifest(store, "classifier.evaluate", f"{base}/eval-cnn-d0", {},
+                 {"test/accuracy": 0.89})
+    assert fidelity(["--store", store.uri, "--flow", "q1-cnn"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Run `20260101T000000Z-abc123` (q1-cnn, profile full)")
+    # manifests written by put_manifest last 1 s each: train + eval per seed
+    assert ("| dropout 0.4 (`cnn_pool_bn-d0.4`) | 3 of 3 | 91.40 ± 0.20 (91.20, 91.40, "
+            "91.60) | 90.20 ± 0.20 (90.00, 90.20, 90.40) | [89.70, 90.70] | 91.38 / 90.93 | "
+            "dev: the reference lies inside our 95 % interval [90.90, 91.90] (n=3); the "
+            "reference minus our mean: -0.02 points; test: the reference lies above our 95 % "
+            "interval [89.70, 90.70] (n=3) by 0.23 points; the reference minus our mean: +0.73 "
+            "points | 0.1 min |") in out
+    assert ("| (c) no pooling (`cnn-d0`) | 1 of 3 | 90.00 (one run: 90.00) | 89.00 (one run: "
+            "89.00) | one run: no interval | — | — | 0.0 min |") in out
+    assert "| dropout 0.1 (`cnn_pool_bn-d0.1`) | 0 of 3 | — | pending | — | — | pending |" in out
+    assert "Pending (not all seeds stored yet): cnn-d0, cnn_pool_bn-d0, " in out
+    assert "(d) max-pool + BN = dropout 0 (`cnn_pool_bn-d0`)" in out
+    assert fidelity(["--store", f"file://{store.root}-empty", "--flow", "q1-mlp"]) == 2
+    assert "no q1-mlp run in" in capsys.readouterr().err
