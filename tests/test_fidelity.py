@@ -353,6 +353,8 @@ def test_fidelity_table_from_step_manifests_with_pending_cells(store, capsys):
                  {"dev/accuracy": 0.90, "test/accuracy": 0.89, "train/time_s": 50.0})
     put_manifest(store, "classifier.evaluate", f"{base}/eval-cnn-d0", {},
                  {"test/accuracy": 0.89})
+    put_manifest(store, "classifier.train", f"{base}/train-cnn_pool_bn-d0.2", {"seed": 0},
+                 {"dev/accuracy": 0.91, "test/accuracy": 0.905, "train/time_s": 50.0})
     assert fidelity(["--store", store.uri, "--flow", "q1-cnn"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("Run `20260101T000000Z-abc123` (q1-cnn, profile full)")
@@ -366,6 +368,8 @@ def test_fidelity_table_from_step_manifests_with_pending_cells(store, capsys):
     assert ("| (c) no pooling (`cnn-d0`) | 1 of 3 | 90.00 (one run: 90.00) | 89.00 (one run: "
             "89.00) | one run: no interval | — | — | 0.0 min |") in out
     assert "| dropout 0.1 (`cnn_pool_bn-d0.1`) | 0 of 3 | — | pending | — | — | pending |" in out
+    assert ("| dropout 0.2 (`cnn_pool_bn-d0.2`) | 1 of 3 (1 not evaluated yet: test from its "
+            "training's last epoch) | 91.00 (one run: 91.00) | 90.50 (one run: 90.50) |") in out
     assert "Pending (not all seeds stored yet): cnn-d0, cnn_pool_bn-d0, " in out
     assert "(d) max-pool + BN = dropout 0 (`cnn_pool_bn-d0`)" in out
     assert fidelity(["--store", f"file://{store.root}-empty", "--flow", "q1-mlp"]) == 2

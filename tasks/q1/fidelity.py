@@ -52,22 +52,23 @@ def cell_rows(store: Store, flow: str, run_id: str) -> list[dict[str, Any]]:
     rows = []
     for cid in [c for c in cells if not SEED.search(c)]:
         seeds = [cid, *[c for c in cells if SEED.sub("", c) == cid and c != cid]]
-        done = []
+        done = []  # (training, its evaluation or None while that is still to run)
         for sid in seeds:
             tr = find_manifest(store, join(base, f"train-{sid}"))
-            ev = find_manifest(store, join(base, f"eval-{sid}"))
-            if tr is not None and ev is not None:
-                done.append((tr, ev))
+            if tr is not None:
+                done.append((tr, find_manifest(store, join(base, f"eval-{sid}"))))
         row: dict[str, Any] = {"cell": cid, "name": names.get(cid, cid), "planned": len(seeds),
-                               "n": len(done), "seeds": [int(t.config.get("seed", 0))
-                                                         for t, _ in done]}
+                               "n": len(done), "evaluated": sum(e is not None for _, e in done),
+                               "seeds": [int(t.config.get("seed", 0)) for t, _ in done]}
         for key in ("dev/accuracy", "test/accuracy"):
-            values = [float({**t.metrics, **e.metrics}[key]) for t, e in done
-                      if key in {**t.metrics, **e.metrics}]
+            # the evaluation's number; before it ran, the training's last epoch (the same
+            # model on the same split)
+            merged = [{**t.metrics, **(e.metrics if e else {})} for t, e in done]
+            values = [float(m[key]) for m in merged if key in m]
             row[key] = {"values": values, "mean": statistics.fmean(values) if values else None,
                         "std": statistics.stdev(values) if len(values) > 1 else None,
                         "interval": t_interval(values)}
-        row["wall_s"] = sum(t.duration_s + e.duration_s for t, e in done)
+        row["wall_s"] = sum(t.duration_s + (e.duration_s if e else 0.0) for t, e in done)
         row["train_s"] = sum(float(t.metrics.get("train/time_s", 0.0)) for t, _ in done)
         rows.append(row)
     return rows
@@ -95,7 +96,7 @@ def markdown(flow: str, run_id: str, rows: list[dict[str, Any]]) -> str:
     out = [f"Run `{run_id}` ({flow}, profile full): accuracy in %, mean ± std over the "
            "seeds (each seed's value); 95 % t-interval of the test mean.", "",
            "| cell | seeds | dev acc | test acc | test 95 % interval | reference "
-           "(dev / test) | where the reference lies | wall time |",
+           "(dev / test) | where the reference lies | wall time (train + eval steps) |",
            "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ci = r["test/accuracy"]["interval"]
@@ -108,7 +109,9 @@ def markdown(flow: str, run_id: str, rows: list[dict[str, Any]]) -> str:
             for k, v in ref.items()) or "—"
         if r["n"] == 0:
             where = "pending"
-        out.append(f"| {r['name']} (`{r['cell']}`) | {r['n']} of {r['planned']} | "
+        unevaluated = (f" ({r['n'] - r['evaluated']} not evaluated yet: test from its "
+                       "training's last epoch)" if r["evaluated"] < r["n"] else "")
+        out.append(f"| {r['name']} (`{r['cell']}`) | {r['n']} of {r['planned']}{unevaluated} | "
                    f"{_pct(r['dev/accuracy']) if r['dev/accuracy']['values'] else '—'} | "
                    f"{_pct(r['test/accuracy'])} | {span} | {refs} | {where} | "
                    f"{r['wall_s'] / 60:.1f} min |")
