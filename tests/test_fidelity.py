@@ -179,7 +179,7 @@ def test_q1_report_places_each_reference_number_against_our_interval(q1_report, 
     assert (choice["ours"], choice["reference"], choice["kind"]) == (0.3, 0.4, "choice")
     # our best against ours at the reference's choice: Welch over the seeds
     assert choice["position"].startswith("ours at dropout 0.4: 90.67 % ± 1.76 pts (n=3); "
-                                         "our best minus it: +0.0073 (Welch's t-test p=")
+                                         "our best minus it: +0.73 points (Welch's t-test p=")
     assert "within the seed-to-seed spread" in choice["position"]
     # at our best (0.3): dev 0.9138 inside [90.90, 91.90]; test 0.9093 above [89.70, 90.70]
     dev = rows["dev/accuracy at our best dropout"]

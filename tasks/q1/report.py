@@ -234,9 +234,11 @@ def _group_section(question: str, group: Group, store: Store,
                     d = metric_delta(other, mine)
                     kind = metric_kind(group.select_by)
                     there = _pm(_stats(ok[at_ref][1], ok[at_ref][2], group.select_by), kind)
+                    gap = (f"{100 * d['delta']:+.2f} points" if kind == "pct"
+                           else fmt(d["delta"], kind))
                     choice["position"] = (
                         f"ours at {group.key} {ref['best']!r}: {there}; our best minus it: "
-                        f"{d['delta']:+.4f} ({d['test']})")
+                        f"{gap} ({d['test']})")
                     text += f" {choice['position'][0].upper()}{choice['position'][1:]}."
             result["comparison"].append(choice)
             metric_keys = [k for k in ref if "/" in k]
