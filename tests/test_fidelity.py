@@ -374,3 +374,34 @@ def test_fidelity_table_from_step_manifests_with_pending_cells(store, capsys):
     assert "(d) max-pool + BN = dropout 0 (`cnn_pool_bn-d0`)" in out
     assert fidelity(["--store", f"file://{store.root}-empty", "--flow", "q1-mlp"]) == 2
     assert "no q1-mlp run in" in capsys.readouterr().err
+
+
+def test_split_spread_resamples_the_test_images_of_a_trained_cell(store):
+    """A real (tiny) Q1-CNN training on generated data: the last model's accuracy on every
+    test image is the dev and test accuracies weighted by their sizes, our test number is
+    the training's, and random splits of the same size spread around the whole's."""
+    from tasks.q1.fidelity import split_spread
+    from tasks.registry import run_task
+
+    data = run_task("fashion-mnist.fetch", {"source": "generate", "n_train": 300,
+                                            "n_test": 250}, store)
+    prefix = "runs/q1-cnn/r/train-cnn_pool_bn-d0.4"
+    tr = run_task("classifier.train", {
+        "out": prefix, "data": data.prefix, "model": "cnn_pool_bn", "dropout": 0.4,
+        "epochs": 1, "batch_size": 50, "normalize": True, "hflip": True,
+        "dev_fraction": 0.6, "device": "cpu"}, store)
+    r = split_spread(store, prefix, draws=500)
+    assert r["n_test"] == 100 and r["draws"] == 500 and r["epoch"] == 1
+    assert r["test"] == pytest.approx(tr.metrics["test/accuracy"], abs=1e-12)
+    assert r["dev"] == pytest.approx(tr.metrics["dev/accuracy"], abs=1e-12)
+    assert r["all"] == pytest.approx(0.6 * r["dev"] + 0.4 * r["test"], abs=1e-12)
+    assert r["random_mean"] == pytest.approx(r["all"], abs=0.02)
+    # sampling 100 of 250 without replacement: sd = sqrt(p(1-p)/100 * 150/249)
+    p = r["all"]
+    assert r["random_std"] == pytest.approx(math.sqrt(p * (1 - p) / 100 * 150 / 249), rel=0.15)
+    from tasks.core.errors import ConfigError
+
+    mlp = run_task("classifier.train", {"out": "runs/q1-mlp/r/train-b64", "data": data.prefix,
+                                        "epochs": 1, "device": "cpu"}, store)
+    with pytest.raises(ConfigError, match="no dev split"):
+        split_spread(store, mlp.prefix)

@@ -122,14 +122,74 @@ def markdown(flow: str, run_id: str, rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def split_spread(store: Store, train_prefix: str, draws: int = 10_000, seed: int = 0
+                 ) -> dict[str, Any]:
+    """How far the test number moves with the choice of test images alone: a trained
+    Q1-CNN cell's last model on all 10,000 test images, on our dev / test split
+    (``split_seed``) and on ``draws`` random splits of the same sizes (no training)."""
+    import tempfile
+
+    import torch
+
+    from tasks.core.runtime import read_verified
+    from tasks.ml.loop import evaluate, make_loss
+    from tasks.q1.train import (
+        NUM_CLASSES,
+        TrainConfig,
+        build_model,
+        load_splits,
+        make_preprocess,
+        split_indices,
+    )
+
+    tr = read_verified(store, train_prefix)
+    tcfg = TrainConfig.model_validate(tr.config)
+    if tcfg.dev_fraction <= 0:
+        raise ConfigError(f"{train_prefix} has no dev split (dev_fraction 0): nothing to "
+                          "resample; use a Q1-CNN cell")
+    cpu = torch.device("cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = torch.load(store.get_file(tr.output_key("last"), f"{tmp}/last.pt"),
+                          map_location=cpu, weights_only=False)
+    model = build_model(tcfg)
+    model.load_state_dict(ckpt["model"])
+    full = load_splits(tcfg.model_copy(update={"dev_fraction": 0.0}), store, cpu)["test"]
+    ev = evaluate(model, full, batch_size=1000, loss_fn=make_loss(tcfg.loss, NUM_CLASSES),
+                  preprocess=make_preprocess(tcfg), return_predictions=True)
+    correct = (ev["predictions"] == full.y.cpu()).double()
+    n = len(correct)
+    dev_idx, test_idx = split_indices(n, tcfg.dev_fraction, tcfg.split_seed)
+    gen = torch.Generator().manual_seed(seed)
+    n_dev = len(dev_idx)
+    accs = torch.stack([correct[torch.randperm(n, generator=gen)[n_dev:]].mean()
+                        for _ in range(draws)])
+    ours = float(correct[test_idx].mean())
+    return {"cell": train_prefix, "epoch": int(ckpt["epoch"]), "all": float(correct.mean()),
+            "dev": float(correct[dev_idx].mean()), "test": ours, "n_test": len(test_idx),
+            "draws": draws, "random_mean": float(accs.mean()), "random_std": float(accs.std()),
+            "below_ours": float((accs < ours).double().mean())}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tasks.q1.fidelity", description=__doc__
                                  .split("\n\n")[0])
     ap.add_argument("--store", required=True, help="store URI, e.g. file:///work/real/store")
     ap.add_argument("--flow", choices=sorted(CELLS), required=True)
     ap.add_argument("--run-id", default=None, help="default: the newest run of the flow")
+    ap.add_argument("--splits", default=None, metavar="CELL", help="instead: how the test "
+                    "accuracy of this trained Q1-CNN cell (e.g. cnn_pool_bn-d0.4) moves over "
+                    "random dev/test splits of the 10,000 test images")
     args = ap.parse_args(argv)
     store = open_store(args.store)
+    if args.splits:
+        run_id = args.run_id or latest_run(store, args.flow)
+        r = split_spread(store, join("runs", args.flow, run_id, f"train-{args.splits}"))
+        print(f"{r['cell']} (epoch {r['epoch']}): all 10,000 test images "
+              f"{100 * r['all']:.2f} %; our split: dev {100 * r['dev']:.2f} %, test "
+              f"{100 * r['test']:.2f} % ({r['n_test']:,} images); {r['draws']:,} random "
+              f"splits: test {100 * r['random_mean']:.2f} ± {100 * r['random_std']:.2f} %, "
+              f"ours above {100 * r['below_ours']:.0f} % of them")
+        return 0
     try:
         run_id = args.run_id or latest_run(store, args.flow)
     except ConfigError as exc:
