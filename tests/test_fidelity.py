@@ -405,3 +405,27 @@ def test_split_spread_resamples_the_test_images_of_a_trained_cell(store):
                                         "epochs": 1, "device": "cpu"}, store)
     with pytest.raises(ConfigError, match="no dev split"):
         split_spread(store, mlp.prefix)
+
+
+def test_compare_table_shows_intervals_and_seeds_of_repeated_runs():
+    from tasks.reporting.compare import Cell, Comparer, _cell_table
+
+    class Two(Comparer):
+        primary, secondary = "test/accuracy", ()
+
+    a = {"b64": Cell("b64", [{"test/accuracy": v} for v in (0.90, 0.91, 0.92)])}
+    b = {"b64": Cell("b64", [{"test/accuracy": v} for v in (0.80, 0.81, 0.82)])}
+    table, data = _cell_table(Two(), a, b)
+    assert table.columns[5:10] == ["A 95 % interval", "B 95 % interval", "A per seed",
+                                   "B per seed", "B's mean"]
+    row = table.rows[0]
+    assert row[:5] == ["b64", "test/accuracy (primary)", "0.9100 ± 0.0100 (3)",
+                       "0.8100 ± 0.0100 (3)", "-0.1000"]
+    assert row[5:10] == ["[0.8852, 0.9348]", "[0.7852, 0.8348]", "0.9000, 0.9100, 0.9200",
+                         "0.8000, 0.8100, 0.8200", "below A's interval"]
+    assert data["b64"]["test/accuracy"]["b_in_a"] == "below"
+    one = {"b64": Cell("b64", [{"test/accuracy": 0.9}])}
+    table, _ = _cell_table(Two(), one, {"b64": Cell("b64", [{"test/accuracy": 0.8}])})
+    assert table.columns == ["cell", "metric", "A", "B", "B - A"]
+    table, _ = _cell_table(Two(), one, b)  # one side repeated: A has no interval
+    assert table.rows[0][5] == "one run: no interval" and table.rows[0][9] == "—"
