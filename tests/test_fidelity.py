@@ -367,7 +367,8 @@ def test_fidelity_table_from_step_manifests_with_pending_cells(store, capsys):
             "points | 0.1 min |") in out
     assert ("| (c) no pooling (`cnn-d0`) | 1 of 3 | 90.00 (one run: 90.00) | 89.00 (one run: "
             "89.00) | one run: no interval | — | — | 0.0 min |") in out
-    assert "| dropout 0.1 (`cnn_pool_bn-d0.1`) | 0 of 3 | — | pending | — | — | pending |" in out
+    assert ("| dropout 0.1 (`cnn_pool_bn-d0.1`) | 0 of 3 | pending | pending | — | — | "
+            "pending |") in out
     assert ("| dropout 0.2 (`cnn_pool_bn-d0.2`) | 1 of 3 (1 not evaluated yet: test from its "
             "training's last epoch) | 91.00 (one run: 91.00) | 90.50 (one run: 90.50) |") in out
     assert "Pending (not all seeds stored yet): cnn-d0, cnn_pool_bn-d0, " in out

@@ -111,8 +111,9 @@ def markdown(flow: str, run_id: str, rows: list[dict[str, Any]]) -> str:
             where = "pending"
         unevaluated = (f" ({r['n'] - r['evaluated']} not evaluated yet: test from its "
                        "training's last epoch)" if r["evaluated"] < r["n"] else "")
+        dev = _pct(r["dev/accuracy"]) if r["dev/accuracy"]["values"] or not r["n"] else "—"
         out.append(f"| {r['name']} (`{r['cell']}`) | {r['n']} of {r['planned']}{unevaluated} | "
-                   f"{_pct(r['dev/accuracy']) if r['dev/accuracy']['values'] else '—'} | "
+                   f"{dev} | "
                    f"{_pct(r['test/accuracy'])} | {span} | {refs} | {where} | "
                    f"{r['wall_s'] / 60:.1f} min |")
     total = sum(r["wall_s"] for r in rows)
