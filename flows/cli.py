@@ -383,6 +383,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
             if r.get("metric"):
                 flags = ("  NEW CHAMPION" if r["promoted"] else "") + (
                     "  REGRESSION" if r["regression"] else "")
+                check = r.get("interval")
+                if check and check.get("interval"):
+                    flags += (f"  {check['short']} (champion {check['reference_run']}, "
+                              f"{check['cell']}, mean of {check['n']})")
                 print(f"  {r['run_id']}  {r['metric']}={r['value']:.4f}{flags}")
             else:
                 print(f"  {r['run_id']}  {r['status']} (ok {r['ok']}, rejected {r['rejected']})")

@@ -1,8 +1,9 @@
-"""Every question's comparer by flow name, and the tasks ``report.compare`` and
-``report.trend`` (no Prefect). It sits on top of the questions' ``compare`` modules
-(``tasks/q<N>/compare.py``: what a cell is, which images go side by side, per-class
-numbers) and the shared machinery (``tasks/reporting/compare.py``, ``trend.py``), which
-never imports a question.
+"""Every question's comparer by flow name, and the tasks ``report.compare``,
+``report.trend`` and ``report.final`` (no Prefect; the last two get each question's cells
+from its comparer, for the check against a recorded interval). It sits on top of the
+questions' ``compare`` modules (``tasks/q<N>/compare.py``: what a cell is, which images go
+side by side, per-class numbers) and the shared machinery (``tasks/reporting/compare.py``,
+``trend.py``, ``final.py``), which never imports a question.
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ import importlib
 from tasks.core.errors import ConfigError
 from tasks.core.runtime import Manifest
 from tasks.core.store import Store
+from tasks.reporting import final as final_report
+from tasks.reporting import trend as trend_report
 from tasks.reporting.compare import CompareConfig, Comparer, RunInfo, render, resolve_refs
+from tasks.reporting.final import FinalReportConfig
+from tasks.reporting.trend import CellsOf, TrendConfig
 
 # flow name -> "module:attribute" of its Comparer, imported when used
 COMPARERS: dict[str, str] = {
@@ -42,3 +47,18 @@ def resolve(store: Store, a: str, b: str, question: str | None = None,
 def compare(cfg: CompareConfig, store: Store) -> Manifest:
     """``report.compare``: the comparison of two finished runs of one question."""
     return render(cfg, store, comparer(cfg.question), flows=list(COMPARERS))
+
+
+def cells_of(question: str) -> CellsOf | None:
+    """The cells of a run of ``question`` (its comparer's), None for an unknown question."""
+    return comparer(question).cells if question in COMPARERS else None
+
+
+def trend(cfg: TrendConfig, store: Store) -> Manifest:
+    """``report.trend``: a question's last runs, each against its champion's interval."""
+    return trend_report.render(cfg, store, cells_of(cfg.question))
+
+
+def final(cfg: FinalReportConfig, store: Store) -> Manifest:
+    """``report.final``: every question's latest run beside the reference, with trends."""
+    return final_report.render(cfg, store, cells_of)

@@ -68,15 +68,17 @@ def test_numbers_are_formatted_by_kind_and_compared_only_where_comparable(final)
     md = st.get_text(m.outputs["report.md"])
     for q, result in (("q1-mlp", mlp), ("q1-cnn", cnn)):
         for row in _summary(st, result):
+            best = " (best)" if row["best"] else ""
             assert (f"| {q} | {row['variant']} | ok | test/accuracy | "
-                    f"{100 * row['value']:.2f} % | {duration(row['time_s'])} | "
-                    f"{result['run_id']} |") in md, row
+                    f"{100 * row['value']:.2f} %{best} | {duration(row['time_s'])} | "
+                    f"{result['run_id']} | — |") in md, row
     best = next(g for g in mlp["groups"] if g["key"] == "batch_size")["best"]
     assert (f"| q1-mlp | best batch_size (by test/accuracy) | {best} | 256 | "
             f"{'agrees' if best == 256 else 'differs'} |") in md
     # a smoke run's accuracy on generated data is not set against the reference's
-    assert re.search(r"\| q1-cnn \| test/accuracy at the best dropout \| \d+\.\d\d % \| "
-                     r"90\.93 % \| not comparable \(generated data\) \|", md)
+    assert re.search(r"\| q1-cnn \| test/accuracy at our best dropout \| \d+\.\d\d % \| "
+                     r"90\.93 % \| not comparable \(generated data\) \| "
+                     r"not comparable \(generated data\) \|", md)
     tables = md.split("## Summary: every experiment run")[1].split("\n## Q1-MLP")[0]
     assert not re.search(r"\d\.\d{4}", tables)  # no raw 4-decimal floats left
 

@@ -78,7 +78,8 @@ def test_smoke_flow_records_eight_runs_and_best_rate(cnn_run):
     # the report states our chosen rate and its dev accuracy beside the reference's, and
     # whether they agree, computed from the two
     md = st.get_text(result["report"]["report.md"])
-    assert f"best dropout = {chosen['best']!r} by dev/accuracy ({dev[chosen['best']]:.4f})" in md
+    assert (f"best dropout = {chosen['best']!r} by dev/accuracy "
+            f"({100 * dev[chosen['best']]:.2f} %)") in md
     verdict = "Our choice agrees." if chosen["best"] == 0.4 else "Our choice differs."
     assert verdict in md
 

@@ -58,7 +58,8 @@ def test_q1_report_follows_the_numbers(store, accs, best, verdict):
                                          for b in accs]}])
     m = render(cfg, store)
     md = store.get_text(m.outputs["report.md"])
-    assert f"Ours: best batch_size = {best} by test/accuracy ({accs[best]:.4f})." in md
+    assert f"Ours: best batch_size = {best} by test/accuracy ({100 * accs[best]:.2f} %)." in md
+    assert f"| batch {best} | ◀ best | ok |" in md
     assert verdict in md
     assert m.metrics["groups"][0]["agrees"] is (verdict == "Our choice agrees.")
 

@@ -20,12 +20,20 @@ from tasks.ml.summary import format_summary, summarize
 from tasks.q1.data import CLASSES
 from tasks.q1.reference import REFERENCE
 from tasks.q1.train import TrainConfig, build_model
-from tasks.reporting.compare import ComparisonLink, link_section
+from tasks.reporting.compare import (
+    CONFIDENCE,
+    ComparisonLink,
+    interval_text,
+    link_section,
+    metric_delta,
+    t_interval,
+)
 from tasks.reporting.render import (
     Image,
     Report,
     Section,
     Table,
+    fmt,
     metric_kind,
     slug,
     write_report,
@@ -68,7 +76,8 @@ class ReportConfig(Config):
 
 def _aggregate(manifests: list[Manifest]) -> Manifest:
     """The first run's manifest with each numeric metric replaced by the mean over all runs,
-    plus ``<metric>/std`` (sample standard deviation) and ``<metric>/n``."""
+    plus ``<metric>/std`` (sample standard deviation), ``<metric>/n`` and
+    ``<metric>/values`` (every seed's value, in seed order)."""
     if len(manifests) == 1:
         return manifests[0]
     out = manifests[0].model_copy(deep=True)
@@ -79,6 +88,7 @@ def _aggregate(manifests: list[Manifest]) -> Manifest:
         out.metrics[key] = statistics.fmean(values)
         out.metrics[f"{key}/std"] = statistics.stdev(values)
         out.metrics[f"{key}/n"] = len(values)
+        out.metrics[f"{key}/values"] = [float(v) for v in values]
     return out
 
 
@@ -101,13 +111,57 @@ def _metric(train: Manifest | None, ev: Manifest | None, key: str) -> float | No
     return None
 
 
+def _values(train: Manifest | None, ev: Manifest | None, key: str) -> list[float]:
+    """Every seed's value of ``key`` (one value for a single run, none when absent)."""
+    values = _metric(train, ev, f"{key}/values")
+    if values is not None:
+        return list(values)
+    one = _metric(train, ev, key)
+    return [] if one is None else [float(one)]
+
+
+def _stats(train: Manifest | None, ev: Manifest | None, key: str) -> dict[str, Any]:
+    """``key`` over a cell's seeds: mean, std (None for one run), n, values and the 95 %
+    t-interval (``ci``: [lo, hi], None for one run) with its full record (``interval``)."""
+    values = _values(train, ev, key)
+    ci = t_interval(values)
+    return {"mean": statistics.fmean(values) if values else None,
+            "std": ci["std"] if ci else None, "n": len(values), "values": values,
+            "ci": [ci["lo"], ci["hi"]] if ci else None, "interval": ci}
+
+
+def _pm(st: dict[str, Any], kind: str | None) -> str:
+    """``mean ± std (n)`` by kind (percentages: the std in points); a single run bare."""
+    if st["mean"] is None:
+        return "—"
+    if st["std"] is None:
+        return fmt(st["mean"], kind)
+    std = f"{100 * st['std']:.2f} pts" if kind == "pct" else fmt(st["std"])
+    return f"{fmt(st['mean'], kind)} ± {std} (n={st['n']})"
+
+
+def _ci_text(st: dict[str, Any], kind: str | None) -> str:
+    if st["ci"] is None:
+        return "one run: no interval"
+    lo, hi = st["ci"]
+    return f"[{fmt(lo, kind)}, {fmt(hi, kind)}]"
+
+
+def _per_seed(st: dict[str, Any], kind: str | None) -> str:
+    return ", ".join(fmt(v, kind) for v in st["values"]) or "—"
+
+
 def _group_section(question: str, group: Group, store: Store,
                    summary_rows: list[dict]) -> tuple[Section, dict]:
     loaded = {ref.name: (ref, *_load(store, ref)) for ref in group.runs}
     ok = {n: v for n, v in loaded.items() if v[1] is not None and v[2] is not None}
     has_dev = any("dev/accuracy" in v[1].metrics for v in ok.values())
     repeated = any("test/accuracy/n" in v[2].metrics for v in ok.values())
-    cols = ["variant", "status", "test acc", *(["± std (n seeds)"] if repeated else []),
+    best_name = (max(ok, key=lambda n: _metric(ok[n][1], ok[n][2], group.select_by) or -1)
+                 if ok else None)
+    by = f"{'mean ' if repeated else ''}{group.select_by}"
+    cols = ["variant", f"best by {by}", "status", "test acc",
+            *(["± std (n seeds)"] if repeated else []),
             "precision", "recall", "F1", "test loss"]
     cols += ["dev acc (final)", "best dev acc"] if has_dev else []
     cols += ["train time", "epochs"]
@@ -118,57 +172,101 @@ def _group_section(question: str, group: Group, store: Store,
         spread = ([f"± {ev.metrics['test/accuracy/std']:.4f} "
                    f"({ev.metrics['test/accuracy/n']})" if ev and "test/accuracy/n" in
                    ev.metrics else "(1)"] if repeated else [])
-        row = [name, status, _metric(tr, ev, "test/accuracy"), *spread,
+        row = [name, "◀ best" if name == best_name else "", status,
+               _metric(tr, ev, "test/accuracy"), *spread,
                _metric(tr, ev, "test/precision_macro"), _metric(tr, ev, "test/recall_macro"),
                _metric(tr, ev, "test/f1_macro"), _metric(tr, ev, "test/loss")]
         if has_dev:
             row += [_metric(tr, ev, "dev/accuracy"), _metric(tr, ev, "best/dev/accuracy")]
         row += [_metric(tr, ev, "train/time_s"), _metric(tr, ev, "epochs")]
         rows.append(row)
+        acc = _stats(tr, ev, "test/accuracy")
         summary_rows.append({"question": question, "variant": f"{group.key}={name}",
                              "status": status, "metric": "test/accuracy",
-                             "value": _metric(tr, ev, "test/accuracy"),
-                             "std": _metric(tr, ev, "test/accuracy/std"),
-                             "seeds": _metric(tr, ev, "test/accuracy/n") or 1,
+                             "value": acc["mean"], "std": acc["std"], "seeds": acc["n"] or 1,
+                             "values": acc["values"], "ci": acc["ci"],
+                             "best": name == best_name,
                              "time_s": _metric(tr, ev, "train/time_s"),
                              "run": tr.prefix if tr else run_ref.train})
-    section = Section(group.title, tables=[Table(cols, rows, f"{group.title}: final metrics",
+    section = Section(group.title, tables=[Table(cols, rows, f"{group.title}: final metrics"
+                                                 + (" (means over seeds)" if repeated else ""),
                                                  formats)])
+    if repeated:
+        keys = list(dict.fromkeys([group.select_by, "test/accuracy"]))
+        section.tables.append(Table(
+            ["variant", "metric", "mean ± std (n seeds)",
+             f"{100 * CONFIDENCE:g} % t-interval of the mean", "per seed"],
+            [[name, k, _pm(st, metric_kind(k)), _ci_text(st, metric_kind(k)),
+              _per_seed(st, metric_kind(k))]
+             for name, v in ok.items() for k in keys
+             for st in [_stats(v[1], v[2], k)]],
+            f"{group.title}: every seed, and the {100 * CONFIDENCE:g} % t-interval of each "
+            "mean over seeds (one run: no interval)"))
     result: dict[str, Any] = {"key": group.key, "select_by": group.select_by, "best": None,
                               "comparison": []}
     if ok:
-        best_name = max(ok, key=lambda n: _metric(ok[n][1], ok[n][2], group.select_by) or -1)
         best_ref = ok[best_name][0]
-        best_val = _metric(ok[best_name][1], ok[best_name][2], group.select_by)
-        result.update(best=best_ref.value, best_name=best_name, best_score=best_val)
-        text = (f"Ours: best {group.key} = {best_ref.value!r} by {group.select_by} "
-                f"({best_val:.4f}).")
+        best_tr, best_ev = ok[best_name][1], ok[best_name][2]
+        best_st = _stats(best_tr, best_ev, group.select_by)
+        best_val = best_st["mean"]
+        result.update(best=best_ref.value, best_name=best_name, best_score=best_val,
+                      best_std=best_st["std"], best_n=best_st["n"], best_ci=best_st["ci"])
+        text = (f"Ours: best {group.key} = {best_ref.value!r} by "
+                f"{'the mean ' if repeated else ''}{group.select_by} "
+                f"({_pm(best_st, metric_kind(group.select_by))}).")
         ref = REFERENCE.get(question, {}).get(group.key)
+        at_ref = None  # the reference's setting among ours, when it differs from our best
+        if ref and ref.get("best") is not None and ref["best"] != best_ref.value:
+            at_ref = next((n for n, v in ok.items() if v[0].value == ref["best"]), None)
         if ref:
             text += f" Reference (original report): {ref['note']}."
+            choice = {"item": f"best {group.key} (by {by})", "ours": best_ref.value,
+                      "reference": ref["best"] if ref.get("best") is not None else ref["note"],
+                      "kind": "choice" if ref.get("best") is not None else "text"}
             if ref.get("best") is not None:
                 agree = ref["best"] == best_ref.value
                 text += " Our choice agrees." if agree else " Our choice differs."
                 result["reference_best"] = ref["best"]
                 result["agrees"] = agree
-            result["comparison"].append({
-                "item": f"best {group.key} (by {group.select_by})", "ours": best_ref.value,
-                "reference": ref["best"] if ref.get("best") is not None else ref["note"],
-                "kind": "choice" if ref.get("best") is not None else "text"})
-            for k in (k for k in ref if "/" in k):
-                result["comparison"].append({
-                    "item": f"{k} at the best {group.key}",
-                    "ours": _metric(ok[best_name][1], ok[best_name][2], k), "reference": ref[k],
-                    "kind": metric_kind(k)})
-        section.paragraphs.append(text)
-        if ref and any("/" in k for k in ref):
+                if at_ref is not None:
+                    other = _values(ok[at_ref][1], ok[at_ref][2], group.select_by)
+                    mine = _values(best_tr, best_ev, group.select_by)
+                    d = metric_delta(other, mine)
+                    kind = metric_kind(group.select_by)
+                    there = _pm(_stats(ok[at_ref][1], ok[at_ref][2], group.select_by), kind)
+                    gap = (f"{100 * d['delta']:+.2f} points" if kind == "pct"
+                           else fmt(d["delta"], kind))
+                    choice["position"] = (
+                        f"ours at {group.key} {ref['best']!r}: {there}; our best minus it: "
+                        f"{gap} ({d['test']})")
+                    text += f" {choice['position'][0].upper()}{choice['position'][1:]}."
+            result["comparison"].append(choice)
             metric_keys = [k for k in ref if "/" in k]
-            best_tr, best_ev = ok[best_name][1], ok[best_name][2]
-            section.tables.append(Table(
-                ["source", group.key, *metric_keys],
-                [["ours", best_ref.value, *[_metric(best_tr, best_ev, k) for k in metric_keys]],
-                 ["reference (original report)", ref["best"], *[ref[k] for k in metric_keys]]],
-                "Best setting: ours beside the original report's (reference)"))
+            ref_rows = []
+            for label, (tr_, ev_), setting in (
+                    (f"at our best {group.key}", (best_tr, best_ev), best_ref.value),
+                    *([(f"at the reference's {group.key}", ok[at_ref][1:], ref["best"])]
+                      if at_ref is not None else [])):
+                for k in metric_keys:
+                    st = _stats(tr_, ev_, k)
+                    kind = metric_kind(k)
+                    where = interval_text(ref[k], st["interval"], percent=kind == "pct",
+                                          what="the reference")
+                    result["comparison"].append({
+                        "item": f"{k} {label}", "ours": st["mean"], "reference": ref[k],
+                        "kind": kind, "std": st["std"], "n": st["n"],
+                        "values": st["values"], "interval": st["ci"], "position": where})
+                    ref_rows.append([k, f"{group.key} {setting!r}", fmt(ref[k], kind),
+                                     _pm(st, kind), _ci_text(st, kind), _per_seed(st, kind),
+                                     where])
+            if ref_rows:
+                section.tables.append(Table(
+                    ["metric", "setting (ours)", "reference (original report)",
+                     "ours: mean ± std (n seeds)", f"our {100 * CONFIDENCE:g} % t-interval",
+                     "ours per seed", "where the reference lies"], ref_rows,
+                    "The original report's numbers beside ours: the reference is one run; "
+                    "ours is the mean over seeds with the t-interval of that mean"))
+        section.paragraphs.append(text)
         tag = slug(group.key)
         what = f"one per {group.key}"
         histories = {n: v[1].model_extra.get("history", []) for n, v in ok.items()}

@@ -33,6 +33,7 @@ from tasks.core.store import Store, join
 from tasks.reporting.render import Image, Report, Section, Table, fmt, slug, write_report
 
 ALPHA = 0.05
+CONFIDENCE = 1.0 - ALPHA  # of every interval over seeds
 REF = re.compile(r"^(?P<kind>champion|latest)(?:~(?P<n>\d+))?$")
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -371,14 +372,95 @@ def welch(a: Sequence[float], b: Sequence[float]) -> dict[str, float] | None:
     return {"t": t, "df": df, "p": t_two_sided_p(t, df)}
 
 
+def t_quantile(q: float, df: float) -> float:
+    """The ``q``-quantile of Student's t with ``df`` degrees of freedom (no scipy): the
+    root of ``t_two_sided_p`` by bisection, to about 1e-12."""
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"a quantile needs 0 < q < 1 (got {q})")
+    if df <= 0:
+        raise ValueError(f"degrees of freedom must be > 0 (got {df})")
+    if q == 0.5:
+        return 0.0
+    if q < 0.5:
+        return -t_quantile(1.0 - q, df)
+    target = 2.0 * (1.0 - q)  # the two-sided p-value at the quantile
+    lo, hi = 0.0, 1.0
+    while t_two_sided_p(hi, df) > target:
+        lo, hi = hi, 2.0 * hi
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if t_two_sided_p(mid, df) > target:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+def t_interval(values: Sequence[float], confidence: float = CONFIDENCE
+               ) -> dict[str, Any] | None:
+    """The t-interval of the mean over seeds: ``mean ± t(1 - alpha/2, n - 1) * s / sqrt(n)``
+    with ``mean``, ``std`` (sample), ``n``, ``half`` (half-width), ``lo``, ``hi``,
+    ``confidence`` and the ``values``; None below two values (one run: no interval)."""
+    n = len(values)
+    if n < 2:
+        return None
+    mean, std = statistics.fmean(values), statistics.stdev(values)
+    half = t_quantile(1.0 - (1.0 - confidence) / 2.0, n - 1) * std / math.sqrt(n)
+    return {"mean": mean, "std": std, "n": n, "half": half, "lo": mean - half,
+            "hi": mean + half, "confidence": confidence, "values": [float(v) for v in values]}
+
+
+def locate(value: float, interval: dict[str, Any]) -> dict[str, Any]:
+    """Where ``value`` lies against ``interval`` (from :func:`t_interval`): ``position``
+    (inside, above, below), ``gap`` (distance to the nearest edge, 0 inside) and
+    ``from_mean`` (value - mean)."""
+    if value < interval["lo"]:
+        position, gap = "below", interval["lo"] - value
+    elif value > interval["hi"]:
+        position, gap = "above", value - interval["hi"]
+    else:
+        position, gap = "inside", 0.0
+    return {"position": position, "gap": gap, "from_mean": value - interval["mean"]}
+
+
+def interval_text(value: float | None, interval: dict[str, Any] | None, *,
+                  percent: bool = False, what: str = "the reference") -> str:
+    """In words: where ``value`` lies against our interval, with the gap (in percentage
+    points when ``percent``: the values are fractions). A single run: no interval."""
+    if interval is None:
+        return "one run: no interval"
+    if value is None:
+        return "—"
+    scale, unit = (100.0, " points") if percent else (1.0, "")
+    lo, hi = scale * interval["lo"], scale * interval["hi"]
+    span = f"[{lo:.2f}, {hi:.2f}]" if percent else f"[{lo:.4f}, {hi:.4f}]"
+    where = locate(value, interval)
+    level = f"{100 * interval['confidence']:g} %"
+    from_mean = scale * where["from_mean"]
+    text = (f"{what} lies inside our {level} interval {span} (n={interval['n']})"
+            if where["position"] == "inside" else
+            f"{what} lies {where['position']} our {level} interval {span} (n={interval['n']}) "
+            f"by {scale * where['gap']:.2f}{unit}")
+    return text + f"; {what} minus our mean: {from_mean:+.2f}{unit}"
+
+
 def metric_delta(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
-    """Means, spreads and the difference B - A of one metric over each side's seeds, and
-    whether that difference exceeds the seed-to-seed spread (Welch's t-test, two-sided)."""
+    """Means, spreads and the difference B - A of one metric over each side's seeds, each
+    side's per-seed values and 95 % t-interval (None for one seed), where B's mean lies
+    against A's interval, and whether the difference exceeds the seed-to-seed spread
+    (Welch's t-test, two-sided)."""
     ma, mb = statistics.fmean(a), statistics.fmean(b)
+    ci_a, ci_b = t_interval(a), t_interval(b)
     out: dict[str, Any] = {
         "a": ma, "b": mb, "delta": mb - ma, "a_n": len(a), "b_n": len(b),
         "a_std": statistics.stdev(a) if len(a) > 1 else None,
         "b_std": statistics.stdev(b) if len(b) > 1 else None,
+        "a_values": [float(v) for v in a], "b_values": [float(v) for v in b],
+        "a_ci": None if ci_a is None else [ci_a["lo"], ci_a["hi"]],
+        "b_ci": None if ci_b is None else [ci_b["lo"], ci_b["hi"]],
+        "b_in_a": None if ci_a is None else locate(mb, ci_a)["position"],
         "p": None, "exceeds_spread": None}
     test = welch(a, b)
     if test is None:
@@ -580,15 +662,30 @@ def _cell_table(comparer: Comparer, cells_a: dict[str, Cell], cells_b: dict[str,
             data[name][key] = d
             rows.append([name, key + (" (primary)" if key == comparer.primary else ""),
                          _pm(d["a"], d["a_std"], d["a_n"]), _pm(d["b"], d["b_std"], d["b_n"]),
-                         _num(d["delta"], sign=True), d["test"]])
+                         _num(d["delta"], sign=True), _ci(d["a_ci"]), _ci(d["b_ci"]),
+                         _seeds(d["a_values"]), _seeds(d["b_values"]),
+                         "—" if d["b_in_a"] is None else f"{d['b_in_a']} A's interval",
+                         d["test"]])
     if all(d["a_n"] == d["b_n"] == 1 for by in data.values() for d in by.values()):
         return Table([comparer.cell_label, "metric", "A", "B", "B - A"],
-                     [r[:-1] for r in rows], f"Every {comparer.cell_label} in both runs (one "
+                     [r[:5] for r in rows], f"Every {comparer.cell_label} in both runs (one "
                      "seed each: no seed-to-seed spread to test against)"), data
-    table = Table([comparer.cell_label, "metric", "A", "B", "B - A", "seed-to-seed spread"],
+    table = Table([comparer.cell_label, "metric", "A", "B", "B - A",
+                   f"A {100 * CONFIDENCE:g} % interval", f"B {100 * CONFIDENCE:g} % interval",
+                   "A per seed", "B per seed", "B's mean", "seed-to-seed spread"],
                   rows, f"Every {comparer.cell_label} in both runs: mean over its seeds ± "
-                  "standard deviation (n seeds)")
+                  f"standard deviation (n seeds), the {100 * CONFIDENCE:g} % t-interval of "
+                  "each mean over its seeds (one run: no interval), every seed's value, and "
+                  "whether B's mean lies inside A's interval")
     return table, data
+
+
+def _ci(ci: list[float] | None) -> str:
+    return "one run: no interval" if ci is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
+def _seeds(values: list[float]) -> str:
+    return ", ".join(_num(v) for v in values)
 
 
 def _num(x: float, sign: bool = False) -> str:
@@ -789,6 +886,9 @@ def summary_lines(metrics: dict[str, Any], primary: str | None, limit: int = 12)
                 d = by_metric[key]
                 flag = {True: "  exceeds spread", False: "  within spread"}.get(
                     d.get("exceeds_spread"), "")
+                if d.get("a_ci"):
+                    flag += (f"  A {100 * CONFIDENCE:g} % [{d['a_ci'][0]:.4f}, "
+                             f"{d['a_ci'][1]:.4f}] (n={d['a_n']}): B {d['b_in_a']}")
                 lines.append(f"{cell:{width}s}  {key:18s} {d['a']:9.4f} {d['b']:9.4f} "
                              f"{d['delta']:+9.4f}{flag}")
                 n += 1

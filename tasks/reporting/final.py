@@ -22,6 +22,7 @@ for a local store, a presigned URL for S3 (valid ``link_expiry_s``, stated in th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,6 +32,7 @@ from tasks.core.config import Config, config_hash
 from tasks.core.errors import MissingKeyError
 from tasks.core.runtime import IntegrityError, Manifest, TaskRun, find_manifest, find_verified
 from tasks.core.store import LINK_EXPIRY_MAX_S, Store, join, link_expiry_seconds
+from tasks.reporting.compare import CONFIDENCE
 from tasks.reporting.render import (
     Image,
     Link,
@@ -41,7 +43,7 @@ from tasks.reporting.render import (
     metric_kind,
     write_report,
 )
-from tasks.reporting.trend import trend_section
+from tasks.reporting.trend import CellsOf, trend_section
 
 QUESTIONS = ["q1-mlp", "q1-cnn", "q2-transfer", "q3-segmentation", "q4-yolo"]
 TITLES = {
@@ -132,6 +134,22 @@ def difference(ours: Any, ref: Any, kind: str, comparable_data: bool) -> str:
     return "same" if a == b else "—"
 
 
+def ours_text(value: Any, std: Any, n: Any, kind: str | None) -> str:
+    """Our value by kind; a repeated one as ``mean ± std (n=...)`` (percentages: the
+    standard deviation in points)."""
+    if _number(std) is None or not n or int(n) < 2:
+        return fmt(value, kind)
+    spread = f"{100 * std:.2f} pts" if kind == "pct" else fmt(std, kind)
+    return f"{fmt(value, kind)} ± {spread} (n={int(n)})"
+
+
+def per_seed(values: Any, kind: str | None) -> str | None:
+    """Every seed's value, for a repeated cell (None for one run)."""
+    if not isinstance(values, list) or len(values) < 2:
+        return None
+    return ", ".join(fmt(v, kind) for v in values)
+
+
 def _why(info: dict) -> str:
     """The question's own explanation (its report.json), or what the flow manifest says."""
     why = (info.get("index") or {}).get("why")
@@ -164,10 +182,11 @@ def _provenance(store: Store, q: dict) -> list[list[Any]]:
              else "?"]]
 
 
-def _trend(store: Store, question: str, profile: str) -> Section | None:
+def _trend(store: Store, question: str, profile: str, cells_of: CellsOf | None = None
+           ) -> Section | None:
     """The question's trend page: its last runs of this profile, champion changes marked,
-    regressions flagged (tasks.reporting.trend)."""
-    return trend_section(store, question, profile)
+    regressions and drops outside the champion's interval flagged (tasks.reporting.trend)."""
+    return trend_section(store, question, profile, cells_of=cells_of)
 
 
 HALF_WIDTH = 505  # px: two figures side by side in the 1040 px column
@@ -215,8 +234,12 @@ def _headline(rows: list[dict]) -> str:
     return f"{best.get('variant')}: {metric} {fmt(best['value'], metric_kind(metric))}"
 
 
-def render(cfg: FinalReportConfig, store: Store) -> Manifest:
-    """Assemble the cross-question report (HTML + Markdown) from the stored manifests."""
+def render(cfg: FinalReportConfig, store: Store,
+           cells_of: Callable[[str], CellsOf | None] | None = None) -> Manifest:
+    """Assemble the cross-question report (HTML + Markdown) from the stored manifests.
+
+    ``cells_of(question)`` (``tasks.comparers``) lets each trend check runs against their
+    champion's interval over seeds."""
     expires = link_expiry_seconds(cfg.link_expiry_s)
     with TaskRun("report.final", cfg, store, cfg.out) as run:
         now = datetime.now(UTC)
@@ -250,7 +273,7 @@ def render(cfg: FinalReportConfig, store: Store) -> Manifest:
             if q in cfg.failures:
                 status[q] = "failed"
                 summary.append([q, "(flow run)", "failed: " + cfg.failures[q][:200], None, None,
-                                None, None])
+                                None, None, None])
                 sections.append(Section(TITLES.get(q, q), [
                     f"The latest flow run failed: {cfg.failures[q]}"]))
                 if info is None or info.get("missing"):
@@ -259,7 +282,7 @@ def render(cfg: FinalReportConfig, store: Store) -> Manifest:
             if info is None or info.get("missing"):
                 status[q] = ("not run" if info is None else f"damaged: {info['damaged']}"
                              if info.get("damaged") else "failed (no flow manifest)")
-                summary.append([q, "—", status[q], None, None, None, None])
+                summary.append([q, "—", status[q], None, None, None, None, None])
                 glance.append([q, status[q], "—", "—", "—", "—", "—"])
                 sections.append(Section(TITLES.get(q, q), [
                     f"No finished run of {q} in this store ({status[q]}): run "
@@ -272,16 +295,23 @@ def render(cfg: FinalReportConfig, store: Store) -> Manifest:
             for r in rows:
                 kind = metric_kind(r.get("metric"))
                 summary.append([q, r.get("variant"), r.get("status"), r.get("metric"),
-                                fmt(r.get("value"), kind), fmt(r.get("time_s"), "time"),
-                                info["run_id"]])
+                                ours_text(r.get("value"), r.get("std"), r.get("seeds"), kind)
+                                + (" (best)" if r.get("best") else ""),
+                                fmt(r.get("time_s"), "time"), info["run_id"],
+                                per_seed(r.get("values"), kind)])
             if not rows:
-                summary.append([q, "—", "no report manifest", None, None, None, info["run_id"]])
+                summary.append([q, "—", "no report manifest", None, None, None, info["run_id"],
+                                None])
             for c in rep.metrics.get("comparison", []) if rep else []:
                 kind = comparison_kind(c)
-                comparison.append([q, c["item"], fmt(c["ours"], kind),
+                where = c.get("position") or "—"
+                if kind in MEASURED and profile != "full" and "position" in c:
+                    where = "not comparable (generated data)"
+                comparison.append([q, c["item"],
+                                   ours_text(c["ours"], c.get("std"), c.get("n"), kind),
                                    fmt(c["reference"], kind),
                                    difference(c["ours"], c["reference"], kind,
-                                              profile == "full")])
+                                              profile == "full"), where])
             keys = flow["report"]
             links[q] = {n: store.presign(keys[n], expires) for n in ("report.html", "report.md")
                         if n in keys}
@@ -304,7 +334,8 @@ def render(cfg: FinalReportConfig, store: Store) -> Manifest:
                 sec.subsections.append(Section(
                     f"{q}: {len(detail)} more figure{'s' if len(detail) > 1 else ''} "
                     "(per cell, per model)", images=detail, collapsed=True, grid=True))
-            if (trend := _trend(store, q, profile)) is not None:
+            if (trend := _trend(store, q, profile,
+                                cells_of(q) if cells_of else None)) is not None:
                 sec.subsections.append(trend)
             sections.append(sec)
         report.sections.append(Section("At a glance", tables=[Table(
@@ -312,16 +343,22 @@ def render(cfg: FinalReportConfig, store: Store) -> Manifest:
              "flow run time", "run id"], glance,
             "One row per question; the question links its own report")]))
         report.sections.append(Section("Summary: every experiment run", tables=[Table(
-            ["question", "variant", "status", "metric", "ours", "time", "run id"], summary,
-            "One row per experiment run (missing and failed ones included)")]))
+            ["question", "variant", "status", "metric", "ours", "time", "run id", "per seed"],
+            summary, "One row per experiment run (missing and failed ones included); a "
+            "repeated cell shows its mean ± standard deviation over n seeds, every seed's "
+            "value, and (best) on the best setting of its sweep by the mean")]))
         report.sections.append(Section("Ours beside the reference", [
             "Reference = the original report's printed numbers (SPEC.md). Accuracies are in "
             "%, P/R/mAP as fractions, times as durations. Difference: percentage points for "
             "accuracies, ours minus reference for scores and counts, ours / reference for "
             "times; a choice (e.g. the best batch size) agrees or differs. Measurements of "
             "runs on generated data (any profile but full) are not compared with the "
-            "reference's."], [Table(
-                ["question", "item", "ours", "reference", "difference"], comparison)]))
+            "reference's. The reference is one run; ours, where a cell was repeated, is the "
+            "mean ± standard deviation over n seeds, and the last column says whether the "
+            f"reference lies inside the {100 * CONFIDENCE:g} % t-interval of our mean, above "
+            "or below it, and by how many points (one run: no interval)."], [Table(
+                ["question", "item", "ours", "reference", "difference",
+                 f"reference vs our {100 * CONFIDENCE:g} % interval"], comparison)]))
         report.sections.extend(sections)
         keys = write_report(report, store, cfg.out)
         run.outputs.update(keys)

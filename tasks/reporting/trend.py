@@ -9,12 +9,22 @@ regression when it is worse than that champion by more than its tolerance (the v
 flow recorded when there is one). Q3 keeps no champion: its trend lists its runs (images
 segmented and rejected) without a metric.
 
+Where runs keep several seeds per cell (Q1 full: ``repeats=3``), each run is also checked
+against the interval recorded by the champion it was measured against: that run's best cell
+by the mean of the primary metric, its 95 % t-interval over seeds, and this run's mean of the
+same cell. A mean outside the interval on the worse side is flagged as a DROP (a change
+larger than seed-to-seed noise), even when it is within ``regression_tolerance`` of the
+champion's single best seed. The cells come from the question's comparer (handed in by
+``tasks.comparers``; this module imports no question).
+
 Used by the final report (one trend per question) and ``visionflows compare --trend Q``
 (task ``report.trend``).
 """
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,10 +35,69 @@ from tasks.core.errors import ConfigError, MissingKeyError
 from tasks.core.promote import champion_key, champion_question, history, is_regression
 from tasks.core.runtime import Manifest, TaskRun
 from tasks.core.store import Store, join
-from tasks.reporting.compare import finished_runs, flow_manifest_key
-from tasks.reporting.render import Image, Report, Section, Table, write_report
+from tasks.reporting.compare import (
+    CONFIDENCE,
+    Cell,
+    RunInfo,
+    finished_runs,
+    flow_manifest_key,
+    locate,
+    t_interval,
+)
+from tasks.reporting.render import Image, Report, Section, Table, metric_kind, write_report
 
 DEFAULT_LAST = 20
+# a question's cells of a run (its Comparer.cells), for the interval check
+CellsOf = Callable[[Store, RunInfo], dict[str, Cell]]
+
+
+def interval_check(reference: dict[str, Cell], new: dict[str, Cell], metric: str, mode: str,
+                   reference_run: str) -> dict[str, Any]:
+    """A run against the interval recorded by ``reference_run``: the reference's best cell
+    by the mean of ``metric`` over its seeds, its t-interval, and the new run's mean of that
+    cell. ``drop`` is True when the new mean lies outside the interval on the worse side
+    (below for ``mode`` max, above for min)."""
+    scored = {name: [float(s[metric]) for s in c.seeds if metric in s]
+              for name, c in reference.items()}
+    scored = {name: v for name, v in scored.items() if v}
+    out: dict[str, Any] = {"reference_run": reference_run, "metric": metric, "cell": None,
+                           "interval": None, "value": None, "n": 0, "position": None,
+                           "gap": None, "drop": False}
+    if not scored:
+        out.update(short="—", text=f"run {reference_run} recorded no {metric}: no check")
+        return out
+    pick = max if mode == "max" else min
+    cell = pick(scored, key=lambda name: statistics.fmean(scored[name]))
+    ci = t_interval(scored[cell])
+    values = [float(s[metric]) for s in (new[cell].seeds if cell in new else []) if metric in s]
+    out.update(cell=cell, interval=ci, n=len(values))
+    if not values:
+        out.update(short=f"{cell} not in this run",
+                   text=f"{cell} (the best cell of run {reference_run}) is not in this run: "
+                        "no check")
+        return out
+    value = statistics.fmean(values)
+    out["value"] = value
+    if ci is None:
+        out.update(short="one run: no interval",
+                   text=f"run {reference_run} has one seed of {cell}: one run, no interval")
+        return out
+    where = locate(value, ci)
+    drop = where["position"] == ("below" if mode == "max" else "above")
+    pct = metric_kind(metric) == "pct"
+    scale, unit = (100.0, " points") if pct else (1.0, "")
+    span = (f"[{scale * ci['lo']:.2f}, {scale * ci['hi']:.2f}]" if pct
+            else f"[{ci['lo']:.4f}, {ci['hi']:.4f}]")
+    gap = f" by {scale * where['gap']:.2f}{unit}" if where["gap"] else ""
+    level = f"{100 * CONFIDENCE:g} %"
+    out.update(position=where["position"], gap=where["gap"], drop=drop,
+               short=("DROP: " if drop else "") + f"{where['position']} {span}{gap}",
+               text=(f"{cell}: mean {metric} "
+                     f"{f'{scale * value:.2f} %' if pct else f'{value:.4f}'} over "
+                     f"{len(values)} seed(s) lies {where['position']} the {level} interval "
+                     f"{span} recorded by run {reference_run} (n={ci['n']}){gap}"
+                     + (": a drop beyond seed-to-seed noise" if drop else "")))
+    return out
 
 
 def _flow_manifest(store: Store, flow: str, run_id: str) -> dict[str, Any] | None:
@@ -38,9 +107,19 @@ def _flow_manifest(store: Store, flow: str, run_id: str) -> dict[str, Any] | Non
         return None
 
 
-def trend_rows(store: Store, flow: str, profile: str, last: int = DEFAULT_LAST
-               ) -> list[dict[str, Any]]:
-    """One row per run, oldest first: the last ``last`` runs of ``flow`` of ``profile``."""
+def trend_rows(store: Store, flow: str, profile: str, last: int = DEFAULT_LAST,
+               cells_of: CellsOf | None = None) -> list[dict[str, Any]]:
+    """One row per run, oldest first: the last ``last`` runs of ``flow`` of ``profile``.
+
+    With ``cells_of`` (the question's comparer), each run with a champion before it also
+    gets ``interval`` (:func:`interval_check` against that champion's run) and ``drop``."""
+    cache: dict[str, dict[str, Cell]] = {}
+
+    def cells(run_id: str, manifest: dict[str, Any]) -> dict[str, Cell]:
+        if run_id not in cache:
+            cache[run_id] = cells_of(store, RunInfo(flow, run_id, run_id, manifest))
+        return cache[run_id]
+
     candidates = history(store, champion_question(flow, profile))
     if not candidates:
         return [{"run_id": m["run_id"], "time": m.get("finished_at"), "metric": None,
@@ -64,7 +143,15 @@ def trend_rows(store: Store, flow: str, profile: str, last: int = DEFAULT_LAST
             else:
                 regression = before is not None and is_regression(
                     float(cand["value"]), float(before), cand.get("mode", "max"), tolerance)
+            check = None
+            if cells_of is not None and flow_m is not None and before_id:
+                before_m = _flow_manifest(store, flow, before_id)
+                check = (interval_check(cells(before_id, before_m),
+                                        cells(cand["run_id"], flow_m), cand.get("metric"),
+                                        cand.get("mode", "max"), before_id)
+                         if before_m is not None else None)
             rows.append({
+                "interval": check, "drop": bool(check and check["drop"]),
                 "run_id": cand["run_id"], "time": cand.get("recorded_at"),
                 "metric": cand.get("metric"), "value": cand.get("value"),
                 "champion_before": before, "champion_before_id": before_id,
@@ -92,10 +179,10 @@ def _when(iso: str | None) -> str:
 
 
 def trend_section(store: Store, flow: str, profile: str, last: int = DEFAULT_LAST,
-                  title: str | None = None, rows: list[dict[str, Any]] | None = None
-                  ) -> Section | None:
+                  title: str | None = None, rows: list[dict[str, Any]] | None = None,
+                  cells_of: CellsOf | None = None) -> Section | None:
     """The trend of ``flow``'s ``profile`` runs as a report section (None: no runs)."""
-    rows = trend_rows(store, flow, profile, last) if rows is None else rows
+    rows = trend_rows(store, flow, profile, last, cells_of) if rows is None else rows
     if not rows:
         return None
     key = champion_question(flow, profile)
@@ -117,13 +204,23 @@ def trend_section(store: Store, flow: str, profile: str, last: int = DEFAULT_LAS
         f"{store.url(champion_key(key))}. {n_new} champion change(s) and {n_reg} "
         "regression(s) (worse than the champion before the run by more than its "
         "regression_tolerance) among these runs.")
+    checks = [r for r in rows if r.get("interval")]
+    if checks:
+        n_drop = sum(r["drop"] for r in rows)
+        sec.paragraphs.append(
+            f"Against the recorded interval: each run's mean over its seeds of the best cell "
+            f"of the champion before it, beside that champion run's {100 * CONFIDENCE:g} % "
+            f"t-interval over seeds; {n_drop} drop(s) outside it among these runs."
+            + "".join(f" {r['run_id']}: {r['interval']['text']}." for r in rows if r["drop"]))
     sec.tables.append(Table(
         ["run id", "recorded (UTC)", metric, "champion before", "B - champion", "champion",
-         "regression", "comparison with the champion"],
+         "regression", *(["vs the champion's interval (best cell, mean over seeds)"]
+                         if checks else []), "comparison with the champion"],
         [[r["run_id"], _when(r["time"]), r["value"], r["champion_before"],
           None if r["delta"] is None else f"{r['delta']:+.4f}",
           "NEW CHAMPION" if r["promoted"] else (r["status"] or "?"),
           "REGRESSION" if r["regression"] else "no",
+          *([(r["interval"] or {}).get("short", "—")] if checks else []),
           store.url(r["comparison"]) if r["comparison"] else
           ("no flow manifest" if not r["finished"] else "—")] for r in rows]))
     if len(rows) >= 2:
@@ -158,13 +255,14 @@ def latest_profile(store: Store, flow: str) -> str | None:
     return None if m is None else m.get("profile")
 
 
-def render(cfg: TrendConfig, store: Store) -> Manifest:
-    """Write the trend page (HTML + Markdown) under ``cfg.out``."""
+def render(cfg: TrendConfig, store: Store, cells_of: CellsOf | None = None) -> Manifest:
+    """Write the trend page (HTML + Markdown) under ``cfg.out``; ``cells_of`` (the
+    question's comparer) adds the check against each champion's recorded interval."""
     profile = cfg.profile or latest_profile(store, cfg.question)
     if profile is None:
         raise ConfigError(f"no finished {cfg.question} run in {store.uri}: nothing to trend "
                           f"(run `visionflows run {cfg.question}` first)")
-    rows = trend_rows(store, cfg.question, profile, cfg.last)
+    rows = trend_rows(store, cfg.question, profile, cfg.last, cells_of)
     if not rows:
         raise ConfigError(f"no {cfg.question} run of the {profile} profile in {store.uri}: "
                           "nothing to trend")
@@ -177,4 +275,5 @@ def render(cfg: TrendConfig, store: Store) -> Manifest:
         run.outputs.update(write_report(report, store, cfg.out))
         return run.finish({"question": cfg.question, "profile": profile, "runs": rows,
                            "regressions": sum(bool(r.get("regression")) for r in rows),
+                           "drops": sum(bool(r.get("drop")) for r in rows),
                            "champion_changes": sum(bool(r.get("promoted")) for r in rows)})
