@@ -26,8 +26,9 @@ QUESTIONS = ("q1", "q2", "q3", "q4")
 # Steps that render reports (they run tasks/reporting and the templates).
 REPORT_STEPS = {"classifier.report", "transfer.report", "segment.report", "yolo.report",
                 "report.final", "report.compare", "report.trend"}
-# Steps that may run every question's code: the comparison loads each question's comparer.
-CROSS_QUESTION = {"report.compare"}
+# Steps that may run every question's code: they load each question's comparer (the
+# comparison; the trend and the final report, for each question's cells).
+CROSS_QUESTION = {"report.compare", "report.trend", "report.final"}
 ALL = set(TASKS)
 
 
@@ -49,7 +50,7 @@ def expected_steps(rel: str) -> set[str]:
     if top == "reporting":
         return REPORT_STEPS
     if top == "comparers.py":
-        return {"report.compare"}
+        return CROSS_QUESTION
     if top == "selftest.py":
         return {t for t in ALL if t.startswith("selftest.")}
     if top in ("catalog.py", "plans.py"):  # flow-level: they shape configs, run no step
