@@ -41,9 +41,14 @@ def latest_run(store: Store, flow: str) -> str:
 
 def cell_rows(store: Store, flow: str, run_id: str) -> list[dict[str, Any]]:
     """One row per planned cell of the ``full`` profile (seeds grouped), in plan order."""
-    from tasks.plans import resolve_config
+    # the question's own plan (tasks.plans sits above the questions: no import from here)
+    from tasks.core.config import deep_merge, validate
+    from tasks.q1.plan import PROFILES, Q1CnnConfig, Q1MlpConfig
 
-    cells, groups = CELLS[flow](resolve_config(flow, "full"))
+    cls = {"q1-mlp": Q1MlpConfig, "q1-cnn": Q1CnnConfig}[flow]
+    full = validate(cls, deep_merge(cls().model_dump(mode="json"), PROFILES[flow]["full"]),
+                    what=f"{flow} (full profile)")
+    cells, groups = CELLS[flow](full)
     base = join("runs", flow, run_id)
     names: dict[str, str] = {}
     for g in groups:  # a cell shared by two sweeps: both names
