@@ -83,7 +83,10 @@ def test_served_nightly_ray_deployments_run_each_question_on_the_ray_runner(monk
     from flows.deployments import RAY_DEPLOYMENT, build_deployments
     from tasks.core.errors import ConfigError
 
-    monkeypatch.delenv("VF_RAY_ADDRESS", raising=False)
+    # set, then removed: the test's end restores the variable's absence (build_deployments
+    # sets it for the served runs; it must not leak into the next test's CLI runs)
+    monkeypatch.setenv("VF_RAY_ADDRESS", "unset")
+    monkeypatch.delenv("VF_RAY_ADDRESS")
     deps = build_deployments([*FLOWS, "report"], {"profile": "full"},
                              ray_address="ray://head.vf.svc:10001")
     assert os.environ["VF_RAY_ADDRESS"] == "ray://head.vf.svc:10001"

@@ -344,18 +344,23 @@ def connect():
     return client
 
 
+def _image_id(found, image: str) -> str:
+    """An image's id; its reference where the engine gave no id (a stand-in engine)."""
+    return getattr(found, "id", None) or image
+
+
 def ensure_image(client, image: str, pull: bool) -> str:
     """The id (``sha256:...``) of ``image`` on the engine, pulled first with ``pull``;
     ``LaunchError`` naming the fix when it is not there."""
     import docker
 
     try:
-        return client.images.get(image).id
+        return _image_id(client.images.get(image), image)
     except docker.errors.ImageNotFound:
         pass
     if pull:
         try:
-            return client.images.pull(image).id
+            return _image_id(client.images.pull(image), image)
         except docker.errors.APIError as exc:
             raise LaunchError(f"could not pull {image}: {exc.explanation or exc}") from None
     if image == images.default_image():

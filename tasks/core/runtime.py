@@ -393,18 +393,20 @@ class TaskRun:
         self.out_prefix = (join(self.prefix, f"v-{os.urandom(4).hex()}") if shared
                            else self.prefix)
         self._done: Manifest | None = None
+        self._claimed = shared  # a shared prefix is published whole, by compare-and-swap
         if not shared:
-            self._claim_prefix()
+            self._set_aside_others()
 
-    def _claim_prefix(self) -> None:
+    def _set_aside_others(self) -> None:
         """Set aside what another identity left at this prefix (a checkpoint of other code,
-        or anything written without a marker by an older visionflows), then write this
-        step's marker, so that what is continued here was computed under this identity."""
+        or anything written without a marker by an older visionflows), so that what is
+        continued here was computed under this identity."""
         marker = join(self.prefix, MARKER)
         if self.store.exists(marker):
             changed = identity_changes(self.store.get_json(marker), self.cfg.model_dump(
                 mode="json"), self.identity)
             if not changed:
+                self._claimed = True  # its marker is this identity's already
                 return
         else:
             leftovers = [k for k in self.store.list(self.prefix)
@@ -416,7 +418,14 @@ class TaskRun:
         if changed:
             set_aside(self.store, self.prefix, "left by another identity, starting from "
                       "scratch: " + "; ".join(changed))
-        self.store.put_json(marker, self.identity.record())
+
+    def claim(self) -> None:
+        """Write this step's identity marker at its prefix, once, before its first output:
+        a task that has another process write there (the YOLO worker) calls it first. A task
+        that fails before writing anything leaves nothing behind."""
+        if not self._claimed:
+            self.store.put_json(join(self.prefix, MARKER), self.identity.record())
+            self._claimed = True
 
     def __enter__(self) -> TaskRun:
         return self
@@ -454,12 +463,14 @@ class TaskRun:
         return progress.batches(f"{self.prefix}#batches", f"  epoch {epoch} batches")
 
     def put_file(self, name: str, path: str | os.PathLike, rel: str | None = None) -> str:
+        self.claim()
         key = self.key(rel or Path(path).name)
         self.store.put_file(key, path)
         self.record(name, key, os.path.getsize(path), sha256_file(path))
         return key
 
     def put_bytes(self, name: str, data: bytes, rel: str) -> str:
+        self.claim()
         key = self.key(rel)
         self.store.put_bytes(key, data)
         self.record(name, key, len(data), hashlib.sha256(data).hexdigest())

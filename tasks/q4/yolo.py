@@ -378,6 +378,7 @@ def train(cfg: YoloTrainConfig, store: Store) -> Manifest:
         spec["state"] = state
         work = run.workdir / "worker"
         work.mkdir()
+        run.claim()  # the worker writes checkpoints here: they belong to this identity
         result = run_worker(spec, work, label, log, on_epoch=run.progress)
         # outputs: the worker stored last.pt / best.pt / results.csv / train_state.json
         state = store.get_json(state_key)
