@@ -243,3 +243,13 @@ def _zombie(pid: int) -> bool:
 def new_cluster_root() -> Path:
     # short: Ray's unix socket paths live below it (the limit is 107 bytes)
     return Path(tempfile.mkdtemp(prefix="vfray-", dir="/tmp"))
+
+
+def ray_marks() -> list:
+    """The marks of a Ray test module: ``ray``, skipped outside a loopback-only namespace
+    or without Ray installed (each with the reason)."""
+    import pytest
+
+    return [pytest.mark.ray,
+            pytest.mark.skipif(not loopback_only(), reason=NAMESPACE_HINT),
+            pytest.mark.skipif(ray_missing() is not None, reason=ray_missing() or "")]

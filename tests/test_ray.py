@@ -25,20 +25,14 @@ import pytest
 
 from tests.conftest import make_bucket
 from tests.ray_support import (
-    NAMESPACE_HINT,
     RayCluster,
-    loopback_only,
     new_cluster_root,
     process_title,
-    ray_missing,
+    ray_marks,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = [
-    pytest.mark.ray,
-    pytest.mark.skipif(not loopback_only(), reason=NAMESPACE_HINT),
-    pytest.mark.skipif(ray_missing() is not None, reason=ray_missing() or ""),
-]
+pytestmark = ray_marks()
 
 # 2 batch sizes x 2 seeds = 4 cells of 3 epochs; one CPU and half a logical GPU each
 CELLS = {"data": {"n_train": 2000, "n_test": 300}, "epochs": 3, "batch_sizes": [32, 64],

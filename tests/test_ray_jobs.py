@@ -29,21 +29,15 @@ import pytest
 
 from tests.conftest import make_bucket
 from tests.ray_support import (
-    NAMESPACE_HINT,
     RayCluster,
-    loopback_only,
     new_cluster_root,
     process_title,
-    ray_missing,
+    ray_marks,
 )
 from tests.test_ray import CELLS, merged, sets
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = [
-    pytest.mark.ray,
-    pytest.mark.skipif(not loopback_only(), reason=NAMESPACE_HINT),
-    pytest.mark.skipif(ray_missing() is not None, reason=ray_missing() or ""),
-]
+pytestmark = ray_marks()
 # trainings take 2 CPUs: the head (4) holds two at once, the worker node (2) one
 TWO_CPU = {"resources": {"train": {"cpus": 2, "memory": "1g", "gpus": 0},
                          "evaluate": {"cpus": 1, "memory": "1g", "gpus": 0},
