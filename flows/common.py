@@ -106,6 +106,13 @@ def run_step_fn(name: str, task_name: str, cfg: dict[str, Any], store: str,
     return manifest.model_dump(mode="json")
 
 
+# When each progress artifact was last updated (artifact id -> monotonic seconds): a step's
+# own updates and the flow's advance after it share one 2 s throttle (each update is an API
+# call: one per step is what a flow can afford, not three).
+_LAST_UPDATE: dict[str, float] = {}
+PROGRESS_EVERY_S = 2.0
+
+
 def step_sink(artifact: dict | None):
     """Where a step's progress updates go: the terminal's bars, and its task-level updates
     (epochs, images) onto the flow's Prefect progress artifact as they happen (at most
@@ -122,6 +129,7 @@ def step_sink(artifact: dict | None):
                 last[0] = now
                 pct = artifact["start"] + artifact["width"] * update["done"] / update["total"]
                 update_progress_artifact(artifact["id"], min(100.0, pct))
+                _LAST_UPDATE[artifact["id"]] = now
 
     return sink
 
@@ -180,8 +188,14 @@ class Progress:
                 "width": 100.0 * weight / self.total}
 
     def advance(self, weight: float = 1.0) -> None:
+        """Count ``weight`` units done; the artifact moves at most every 2 s (a step's own
+        updates included), and always at the end."""
         self.done = min(self.total, self.done + weight)
-        update_progress_artifact(self.id, 100.0 * self.done / self.total)
+        now = time.monotonic()
+        if self.done >= self.total or now - _LAST_UPDATE.get(str(self.id), 0.0) \
+                >= PROGRESS_EVERY_S:
+            update_progress_artifact(self.id, 100.0 * self.done / self.total)
+            _LAST_UPDATE[str(self.id)] = now
 
 
 def report_links(store: Store, keys: dict[str, str]) -> dict[str, Any]:

@@ -131,3 +131,20 @@ def test_terminal_bars_accept_every_unit(unit):
                  "final": True})
     bars.stop()
     assert progress._amount(10, 10, unit) in ("0.0/0.0 MB", "10/10 epochs")
+
+
+def test_the_flow_progress_moves_at_most_every_two_seconds_and_always_at_the_end(monkeypatch):
+    import flows.common as common
+
+    calls: list[float] = []
+    monkeypatch.setattr(common, "create_progress_artifact", lambda *a, **k: "P")
+    monkeypatch.setattr(common, "update_progress_artifact", lambda ident, pct: calls.append(pct))
+    clock = [100.0]
+    monkeypatch.setattr(common.time, "monotonic", lambda: clock[0])
+    bar = common.Progress(4, "test")
+    bar.advance()  # the first one moves at once
+    bar.advance()  # 0 s later: throttled
+    clock[0] += 2.5
+    bar.advance()
+    bar.advance()  # the end: always
+    assert calls == [25.0, 75.0, 100.0]
