@@ -111,6 +111,7 @@ def fail(cfg: FailConfig, store: Store) -> Manifest:
     from tasks.inputs.weights import WeightsError
 
     with TaskRun("selftest.fail", cfg, store, cfg.out) as run:
+        run.claim()  # the counter is written below, not through run.put_*: it is ours
         key = run.key("attempts.json")
         attempts = (store.get_json(key) if store.exists(key) else 0) + 1
         store.put_json(key, attempts)

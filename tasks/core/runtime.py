@@ -421,8 +421,9 @@ class TaskRun:
 
     def claim(self) -> None:
         """Write this step's identity marker at its prefix, once, before its first output:
-        a task that has another process write there (the YOLO worker) calls it first. A task
-        that fails before writing anything leaves nothing behind."""
+        ``put_*`` call it; a task that writes at its prefix any other way (the YOLO worker,
+        a counter written with the store directly) calls it first. A task that fails before
+        writing anything leaves nothing behind."""
         if not self._claimed:
             self.store.put_json(join(self.prefix, MARKER), self.identity.record())
             self._claimed = True
