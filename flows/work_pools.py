@@ -61,6 +61,15 @@ DEADLINE_MARGIN_S = 1800
 # Container logs and anything else outside /tmp on the node's disk: the ephemeral-storage
 # limit is the scratch emptyDir's size limit plus this.
 LOG_ALLOWANCE = 1 << 30
+# What every worker (and so every flow run it starts: Prefect hands the worker's settings on)
+# runs with. With its database down or restarting the Prefect server answers some calls 500
+# (a refused connection is not among the errors it maps to 503), and Prefect's client retries
+# only 429/502/503 by default: a flow run whose state update met one crashed. These make the
+# client retry those too, 6 times with 2, 4, ... 64 s back-off (about 2 min in all), so a
+# database that is back within that is a pause, not a crashed run; tests/test_operations.py
+# kills PostgreSQL mid-run to prove it.
+RUN_CLIENT_ENV = {"PREFECT_CLIENT_RETRY_EXTRA_CODES": "500,502,504",
+                  "PREFECT_CLIENT_MAX_RETRIES": "6"}
 
 
 @dataclass(frozen=True)

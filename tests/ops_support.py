@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from flows.server import free_port
+from flows.work_pools import RUN_CLIENT_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_USER = "vfpg"  # the OS account PostgreSQL runs as (it refuses to run as root)
@@ -220,7 +221,7 @@ class ProcessWorker:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        env = {**_clean_env(), **self.env, "PREFECT_HOME": str(self.home),
+        env = {**_clean_env(), **RUN_CLIENT_ENV, **self.env, "PREFECT_HOME": str(self.home),
                "PREFECT_API_URL": self.api_url, "PREFECT_API_AUTH_STRING": self.auth,
                "PYTHONPATH": str(ROOT), "VF_PROJECT_DIR": str(ROOT),
                "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_RUNNER_POLL_FREQUENCY": "1",

@@ -215,12 +215,16 @@ def _restart_case(stack, run_id: str, kill, start) -> tuple[float, float, list[s
     run = wait_final([rid], 600)[rid]
     total = time.monotonic() - t0
     states = states_of(rid)
-    return back, total, states if run.state_type.value == "COMPLETED" else [
-        f"final {run.state_name}", *states]
+    if run.state_type.value == "COMPLETED":
+        return back, total, states
+    # what an operator would read first: the final state's message and the worker's log
+    tail = "\n".join(stack["worker"].log().splitlines()[-60:])
+    return back, total, [f"final {run.state_name}: {run.state.message}", *states,
+                         f"worker log tail:\n{tail}"]
 
 
 def _assert_recorded_once(store: str, run_id: str, states: list[str]) -> None:
-    assert states[-1] == "Completed", states
+    assert states[-1] == "Completed", "\n".join(states)
     m = flow_manifest(store, run_id)
     assert m is not None and m["run_id"] == run_id
     st = open_store(store)

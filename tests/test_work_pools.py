@@ -23,7 +23,7 @@ from flows.deployments import NIGHTLY
 from flows.launchers.container import SCRATCH, WRITABLE_ENV
 from flows.launchers.images import default_image
 from flows.registry import FLOWS, REPORT_FLOW
-from flows.work_pools import job_needs, load_pools
+from flows.work_pools import RUN_CLIENT_ENV, job_needs, load_pools
 from tasks.core.errors import ConfigError
 from tests.k8s_support import ROOT, STORE_BLOCK, deployed, flow_name, prefect_yaml, resolve
 
@@ -84,6 +84,26 @@ def test_compose_runs_the_docker_pools_worker(compose, pools):
         assert test and test[0] == "CMD", name
     port = worker["environment"]["PREFECT_WORKER_WEBSERVER_PORT"]
     assert f"127.0.0.1:{port}/health" in worker["healthcheck"]["test"][-1]
+
+
+def test_every_worker_retries_what_a_restarting_database_answers(compose):
+    """compose's services and the Kubernetes worker (which hands its settings to each flow-run
+    pod) run with RUN_CLIENT_ENV; the ops tests' process worker too (tests/ops_support.py)."""
+    from prefect.settings import Settings
+
+    for name in ("prefect-worker", "prefect-process-worker"):
+        env = compose["services"][name]["environment"]
+        assert {k: str(env.get(k)) for k in RUN_CLIENT_ENV} == RUN_CLIENT_ENV, name
+    (worker,) = [d for d in yaml.safe_load_all((ROOT / "infra/k8s/core/worker.yaml").read_text())
+                 if d and d.get("kind") == "Deployment"]
+    (container,) = worker["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert {k: env.get(k) for k in RUN_CLIENT_ENV} == RUN_CLIENT_ENV
+    # and Prefect reads them as meant: 500 among the codes retried
+    settings = Settings(client={"retry_extra_codes": RUN_CLIENT_ENV[
+        "PREFECT_CLIENT_RETRY_EXTRA_CODES"], "max_retries": RUN_CLIENT_ENV[
+        "PREFECT_CLIENT_MAX_RETRIES"]})
+    assert 500 in settings.client.retry_extra_codes and settings.client.max_retries == 6
 
 
 def test_compose_serves_the_pool_the_nightly_deployments_target(compose, pools):
