@@ -164,3 +164,30 @@ def test_cache_lookup_hit_and_miss(data_prefix):
     # a manifest of another config is never recorded under this key (no poisoned entry)
     assert cache.record(st, "classifier.train", "q/train-y", other, m) is None
     assert not st.exists(f"cache/classifier.train/{cache.cache_key(other)}.json")
+
+
+@pytest.mark.parametrize("damage", [b"", b'{"key": "tru', b'["not", "an", "entry"]'])
+def test_a_damaged_cache_entry_is_a_miss_then_rewritten(data_prefix, damage, caplog):
+    """Cache entries are written without waiting for the disk (Store.put_index): a crash may
+    leave one empty or torn. It is then a miss that says so, never an error, and the entry
+    recorded after the step is whole again."""
+    uri, data = data_prefix
+    st = open_store(uri)
+    cfg = TrainConfig(out="runs/d/train", data=data, epochs=1, device="cpu").model_dump(
+        mode="json")
+    parts = cache.components("classifier.train", cfg, st)
+    m = run_task("classifier.train", cfg, uri)
+    cache.record(st, "classifier.train", "q/train-d", parts, m)
+    entry = f"cache/classifier.train/{cache.cache_key(parts)}.json"
+    slot = "cache/classifier.train/slots/q/train-d.json"
+    assert st.get_json(entry)["prefix"] == "runs/d/train"
+    for key in (entry, slot):
+        st.put_bytes(key, damage)
+    with caplog.at_level("WARNING"):
+        hit, reasons = cache.lookup(st, "classifier.train", "q/train-d", parts)
+    assert hit is None and reasons == ["never run before"]
+    assert sum("is damaged" in r.getMessage() for r in caplog.records) == 2
+    assert cache.record(st, "classifier.train", "q/train-d", parts, m) is not None
+    hit, _ = cache.lookup(st, "classifier.train", "q/train-d", parts)
+    assert hit is not None and hit.prefix == "runs/d/train"
+    assert st.get_json(slot)["parts"] == json.loads(json.dumps(parts))

@@ -49,8 +49,8 @@ def lookup(store: Store, task: str, slot: str, parts: dict[str, Any]
     """
     key = cache_key(parts)
     entry_key = join("cache", task, f"{key}.json")
-    if store.exists(entry_key):
-        entry = store.get_json(entry_key)
+    entry = _read_entry(store, entry_key)
+    if entry is not None:
         manifest = find_manifest(store, entry["prefix"])
         if manifest is not None and manifest_key_of(manifest) == key:
             return manifest, []
@@ -60,10 +60,28 @@ def lookup(store: Store, task: str, slot: str, parts: dict[str, Any]
             get_logger("cache").warning("cache entry %s points at %s, which %s: not trusted",
                                         store.url(entry_key), store.url(entry["prefix"]), why)
             return None, [f"the cached result {why} (not trusted)"]
-    slot_key = join("cache", task, "slots", f"{slot}.json")
-    previous = store.get_json(slot_key)["parts"] if store.exists(slot_key) else None
-    reasons = explain(previous, parts) or ["cached output is gone"]
+    slot_entry = _read_entry(store, join("cache", task, "slots", f"{slot}.json"))
+    reasons = explain(slot_entry["parts"] if slot_entry else None, parts) or [
+        "cached output is gone"]
     return None, reasons
+
+
+def _read_entry(store: Store, key: str) -> dict[str, Any] | None:
+    """A cache entry, or None when absent or unreadable: entries are written without waiting
+    for the disk (:meth:`Store.put_index`), so a crash may leave one empty; the step is then
+    recomputed and the entry rewritten, with a warning naming it."""
+    if not store.exists(key):
+        return None
+    try:
+        entry = store.get_json(key)
+    except (ValueError, UnicodeDecodeError):
+        entry = None
+    if isinstance(entry, dict) and isinstance(entry.get("prefix"), str) \
+            and isinstance(entry.get("parts"), dict):
+        return entry
+    get_logger("cache").warning("cache entry %s is damaged (a crash while it was written?): "
+                                "taken as a miss, rewritten after the step", store.url(key))
+    return None
 
 
 def record(store: Store, task: str, slot: str, parts: dict[str, Any],
@@ -80,6 +98,6 @@ def record(store: Store, task: str, slot: str, parts: dict[str, Any],
         get_logger("cache").warning("not caching %s: %s", store.url(manifest.prefix), why)
         return None
     entry = {"key": key, "task": task, "slot": slot, "prefix": manifest.prefix, "parts": parts}
-    store.put_json(join("cache", task, f"{key}.json"), entry)
-    store.put_json(join("cache", task, "slots", f"{slot}.json"), entry)
+    store.put_index(join("cache", task, f"{key}.json"), entry)
+    store.put_index(join("cache", task, "slots", f"{slot}.json"), entry)
     return key
