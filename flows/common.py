@@ -3,6 +3,7 @@ caching and live progress; artifacts; run ids; the flow manifest."""
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from datetime import UTC, datetime, timedelta
@@ -168,6 +169,13 @@ def retrying_step(name: str, retries: int, delay_s: float | None = None):
     the one retry rule, :func:`worth_retrying` (``VF_RETRY_DELAY_S``, default 5 s, between
     attempts). :class:`flows.fanout.Steps` gets every step from here."""
     delay = float(os.environ.get("VF_RETRY_DELAY_S", "5")) if delay_s is None else delay_s
+    return _step_task(name, retries, delay)
+
+
+@functools.lru_cache(maxsize=1024)
+def _step_task(name: str, retries: int, delay: float):
+    """One Prefect task object per (name, retries, delay), made once (``with_options``
+    builds a new Task, ~2 ms, and a flow asks for its steps' again on every rerun)."""
     return run_step.with_options(name=name, task_run_name=name, retries=retries,
                                  retry_delay_seconds=delay, retry_condition_fn=worth_retrying)
 
