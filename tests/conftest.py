@@ -140,6 +140,17 @@ def prefect_harness(tmp_path_factory):
         EventsWorker.set_client_override(None)
 
 
+@pytest.fixture()
+def shared_prefect(prefect_harness, monkeypatch):
+    """``visionflows`` runs in child processes use the session's Prefect server
+    (``PREFECT_API_URL`` in their environment, as a user of the stack sets it) instead of each
+    starting a temporary one (~14 s and ~5 CPU-s a start on 2 loaded cores): for the tests
+    about something else. The temporary server itself is tested where it is the point:
+    tests/test_signals.py and the README's ``run all`` (tests/test_final_report.py)."""
+    monkeypatch.setenv("PREFECT_API_URL", prefect_harness)
+    return prefect_harness
+
+
 # Tiny smoke runs shared by the flow tests and the final-report test (one store).
 Q1_MLP_SMALL = {"data": {"n_train": 600, "n_test": 200}, "epochs": 2}
 Q1_CNN_SMALL = {"data": {"n_train": 400, "n_test": 200}, "epochs": 1}

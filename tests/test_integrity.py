@@ -223,7 +223,8 @@ def test_concurrent_fetches_publish_one_whole_dataset(how, store_uri):
 
 # ---------------------------------------------------------------- the working directory
 
-def test_a_tasks_or_reports_folder_in_the_working_directory_changes_nothing(tmp_path):
+def test_a_tasks_or_reports_folder_in_the_working_directory_changes_nothing(tmp_path,
+                                                                            shared_prefect):
     """``python -m tasks`` puts the working directory first on sys.path: a user's own
     ``reports/`` or ``tasks/`` folder would shadow ours. Children run ``python -P``."""
     work = tmp_path / "w"
@@ -258,7 +259,7 @@ def small_disk(tmp_path):
 
 @pytest.mark.parametrize("launcher", ["local", "subprocess"])
 def test_a_full_store_is_one_line_exit_2_and_earlier_results_stay(small_disk, launcher,
-                                                                  tmp_path):
+                                                                  tmp_path, shared_prefect):
     uri = f"file://{small_disk}/store"
     sets = sum((["--set", f"{k}={json.dumps(v)}"] for k, v in TINY.items()), [])
     first = cli(["run", "q1-mlp", "--store", uri, "--run-id", "A", "--launcher", launcher,
@@ -281,7 +282,7 @@ def test_a_full_store_is_one_line_exit_2_and_earlier_results_stay(small_disk, la
     assert find_manifest(st, ["runs/q1-mlp/B", "manifest.json"][0]) is None
 
 
-def test_a_read_only_store_is_refused_at_start(small_disk):
+def test_a_read_only_store_is_refused_at_start(small_disk, shared_prefect):
     (small_disk / "store").mkdir()
     assert subprocess.run(["mount", "-o", "remount,ro", str(small_disk)],
                           capture_output=True).returncode == 0

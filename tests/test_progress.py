@@ -54,7 +54,7 @@ def run_cli(args: list[str], tty: bool, tmp_path) -> tuple[int, str]:
     return proc.returncode, out.decode("utf-8", "replace")
 
 
-def test_bars_under_a_terminal_and_none_in_a_pipe(tmp_path):
+def test_bars_under_a_terminal_and_none_in_a_pipe(tmp_path, shared_prefect):
     code, out = run_cli(["run", "q1-mlp", "--store", f"file://{tmp_path / 's'}", *TINY],
                         tty=True, tmp_path=tmp_path)
     assert code == 0, out[-3000:]

@@ -2,7 +2,7 @@
 
 Each test edits a *copy* of the project (the suite's own code is never touched) and runs
 the real CLI on it in a child process (``PYTHONPATH`` = the copy), against the session's
-Prefect server and a ``file://`` store:
+Prefect server (``shared_prefect``) and a ``file://`` store:
 
 - q1-mlp: a run is verified identical; the optimizer's learning rate is changed; verify
   now says DIFFERENT and names the file; resuming the same run id recomputes (not the old
@@ -69,7 +69,7 @@ def edit(path: Path, old: str, new: str) -> None:
 
 @pytest.mark.parametrize("launcher", ["local", "subprocess"])
 def test_a_code_change_is_never_answered_with_old_results(launcher, project, tmp_path,
-                                                          prefect_harness):
+                                                          shared_prefect):
     store = tmp_path / "store"
     uri = f"file://{store}"
     common = ["--store", uri, "--launcher", launcher, "--no-progress"]
@@ -105,7 +105,7 @@ def test_a_code_change_is_never_answered_with_old_results(launcher, project, tmp
     assert ok.returncode == 0 and "DIFFERENT" not in ok.stdout
 
 
-def test_verify_names_bad_input(project, tmp_path, prefect_harness):
+def test_verify_names_bad_input(project, tmp_path, shared_prefect):
     store = tmp_path / "store"
     uri = f"file://{store}"
     none = cli(project, "verify", "q1-mlp", "--store", uri, check=False)
@@ -124,7 +124,7 @@ def test_verify_names_bad_input(project, tmp_path, prefect_harness):
 
 
 @pytest.mark.slow
-def test_an_edit_to_the_yolo_worker_recomputes_training(project, tmp_path, prefect_harness):
+def test_an_edit_to_the_yolo_worker_recomputes_training(project, tmp_path, shared_prefect):
     store = tmp_path / "store"
     uri = f"file://{store}"
     tiny = ["--set", "data.n_train=16", "--set", "data.n_valid=8", "--set",
