@@ -297,7 +297,7 @@ def deploy_values(root: str | None = None) -> dict[str, Any]:
 
 
 def needs_table() -> str:
-    """A Markdown table of every flow's needs (the README shows it)."""
+    """A Markdown table of every flow's needs (docs/deployment.md shows it)."""
     from flows.deployments import NIGHTLY
 
     rows = ["| flow | GPUs | GPU share of a step | cells at once | CPUs | memory (incl. /dev/shm) "

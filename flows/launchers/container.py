@@ -28,7 +28,7 @@ the task's config into it as a file, and runs the image's entrypoint
   ``LaunchError`` with the last log lines, and the container is removed afterwards.
 
 Settings come from the environment (``DockerOptions.from_env``) so flows choose the docker
-launcher by a parameter and nothing else; see the README's "Containerized tasks" section.
+launcher by a parameter and nothing else; see docs/deployment.md, "Containerized tasks".
 """
 
 from __future__ import annotations
