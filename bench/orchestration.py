@@ -25,7 +25,7 @@ import statistics
 import tempfile
 import time
 
-from bench.common import print_ratios, race
+from bench.common import print_ratios, race_times
 
 OVERRIDES = {"data": {"n_train": 2000, "n_test": 500}, "epochs": 2}
 
@@ -105,14 +105,18 @@ def main() -> None:
         return run
 
     with prefect_test_harness(server_startup_timeout=120):
-        medians = race({name: timed(name, fn) for name, fn in
-                        (("direct task calls", direct), ("prefect flow", prefect),
-                                         ("prefect floor", floor_flow))},
-                       repeats=args.repeats)
+        times = race_times({name: timed(name, fn) for name, fn in
+                            (("direct task calls", direct), ("prefect flow", prefect),
+                             ("prefect floor", floor_flow))},
+                           repeats=args.repeats, alternate=True)
+        medians = {name: statistics.median(ts) for name, ts in times.items()}
         if args.profile:
             profile_flow(prefect)
     print_ratios(f"q1-mlp smoke ({n_tasks} task runs)", medians, "direct task calls")
-    extra = medians["prefect flow"] - medians["direct task calls"]
+    # the overhead round by round (flow minus direct calls, side by side): steadier than a
+    # difference of medians when the load moves between rounds
+    extra = statistics.median(f - d for f, d in zip(times["prefect flow"],
+                                                     times["direct task calls"], strict=True))
     task_s = {k: statistics.median(v[-args.repeats:]) for k, v in spent.items()}
     for name, sec in task_s.items():
         print(f"  {name:<34} inside the tasks {sec:6.3f} s, outside {medians[name] - sec:6.3f} s")
