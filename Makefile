@@ -2,6 +2,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 PYTEST_ARGS ?=
+# Every run ends with its 15 slowest tests (--durations): where the suite's time goes.
 # Test files run on this many processes (pytest-xdist; a file stays on one): most tests
 # wait on servers and child processes, so two workers roughly halve the time on 2 cores.
 PYTEST_WORKERS ?= 2
@@ -21,7 +22,7 @@ run: install
 
 test: install-dev
 	$(PYTHON) -m ruff check .
-	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 lint:
 	$(PYTHON) -m ruff check .
