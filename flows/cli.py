@@ -356,9 +356,10 @@ def cmd_mirror(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     """Compare two runs of one question (or show a question's trend); no Prefect needed."""
     from tasks.comparers import COMPARERS, comparer, resolve
+    from tasks.core.layout import compare_prefix
     from tasks.core.store import join
     from tasks.registry import run_task
-    from tasks.reporting.compare import compare_prefix, summary_lines
+    from tasks.reporting.compare import summary_lines
 
     refs = args.refs or []
     if args.trend:

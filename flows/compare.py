@@ -22,10 +22,12 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from flows.common import run_step, write_flow_manifest
 from tasks.core.config import Config
+from tasks.core.layout import compare_prefix
 from tasks.core.promote import champion_question, read_champion
 from tasks.core.runtime import git_commit
 from tasks.core.store import Store, join
-from tasks.reporting.compare import RegressionError, compare_prefix, finished_runs
+from tasks.reporting.compare import RegressionError
+from tasks.reporting.runs import finished_runs
 
 
 def code_identity(steps: Iterable[dict[str, Any] | None]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tasks.core.errors import ConfigError, MissingKeyError
+from tasks.core.layout import flow_manifest_key, flow_runs_prefix, is_flow_manifest, latest_key
 from tasks.core.log import get_logger
 from tasks.core.runtime import Manifest, find_manifest, identity_changes, identity_of
 from tasks.core.store import Store, join, open_store
@@ -92,14 +93,14 @@ def resolve_run(store: Store, flow: str, ref: str) -> str:
 
     if ref == "latest":
         try:
-            return str(store.get_json(join("runs", flow, "latest.json"))["run_id"])
+            return str(store.get_json(latest_key(flow))["run_id"])
         except MissingKeyError:
             raise ConfigError(f"no finished {flow} run in {store.uri}: nothing to verify "
                               f"(run `visionflows run {flow}` first)") from None
-    if store.exists(join("runs", flow, ref, "manifest.json")):
+    if store.exists(flow_manifest_key(flow, ref)):
         return ref
-    runs = sorted({k.split("/")[2] for k in store.list(join("runs", flow))
-                   if k.endswith("/manifest.json") and k.count("/") == 3})
+    runs = sorted(k.split("/")[2] for k in store.list(flow_runs_prefix(flow))
+                  if is_flow_manifest(k, flow))
     raise ConfigError(f"no finished {flow} run {ref!r} in {store.uri}"
                       f"{did_you_mean(ref, runs)}; finished runs: "
                       f"{', '.join(runs[-5:]) or 'none'} (or use latest)")
@@ -225,7 +226,7 @@ def verify_run(store_uri: str, flow: str, ref: str = "latest", steps: str | None
         raise ConfigError(f"--tolerance must be 0 or more (got {tolerance})")
     store = open_store(store_uri)
     run_id = resolve_run(store, flow, ref)
-    flow_manifest = store.get_json(join("runs", flow, run_id, "manifest.json"))
+    flow_manifest = store.get_json(flow_manifest_key(flow, run_id))
     found = run_steps(store, flow_manifest)
     if steps:
         chosen = {n: m for n, m in found.items() if fnmatch.fnmatch(n, steps)}

@@ -15,8 +15,9 @@ from tasks.core.runtime import Manifest
 from tasks.core.store import Store
 from tasks.reporting import final as final_report
 from tasks.reporting import trend as trend_report
-from tasks.reporting.compare import CompareConfig, Comparer, RunInfo, render, resolve_refs
+from tasks.reporting.compare import CompareConfig, Comparer, render
 from tasks.reporting.final import FinalReportConfig
+from tasks.reporting.runs import RunInfo, resolve_refs
 from tasks.reporting.trend import CellsOf, TrendConfig
 
 # flow name -> "module:attribute" of its Comparer, imported when used

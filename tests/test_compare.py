@@ -171,7 +171,7 @@ def test_identical_config_and_seed_show_no_metric_difference(q1_runs, capsys):
 
 def test_latest_n_and_champion_resolve(q1_runs, capsys):
     from tasks.comparers import resolve
-    from tasks.reporting.compare import RunRefError
+    from tasks.reporting.runs import RunRefError
 
     uri, r1, r2, r3 = q1_runs
     st = open_store(uri)
@@ -378,7 +378,7 @@ def test_q3_compare_shows_the_same_photo_from_both_runs(q3_runs, capsys):
 # ---------------------------------------------------------------- statistics and trend units
 
 def test_welch_p_values_match_the_t_distribution():
-    from tasks.reporting.compare import betainc, metric_delta, t_two_sided_p, welch
+    from tasks.reporting.stats import betainc, metric_delta, t_two_sided_p, welch
 
     # two-sided critical values of Student's t at alpha 0.05 (tables)
     for t, df in ((12.706, 1), (2.228, 10), (2.042, 30)):

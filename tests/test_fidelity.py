@@ -13,14 +13,8 @@ import pytest
 
 from flows.cli import main
 from tasks.core.store import open_store
-from tasks.reporting.compare import (
-    interval_text,
-    locate,
-    metric_delta,
-    summary_lines,
-    t_interval,
-    t_quantile,
-)
+from tasks.reporting.compare import summary_lines
+from tasks.reporting.stats import interval_text, locate, metric_delta, t_interval, t_quantile
 from tests.test_report_verdicts import put_manifest
 
 T975_DF2 = 4.302652729911275  # t(0.975, 2): three seeds, two-sided 95 %

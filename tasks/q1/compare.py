@@ -12,7 +12,8 @@ import re
 from tasks.core.runtime import Manifest, find_manifest
 from tasks.core.store import Store
 from tasks.q1.data import CLASSES
-from tasks.reporting.compare import Cell, Comparer, RunInfo, dataset_identity, numbers
+from tasks.reporting.compare import Cell, Comparer, dataset_identity, numbers
+from tasks.reporting.runs import RunInfo
 
 SEED = re.compile(r"-seed(\d+)$")
 

@@ -8,7 +8,7 @@ Each row: the cell, dev and test accuracy as mean ± std over its seeds (n) with
 value, the 95 % t-interval of the test mean, the reference number where the report printed
 one and where it lies against our interval, and the cell's wall time (its trainings' and
 evaluations' durations, summed over seeds). The statistics are the reports' own
-(``tasks.reporting.compare``).
+(``tasks.reporting.stats``).
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ import sys
 from typing import Any
 
 from tasks.core.errors import ConfigError
+from tasks.core.layout import flow_runs_prefix, run_ids, run_prefix, step_prefix
 from tasks.core.runtime import find_manifest
 from tasks.core.store import Store, join, open_store
 from tasks.q1.plan import q1_cnn_cells, q1_mlp_cells
 from tasks.q1.reference import REFERENCE
-from tasks.reporting.compare import interval_text, t_interval
+from tasks.reporting.stats import interval_text, t_interval
 
 SEED = re.compile(r"-seed(\d+)$")
 CELLS = {"q1-cnn": q1_cnn_cells, "q1-mlp": q1_mlp_cells}
@@ -32,8 +33,7 @@ CELLS = {"q1-cnn": q1_cnn_cells, "q1-mlp": q1_mlp_cells}
 
 def latest_run(store: Store, flow: str) -> str:
     """The newest run id of ``flow`` that has any stored step (finished or not)."""
-    ids = sorted({k.split("/")[2] for k in store.list(join("runs", flow))
-                  if k.count("/") >= 3})
+    ids = run_ids(store.list(flow_runs_prefix(flow)), flow)
     if not ids:
         raise ConfigError(f"no {flow} run in {store.uri}: nothing to tabulate")
     return ids[-1]
@@ -49,7 +49,7 @@ def cell_rows(store: Store, flow: str, run_id: str) -> list[dict[str, Any]]:
     full = validate(cls, deep_merge(cls().model_dump(mode="json"), PROFILES[flow]["full"]),
                     what=f"{flow} (full profile)")
     cells, groups = CELLS[flow](full)
-    base = join("runs", flow, run_id)
+    base = run_prefix(flow, run_id)
     names: dict[str, str] = {}
     for g in groups:  # a cell shared by two sweeps: both names
         for name, _, cid in g["runs"]:
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     store = open_store(args.store)
     if args.splits:
         run_id = args.run_id or latest_run(store, args.flow)
-        r = split_spread(store, join("runs", args.flow, run_id, f"train-{args.splits}"))
+        r = split_spread(store, step_prefix(args.flow, run_id, f"train-{args.splits}"))
         print(f"{r['cell']} (epoch {r['epoch']}): all 10,000 test images "
               f"{100 * r['all']:.2f} %; our split: dev {100 * r['dev']:.2f} %, test "
               f"{100 * r['test']:.2f} % ({r['n_test']:,} images); {r['draws']:,} random "

@@ -20,14 +20,7 @@ from tasks.ml.summary import format_summary, summarize
 from tasks.q1.data import CLASSES
 from tasks.q1.reference import REFERENCE
 from tasks.q1.train import TrainConfig, build_model
-from tasks.reporting.compare import (
-    CONFIDENCE,
-    ComparisonLink,
-    interval_text,
-    link_section,
-    metric_delta,
-    t_interval,
-)
+from tasks.reporting.compare import ComparisonLink, link_section
 from tasks.reporting.render import (
     Image,
     Report,
@@ -38,6 +31,7 @@ from tasks.reporting.render import (
     slug,
     write_report,
 )
+from tasks.reporting.stats import CONFIDENCE, interval_text, metric_delta, t_interval
 
 
 class RepeatRef(Config):

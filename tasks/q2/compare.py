@@ -12,8 +12,9 @@ from typing import Any
 from tasks.core.runtime import find_manifest
 from tasks.core.store import Store
 from tasks.q2.data import CLASSES
-from tasks.reporting.compare import Cell, Comparer, ImagePair, RunInfo, dataset_identity, numbers
+from tasks.reporting.compare import Cell, Comparer, ImagePair, dataset_identity, numbers
 from tasks.reporting.render import Section, Table
+from tasks.reporting.runs import RunInfo
 
 
 class Q2Comparer(Comparer):

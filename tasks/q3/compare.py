@@ -15,8 +15,9 @@ import numpy as np
 from tasks.core.runtime import find_manifest
 from tasks.core.store import Store
 from tasks.q3.segment import VOC_CLASSES
-from tasks.reporting.compare import Cell, Comparer, ImagePair, RunInfo
+from tasks.reporting.compare import Cell, Comparer, ImagePair
 from tasks.reporting.render import Section, Table
+from tasks.reporting.runs import RunInfo
 
 
 def _entries(run: RunInfo) -> list[dict[str, Any]]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from tasks.core.runtime import find_manifest
 from tasks.core.store import Store
-from tasks.reporting.compare import Cell, Comparer, ImagePair, RunInfo, dataset_identity, numbers
+from tasks.reporting.compare import Cell, Comparer, ImagePair, dataset_identity, numbers
+from tasks.reporting.runs import RunInfo
 
 PER_CLASS = ("mAP50-95", "mAP50", "precision", "recall")
 

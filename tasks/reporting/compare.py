@@ -3,8 +3,9 @@ data, library versions, image, device, machine), every cell's metrics with their
 differences, the per-epoch curves of both overlaid, per-class deltas and the difference of
 the confusion matrices, and images side by side.
 
-This is the shared half: run references (run ids, ``champion``, ``latest``, ``latest~N``),
-the provenance diff, the statistics and the report. Each question supplies a
+This is the shared half: the provenance diff, the verdict and the report (run references:
+:mod:`tasks.reporting.runs`; the statistics: :mod:`tasks.reporting.stats`). Each question
+supplies a
 :class:`Comparer` (which cells a run has and their metrics, curves and per-class numbers,
 its input data's identity, which images to put side by side, its own extra sections); they
 are registered on top (``tasks/comparers.py``) and handed in, never imported here.
@@ -16,8 +17,6 @@ manifests but no flow manifest has not finished (still running, or interrupted).
 from __future__ import annotations
 
 import math
-import re
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,20 +25,14 @@ from typing import Any
 from pydantic import Field
 
 from tasks.core.config import Config
-from tasks.core.errors import ConfigError, MissingKeyError, VisionflowsError
-from tasks.core.promote import champion_key, champion_question, is_regression, read_champion
+from tasks.core.errors import MissingKeyError, VisionflowsError
+from tasks.core.layout import flow_manifest_key, run_prefix
+from tasks.core.promote import is_regression
 from tasks.core.runtime import Manifest, TaskRun, read_manifest
-from tasks.core.store import Store, join
+from tasks.core.store import Store
 from tasks.reporting.render import Image, Report, Section, Table, fmt, slug, write_report
-
-ALPHA = 0.05
-CONFIDENCE = 1.0 - ALPHA  # of every interval over seeds
-REF = re.compile(r"^(?P<kind>champion|latest)(?:~(?P<n>\d+))?$")
-RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-class RunRefError(ConfigError):
-    """A run reference that cannot be compared: unknown, unfinished, or of another question."""
+from tasks.reporting.runs import RunInfo, resolve_refs
+from tasks.reporting.stats import CONFIDENCE, metric_delta
 
 
 class RegressionError(VisionflowsError):
@@ -76,20 +69,6 @@ class ImagePair:
     a: str | None
     b: str | None
     caption: str = ""
-
-
-@dataclass
-class RunInfo:
-    """A resolved run: its flow, id, the reference it was named by, its flow manifest."""
-
-    flow: str
-    run_id: str
-    ref: str
-    manifest: dict[str, Any]
-
-    @property
-    def profile(self) -> str:
-        return str(self.manifest.get("profile", "?"))
 
 
 class Comparer:
@@ -149,332 +128,6 @@ def dataset_identity(store: Store, prefix: str | None, label: str = "data") -> d
     return {label: f"{prefix} (no sha256 recorded)"}
 
 
-# ---------------------------------------------------------------- run references
-
-def flow_manifest_key(flow: str, run_id: str) -> str:
-    return join("runs", flow, run_id, "manifest.json")
-
-
-def compare_prefix(flow: str, a: str, b: str) -> str:
-    """Where the comparison of runs ``a`` and ``b`` of ``flow`` is written."""
-    return join("reports", "compare", flow, f"{a}..{b}")
-
-
-def finished_runs(store: Store, flow: str, profile: str | None = None) -> list[dict[str, Any]]:
-    """Flow manifests of every finished run of ``flow`` (of ``profile`` when given), oldest
-    first by finish time."""
-    pattern = re.compile(rf"^runs/{re.escape(flow)}/[^/]+/manifest\.json$")
-    out = []
-    for key in store.list(join("runs", flow)):
-        if pattern.match(key):
-            try:
-                m = store.get_json(key)
-            except MissingKeyError:  # deleted meanwhile
-                continue
-            if profile is None or m.get("profile") == profile:
-                out.append(m)
-    return sorted(out, key=lambda m: (str(m.get("finished_at", "")), str(m.get("run_id"))))
-
-
-def _run_state(store: Store, flow: str, run_id: str) -> tuple[str, int]:
-    """``("finished" | "in progress" | "absent", number of stored files)``."""
-    if store.exists(flow_manifest_key(flow, run_id)):
-        return "finished", 0
-    files = store.list(join("runs", flow, run_id))
-    return ("in progress", len(files)) if files else ("absent", 0)
-
-
-def _recent(store: Store, flow: str, n: int = 5) -> str:
-    runs = finished_runs(store, flow)
-    if not runs:
-        return f"there is no finished {flow} run in {store.url('runs/' + flow)}/"
-    shown = ", ".join(str(m["run_id"]) for m in reversed(runs[-n:]))
-    return f"recent {flow} runs (newest first): {shown}"
-
-
-def _locate(store: Store, run_id: str, flows: Sequence[str]) -> dict[str, str]:
-    """flow -> state for every flow that holds anything of ``run_id``."""
-    out = {}
-    for f in flows:
-        state, _ = _run_state(store, f, run_id)
-        if state != "absent":
-            out[f] = state
-    return out
-
-
-def _check_id(ref: str) -> None:
-    if not RUN_ID.match(ref):
-        raise RunRefError(f"{ref!r} is not a run reference: use a run id (e.g. "
-                          "20260101T010000Z-a1b2c3), champion, latest or latest~N (N runs "
-                          "before the latest)")
-
-
-def _finished(store: Store, flow: str, run_id: str, ref: str) -> RunInfo:
-    state, n_files = _run_state(store, flow, run_id)
-    if state == "in progress":
-        raise RunRefError(
-            f"run {run_id} of {flow} has not finished: {n_files} file(s) are stored under "
-            f"{store.url(join('runs', flow, run_id))}/ but there is no flow manifest "
-            f"(runs/{flow}/{run_id}/manifest.json); it is still running or was interrupted. "
-            f"Compare it once it has finished (an interrupted run finishes with `visionflows "
-            f"run {flow} --run-id {run_id}`)")
-    if state == "absent":
-        raise RunRefError(f"no run {run_id} of {flow} in {store.uri}; {_recent(store, flow)}")
-    return RunInfo(flow, run_id, ref, store.get_json(flow_manifest_key(flow, run_id)))
-
-
-def _latest(store: Store, flow: str, n: int, profile: str | None, ref: str) -> RunInfo:
-    runs = finished_runs(store, flow, profile)
-    of = f" of the {profile} profile" if profile else ""
-    if not runs:
-        raise RunRefError(f"{ref}: there is no finished {flow} run{of} in {store.uri}; run "
-                          f"`visionflows run {flow}` first")
-    if n >= len(runs):
-        raise RunRefError(f"{ref}: only {len(runs)} finished {flow} run(s){of} in "
-                          f"{store.uri}, so the oldest is latest~{len(runs) - 1}")
-    m = runs[-1 - n]
-    return RunInfo(flow, str(m["run_id"]), ref, m)
-
-
-def _champion(store: Store, flow: str, profile: str, ref: str) -> RunInfo:
-    key = champion_question(flow, profile)
-    champ, _ = read_champion(store, key)
-    if champ is None:
-        raise RunRefError(f"champion: {flow} has no champion for the {profile} profile yet "
-                          f"({store.url(champion_key(key))} does not exist); a finished "
-                          f"`visionflows run {flow} --profile {profile}` sets it")
-    run_id = str(champ["run_id"])
-    state, _ = _run_state(store, flow, run_id)
-    if state != "finished":
-        raise RunRefError(f"champion: the champion of {key} is run {run_id}, but that run has "
-                          f"no flow manifest ({state}) under {store.url(join('runs', flow))}/; "
-                          "compare by run id instead")
-    return _finished(store, flow, run_id, ref)
-
-
-def resolve_refs(store: Store, a_ref: str, b_ref: str, *, flows: Sequence[str],
-                 question: str | None = None, profile: str | None = None
-                 ) -> tuple[RunInfo, RunInfo]:
-    """Resolve two run references of one question.
-
-    ``question`` may be left out when a reference is a run id (its flow is looked up).
-    ``latest~N`` counts finished runs of ``profile`` (every profile when None); ``champion``
-    is the champion of ``profile``, else of the other run's profile, else of ``full``.
-    Errors (:class:`RunRefError`, exit code 2) name the problem and the fix.
-    """
-    if question is not None and question not in flows:
-        raise RunRefError(f"unknown question {question!r}; use one of: {', '.join(flows)}")
-    refs = {"A": a_ref.strip(), "B": b_ref.strip()}
-    found: dict[str, str] = {}
-    for side, ref in refs.items():
-        if REF.match(ref):
-            continue
-        _check_id(ref)
-        where = _locate(store, ref, flows)
-        if not where:
-            hint = _recent(store, question) if question else (
-                f"look under {store.url('runs')}/<question>/")
-            raise RunRefError(f"{side}: no run {ref!r} in {store.uri} (not a run id there, nor "
-                              f"champion, latest or latest~N); {hint}")
-        if question is not None and question not in where:
-            other = next(iter(where))
-            raise RunRefError(f"{side}: run {ref} is a {other} run, not a {question} run: runs "
-                              "of different questions cannot be compared; compare it with "
-                              f"another {other} run (--question {other})")
-        found[side] = question or next(iter(where))
-    flow = question
-    if flow is None:
-        kinds = set(found.values())
-        if len(kinds) > 1:
-            raise RunRefError(f"run {refs['A']} is a {found['A']} run and run {refs['B']} a "
-                              f"{found['B']} run: runs of different questions cannot be "
-                              "compared")
-        if not kinds:
-            raise RunRefError(f"{refs['A']} and {refs['B']} need a question: add --question "
-                              f"Q (one of: {', '.join(flows)})")
-        flow = kinds.pop()
-    runs: dict[str, RunInfo] = {}
-    for side, ref in refs.items():  # run ids and latest~N first: champion may need a profile
-        if (m := REF.match(ref)) is None:
-            runs[side] = _finished(store, flow, ref, ref)
-        elif m["kind"] == "latest":
-            runs[side] = _latest(store, flow, int(m["n"] or 0), profile, ref)
-    for side, ref in refs.items():
-        if side not in runs:
-            other = runs.get("B" if side == "A" else "A")
-            runs[side] = _champion(store, flow, profile or (other.profile if other else "full"),
-                                   ref)
-    return runs["A"], runs["B"]
-
-
-# ---------------------------------------------------------------- statistics
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny, eps = 1e-300, 3e-14
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 300):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < eps:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """The regularized incomplete beta function I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                     + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
-def t_two_sided_p(t: float, df: float) -> float:
-    """Two-sided p-value of Student's t with ``df`` degrees of freedom."""
-    if math.isinf(t):
-        return 0.0
-    return betainc(df / 2.0, 0.5, df / (df + t * t))
-
-
-def welch(a: Sequence[float], b: Sequence[float]) -> dict[str, float] | None:
-    """Welch's t-test of mean(b) - mean(a) (unequal variances); None below two seeds a side."""
-    n1, n2 = len(a), len(b)
-    if n1 < 2 or n2 < 2:
-        return None
-    m1, m2 = statistics.fmean(a), statistics.fmean(b)
-    v1, v2 = statistics.variance(a), statistics.variance(b)
-    se2 = v1 / n1 + v2 / n2
-    if se2 == 0.0:  # every seed agrees on both sides
-        return {"t": 0.0 if m1 == m2 else math.copysign(math.inf, m2 - m1),
-                "df": float(n1 + n2 - 2), "p": 1.0 if m1 == m2 else 0.0}
-    t = (m2 - m1) / math.sqrt(se2)
-    df = se2 ** 2 / ((v1 / n1) ** 2 / (n1 - 1) + (v2 / n2) ** 2 / (n2 - 1))
-    return {"t": t, "df": df, "p": t_two_sided_p(t, df)}
-
-
-def t_quantile(q: float, df: float) -> float:
-    """The ``q``-quantile of Student's t with ``df`` degrees of freedom (no scipy): the
-    root of ``t_two_sided_p`` by bisection, to about 1e-12."""
-    if not 0.0 < q < 1.0:
-        raise ValueError(f"a quantile needs 0 < q < 1 (got {q})")
-    if df <= 0:
-        raise ValueError(f"degrees of freedom must be > 0 (got {df})")
-    if q == 0.5:
-        return 0.0
-    if q < 0.5:
-        return -t_quantile(1.0 - q, df)
-    target = 2.0 * (1.0 - q)  # the two-sided p-value at the quantile
-    lo, hi = 0.0, 1.0
-    while t_two_sided_p(hi, df) > target:
-        lo, hi = hi, 2.0 * hi
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if t_two_sided_p(mid, df) > target:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-12 * max(1.0, hi):
-            break
-    return 0.5 * (lo + hi)
-
-
-def t_interval(values: Sequence[float], confidence: float = CONFIDENCE
-               ) -> dict[str, Any] | None:
-    """The t-interval of the mean over seeds: ``mean ± t(1 - alpha/2, n - 1) * s / sqrt(n)``
-    with ``mean``, ``std`` (sample), ``n``, ``half`` (half-width), ``lo``, ``hi``,
-    ``confidence`` and the ``values``; None below two values (one run: no interval)."""
-    n = len(values)
-    if n < 2:
-        return None
-    mean, std = statistics.fmean(values), statistics.stdev(values)
-    half = t_quantile(1.0 - (1.0 - confidence) / 2.0, n - 1) * std / math.sqrt(n)
-    return {"mean": mean, "std": std, "n": n, "half": half, "lo": mean - half,
-            "hi": mean + half, "confidence": confidence, "values": [float(v) for v in values]}
-
-
-def locate(value: float, interval: dict[str, Any]) -> dict[str, Any]:
-    """Where ``value`` lies against ``interval`` (from :func:`t_interval`): ``position``
-    (inside, above, below), ``gap`` (distance to the nearest edge, 0 inside) and
-    ``from_mean`` (value - mean)."""
-    if value < interval["lo"]:
-        position, gap = "below", interval["lo"] - value
-    elif value > interval["hi"]:
-        position, gap = "above", value - interval["hi"]
-    else:
-        position, gap = "inside", 0.0
-    return {"position": position, "gap": gap, "from_mean": value - interval["mean"]}
-
-
-def interval_text(value: float | None, interval: dict[str, Any] | None, *,
-                  percent: bool = False, what: str = "the reference") -> str:
-    """In words: where ``value`` lies against our interval, with the gap (in percentage
-    points when ``percent``: the values are fractions). A single run: no interval."""
-    if interval is None:
-        return "one run: no interval"
-    if value is None:
-        return "—"
-    scale, unit = (100.0, " points") if percent else (1.0, "")
-    lo, hi = scale * interval["lo"], scale * interval["hi"]
-    span = f"[{lo:.2f}, {hi:.2f}]" if percent else f"[{lo:.4f}, {hi:.4f}]"
-    where = locate(value, interval)
-    level = f"{100 * interval['confidence']:g} %"
-    from_mean = scale * where["from_mean"]
-    text = (f"{what} lies inside our {level} interval {span} (n={interval['n']})"
-            if where["position"] == "inside" else
-            f"{what} lies {where['position']} our {level} interval {span} (n={interval['n']}) "
-            f"by {scale * where['gap']:.2f}{unit}")
-    return text + f"; {what} minus our mean: {from_mean:+.2f}{unit}"
-
-
-def metric_delta(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
-    """Means, spreads and the difference B - A of one metric over each side's seeds, each
-    side's per-seed values and 95 % t-interval (None for one seed), where B's mean lies
-    against A's interval, and whether the difference exceeds the seed-to-seed spread
-    (Welch's t-test, two-sided)."""
-    ma, mb = statistics.fmean(a), statistics.fmean(b)
-    ci_a, ci_b = t_interval(a), t_interval(b)
-    out: dict[str, Any] = {
-        "a": ma, "b": mb, "delta": mb - ma, "a_n": len(a), "b_n": len(b),
-        "a_std": statistics.stdev(a) if len(a) > 1 else None,
-        "b_std": statistics.stdev(b) if len(b) > 1 else None,
-        "a_values": [float(v) for v in a], "b_values": [float(v) for v in b],
-        "a_ci": None if ci_a is None else [ci_a["lo"], ci_a["hi"]],
-        "b_ci": None if ci_b is None else [ci_b["lo"], ci_b["hi"]],
-        "b_in_a": None if ci_a is None else locate(mb, ci_a)["position"],
-        "p": None, "exceeds_spread": None}
-    test = welch(a, b)
-    if test is None:
-        out["test"] = ("one seed each: no spread to compare with" if len(a) == len(b) == 1
-                       else "fewer than 2 seeds on a side: no test")
-    else:
-        out["p"] = test["p"]
-        out["exceeds_spread"] = test["p"] < ALPHA
-        out["test"] = (f"Welch's t-test p={test['p']:.3g}: "
-                       + ("exceeds" if out["exceeds_spread"] else "within")
-                       + f" the seed-to-seed spread (alpha {ALPHA})")
-    return out
-
-
 def verdict(a: RunInfo, b: RunInfo, mode: str, tolerance: float) -> dict[str, Any]:
     """B against A on the primary metric of the flow manifests (the value promotion used)."""
     ca, cb = a.manifest.get("champion") or {}, b.manifest.get("champion") or {}
@@ -532,7 +185,7 @@ def run_steps(store: Store, run: RunInfo, cells: dict[str, Cell]) -> list[dict[s
     """Every step manifest of a run: those under its folder and those its cells reuse from
     earlier runs (cache hits)."""
     seen: dict[str, dict[str, Any]] = {}
-    own = join("runs", run.flow, run.run_id)
+    own = run_prefix(run.flow, run.run_id)
     for key in store.list(own):
         if key.endswith("/manifest.json") and key != flow_manifest_key(run.flow, run.run_id):
             try:

@@ -30,9 +30,9 @@ from pydantic import Field
 
 from tasks.core.config import Config, config_hash
 from tasks.core.errors import MissingKeyError
+from tasks.core.layout import flow_manifest_key, latest_key
 from tasks.core.runtime import IntegrityError, Manifest, TaskRun, find_manifest, find_verified
 from tasks.core.store import LINK_EXPIRY_MAX_S, Store, join, link_expiry_seconds
-from tasks.reporting.compare import CONFIDENCE
 from tasks.reporting.render import (
     Image,
     Link,
@@ -43,6 +43,7 @@ from tasks.reporting.render import (
     metric_kind,
     write_report,
 )
+from tasks.reporting.stats import CONFIDENCE
 from tasks.reporting.trend import CellsOf, trend_section
 
 QUESTIONS = ["q1-mlp", "q1-cnn", "q2-transfer", "q3-segmentation", "q4-yolo"]
@@ -73,11 +74,11 @@ class FinalReportConfig(Config):
 def _load_question(store: Store, question: str, run_id: str | None) -> dict[str, Any] | None:
     if run_id is None:
         try:
-            run_id = store.get_json(join("runs", question, "latest.json"))["run_id"]
+            run_id = store.get_json(latest_key(question))["run_id"]
         except MissingKeyError:
             return None
     try:
-        flow = store.get_json(join("runs", question, run_id, "manifest.json"))
+        flow = store.get_json(flow_manifest_key(question, run_id))
     except MissingKeyError:
         return {"run_id": run_id, "missing": True}
     report_dir = flow["report"]["report.html"].rsplit("/", 1)[0]

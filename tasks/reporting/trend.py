@@ -32,19 +32,14 @@ from pydantic import Field
 
 from tasks.core.config import Config
 from tasks.core.errors import ConfigError, MissingKeyError
+from tasks.core.layout import flow_manifest_key, latest_key
 from tasks.core.promote import champion_key, champion_question, history, is_regression
 from tasks.core.runtime import Manifest, TaskRun
-from tasks.core.store import Store, join
-from tasks.reporting.compare import (
-    CONFIDENCE,
-    Cell,
-    RunInfo,
-    finished_runs,
-    flow_manifest_key,
-    locate,
-    t_interval,
-)
+from tasks.core.store import Store
+from tasks.reporting.compare import Cell
 from tasks.reporting.render import Image, Report, Section, Table, metric_kind, write_report
+from tasks.reporting.runs import RunInfo, finished_runs
+from tasks.reporting.stats import CONFIDENCE, locate, t_interval
 
 DEFAULT_LAST = 20
 # a question's cells of a run (its Comparer.cells), for the interval check
@@ -248,7 +243,7 @@ class TrendConfig(Config):
 
 def latest_profile(store: Store, flow: str) -> str | None:
     try:
-        run_id = store.get_json(join("runs", flow, "latest.json"))["run_id"]
+        run_id = store.get_json(latest_key(flow))["run_id"]
     except MissingKeyError:
         return None
     m = _flow_manifest(store, flow, run_id)
