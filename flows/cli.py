@@ -437,8 +437,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from flows.doctor import run_doctor
+    from flows.doctor import run_doctor, run_settings
 
+    if args.settings:
+        return run_settings()
     prefect_env()
     return run_doctor(args.store, docker=not args.no_docker)
 
@@ -549,6 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--store", default=None,
                         help="store to check (default $VF_STORE or file://./artifacts)")
     doctor.add_argument("--no-docker", action="store_true", help="skip the Docker checks")
+    doctor.add_argument("--settings", action="store_true",
+                        help="list every VF_* setting instead (type, default, current value "
+                             "with secrets masked, help); exit 1 when a value is invalid")
     doctor.set_defaults(func=cmd_doctor)
     from flows.submit import add_submit_parser
 
@@ -558,7 +563,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from tasks.core.log import redact, setup_cli_logging
+    from tasks.core.settings import unknown_in_env
 
+    for warning in unknown_in_env():  # a typo'd VF_* variable would be silently ignored
+        print(warning, file=sys.stderr)
     args = build_parser().parse_args(argv)
     if args.command != "run":  # under a flow, Prefect's handlers show our logger
         setup_cli_logging()

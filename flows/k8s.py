@@ -115,8 +115,8 @@ def write_overlay(out: Path | str, env: Mapping[str, str] | None = None,
     out.mkdir(parents=True, exist_ok=True)
     if any(out.iterdir()):
         raise ConfigError(f"{out} is not empty")
-    minio = setting("VF_K8S_MINIO", env)
-    postgres = setting("VF_K8S_POSTGRES", env)
+    minio = setting("VF_K8S_MINIO", env) == "1"
+    postgres = setting("VF_K8S_POSTGRES", env) == "1"
     base = Path(os.path.relpath((root / K8S_DIR).resolve(), out.resolve()))
     resources = [str(base / "core")] + ([str(base / "minio")] if minio else []) + (
         [str(base / "postgres")] if postgres else [])

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,6 +73,29 @@ def test_every_declared_setting_is_used_somewhere():
                         f"then run `{REGENERATE}`): {unused}")
 
 
+# scripts whose own default differs on purpose: (file, variable) -> why
+SCRIPT_DEFAULTS = {("bench/gpu_check.sh", "VF_OFFLINE"): "the GPU check runs offline"}
+
+
+def test_the_scripts_defaults_are_the_declared_ones():
+    """``${VF_X:-default}`` in a shell script or compose file gives the declared default, so
+    the table does not describe another default than the one used (``${VF_X:-}`` is only
+    "unset is empty" under ``set -u``)."""
+    pattern = re.compile(r"\$\{(VF_[A-Z0-9_]+):-([^}$]+)\}")
+    checked, wrong = 0, []
+    for f in scanned_files():
+        if f.suffix == ".py":
+            continue
+        for name, value in pattern.findall(f.read_text(errors="ignore")):
+            where = str(f.relative_to(ROOT))
+            if (where, name) in SCRIPT_DEFAULTS:
+                continue
+            checked += 1
+            if S.table()[name].default != S.setting(name, {name: value}):
+                wrong.append(f"{where}: {name}:-{value!r}, declared {S.table()[name].default!r}")
+    assert checked >= 8 and not wrong, (checked, wrong)
+
+
 def test_the_table_is_the_pydantic_settings_class(monkeypatch):
     """One definition: the table is ``Settings``' fields, and ``Settings()`` (pydantic-settings
     reading the environment) agrees with :func:`setting` variable by variable."""
@@ -78,14 +103,14 @@ def test_the_table_is_the_pydantic_settings_class(monkeypatch):
     for name in [k for k in os.environ if k.startswith("VF_")]:
         monkeypatch.delenv(name)
     env = {"VF_STORE": "s3://b/p", "VF_S3_MAX_ATTEMPTS": "7", "VF_OFFLINE": "yes",
-           "VF_RETRY_DELAY_S": "0.5", "VF_K8S_MINIO": "0"}
+           "VF_RETRY_DELAY_S": "0.5", "VF_K8S_MINIO": "0", "VF_CI_RAY": "1"}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     whole = S.Settings()
     for name, info in S.table().items():
         assert S.setting(name) == getattr(whole, info.field), name
     assert (whole.store, whole.s3_max_attempts, whole.offline, whole.retry_delay_s,
-            whole.k8s_minio) == ("s3://b/p", 7, True, 0.5, False)
+            whole.k8s_minio, whole.ci_ray) == ("s3://b/p", 7, True, 0.5, "0", "1")
 
 
 def test_every_setting_has_a_group_help_and_a_listed_type():
@@ -115,7 +140,7 @@ def test_setting_reads_the_environment_at_call_time(monkeypatch):
                                         ("no", False), ("off", False)])
 def test_flags(text, value):
     assert S.setting("VF_OFFLINE", {"VF_OFFLINE": text}) is value
-    assert S.setting("VF_K8S_MINIO", {"VF_K8S_MINIO": text}) is value
+    assert S.setting("VF_REFRESH", {"VF_REFRESH": text}) is value
 
 
 def test_a_bad_value_names_the_variable_and_the_fix():
@@ -150,3 +175,47 @@ def test_listing_masks_secrets_and_shows_every_setting():
     assert "VF_TASKS_SECRET_KEY (text; default unset) = ***" in text
     assert "VF_STORE (text; default file://./artifacts) = s3://b/p" in text
     assert all(f"  {name} (" in text for name in S.table())
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("VF_")}
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT, env={**base, **env})
+
+
+def test_doctor_settings_through_the_cli():
+    res = cli("doctor", "--settings", env={"VF_TASKS_SECRET_KEY": "hunter2-secret",
+                                           "VF_S3_MAX_ATTEMPTS": "3"})
+    assert res.returncode == 0, res.stderr
+    assert "hunter2" not in res.stdout + res.stderr
+    assert "VF_TASKS_SECRET_KEY (text; default unset) = ***" in res.stdout
+    assert "VF_S3_MAX_ATTEMPTS (int; default 5) = 3" in res.stdout
+    assert "attempts per S3 call" in res.stdout
+    assert res.stdout.count("  VF_") == len(S.table())
+    assert "[test]" in res.stdout and "[ci; read by .ci/run]" in res.stdout
+    bad = cli("doctor", "--settings", env={"VF_RETRY_DELAY_S": "soon"})
+    assert bad.returncode == 1
+    assert "VF_RETRY_DELAY_S (seconds; default 5) = soon INVALID" in bad.stdout
+    assert "fix: VF_RETRY_DELAY_S='soon' is not a valid seconds" in bad.stdout
+
+
+def test_a_typo_in_the_environment_warns_once_and_is_not_an_error():
+    res = cli("doctor", "--settings", env={"VF_STOER": "file:///tmp/x", "VF_OFLINE": "1"})
+    assert res.returncode == 0, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("warning: VF_")]
+    assert lines == [
+        "warning: VF_OFLINE is not a visionflows setting; did you mean VF_OFFLINE? "
+        "(`visionflows doctor --settings` lists them all)",
+        "warning: VF_STOER is not a visionflows setting; did you mean VF_STORE? "
+        "(`visionflows doctor --settings` lists them all)"]
+    # a failing command still fails for its own reason, with the warning before it
+    res = cli("run", "nope", env={"VF_STOER": "x"})
+    assert res.returncode == 2
+    assert "did you mean VF_STORE?" in res.stderr and "unknown flow 'nope'" in res.stderr
+
+
+def test_docs_settings_md_is_up_to_date():
+    doc = ROOT / "docs" / "settings.md"
+    assert doc.is_file(), f"docs/settings.md is missing: run `{REGENERATE}`"
+    assert doc.read_text() == S.markdown(), f"docs/settings.md is stale: run `{REGENERATE}`"
+    assert all(f"`{name}`" in doc.read_text() for name in S.table())

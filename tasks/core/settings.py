@@ -28,7 +28,7 @@ import sys
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -78,6 +78,10 @@ Size = Annotated[str, Kind("size (512m, 4g)")]
 Seconds = Annotated[float, Kind("seconds")]
 Limit = Annotated[str, Kind("seconds | none")]
 Csv = Annotated[str, Kind("comma-separated")]
+Bit = Annotated[Literal["0", "1"], Kind("0 | 1")]
+Number = Annotated[str, Kind("number | none")]
+Stage = Annotated[Literal["auto", "0", "1"], Kind("auto | 0 | 1")]
+_STAGE = "0 skips it, 1 makes a missing prerequisite an error, auto runs it when it can"
 
 
 def _s(default: Any, help: str, group: str, scope: str = "user", shown: str | None = None,
@@ -146,7 +150,7 @@ class Settings(BaseSettings):
                                     "launchers", shown="the step's memory")
     docker_shm_size: Size | None = _s(None, "/dev/shm size of task containers", "launchers",
                                       shown="the step's shm, else 2g")
-    docker_cpus: float | None = _s(None, "CPUs of a task container", "launchers",
+    docker_cpus: Number | None = _s(None, "CPUs of a task container", "launchers",
                                    shown="the step's cpus")
     docker_timeout_s: Limit | None = _s(None, "kill a task container after this; none: "
                                         "never", "launchers", shown="the step's time_limit_s")
@@ -213,10 +217,10 @@ class Settings(BaseSettings):
                                         "comma-separated", "deploy")
     registry: Text | None = _s(None, "registry the cluster pulls the worker and task images "
                                "from", "deploy")
-    k8s_minio: Flag = _s(True, "deploy an in-cluster MinIO (0: use VF_STORE)", "deploy")
-    k8s_postgres: Flag = _s(True, "deploy an in-cluster PostgreSQL (0: use PREFECT_DB_HOST)",
-                            "deploy")
-    k8s_render: Flag = _s(False, "print the manifests instead of applying them", "deploy",
+    k8s_minio: Bit = _s("1", "deploy an in-cluster MinIO (0: use VF_STORE)", "deploy")
+    k8s_postgres: Bit = _s("1", "deploy an in-cluster PostgreSQL (0: use PREFECT_DB_HOST)",
+                           "deploy")
+    k8s_render: Bit = _s("0", "print the manifests instead of applying them", "deploy",
                           script="infra/k8s/deploy.sh")
     k8s_api_port: int = _s(4200, "local port of the port-forward to the Prefect server",
                            "deploy", script="infra/k8s/deploy.sh")
@@ -231,18 +235,18 @@ class Settings(BaseSettings):
                                  "images)", "runtime", "internal", shown="this checkout's HEAD")
 
     # ------------------------------------------------------------------ image builds
-    version: Text = _s("0.1.0", "package version built into the image", "images",
-                       script="images/build.sh")
-    source_hash: Text = _s("unknown", "hash of the code built into the image", "images",
-                           script="images/build.sh")
+    version: Text = _s("0.1.0", "package version built into the image (a build argument)",
+                       "images", "internal", script="images/build.sh")
+    source_hash: Text = _s("unknown", "hash of the code built into the image (a build "
+                           "argument)", "images", "internal", script="images/build.sh")
     pip_args: Text | None = _s(None, "extra pip arguments of image builds (--no-index "
                                "--find-links ...)", "images", script="images/build.sh")
     extras: Text | None = _s(None, "package extras of the task image (ray)", "images",
                              script="images/build.sh")
     extra_pins: Text | None = _s(None, "pinned packages of those extras", "images",
                                  script="images/build.sh")
-    force_build: Flag = _s(False, "rebuild an image that already exists", "images",
-                           script="images/build.sh")
+    force_build: Text | None = _s(None, "set (to anything) to rebuild an image that already "
+                                  "exists", "images", script="images/build.sh")
     image_cache: Path_ = _s("/var/cache/visionflows-images", "cache of the local base "
                             "build", "images", script="images/build-local-base.sh")
     debian_suite: Text = _s("bookworm", "Debian suite of the local base", "images",
@@ -255,18 +259,16 @@ class Settings(BaseSettings):
     constraints: Path_ | None = _s(None, "pip constraints of the local base", "images",
                                    script="images/build-local-base.sh",
                                    shown="pip freeze of $PYTHON")
-    ray_image: Flag = _s(False, "also build the Ray-ready task image", "images",
+    ray_image: Bit = _s("0", "also build the Ray-ready task image", "images",
                          script="images/build-local-base.sh")
 
     # ------------------------------------------------------------------ CI and tests
-    ci_docker: Flag | None = _s(None, "container stage: 0 skips it, 1 makes a missing "
-                                "prerequisite an error", "ci", "ci", shown="1 under CI",
-                                script=".ci/run")
-    ci_ray: Flag | None = _s(None, "Ray stage: 0 skips it, 1 makes a missing prerequisite "
-                             "an error", "ci", "ci", shown="1 under CI", script=".ci/run")
-    ci_ops: Flag | None = _s(None, "operations stage: 0 skips it, 1 makes a missing "
-                             "prerequisite an error", "ci", "ci", shown="1 under CI",
-                             script=".ci/run")
+    ci_docker: Stage = _s("auto", "container stage: " + _STAGE, "ci", "ci",
+                          shown="auto (1 when CI=true)", script=".ci/run")
+    ci_ray: Stage = _s("auto", "Ray stage: " + _STAGE, "ci", "ci",
+                       shown="auto (1 when CI=true)", script=".ci/run")
+    ci_ops: Stage = _s("auto", "operations stage: " + _STAGE, "ci", "ci",
+                       shown="auto (1 when CI=true)", script=".ci/run")
     test_s3_endpoint: Url | None = _s(None, "tests use this real MinIO instead of moto",
                                       "tests", "test", shown="moto on 127.0.0.1")
     test_net_log: Path_ | None = _s(None, "file where the Q4 tests log network attempts",
