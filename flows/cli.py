@@ -34,6 +34,7 @@ from flows.runners import RUNNERS, choose_runner
 from flows.session import Interrupted, Session
 from tasks.core.config import did_you_mean
 from tasks.core.errors import VisionflowsError
+from tasks.core.settings import raw, setting
 
 LAUNCHER_CHOICES = ("local", "subprocess", "docker")  # flows.launchers.LAUNCHERS, unimported
 LINK_HELP = ("how long the presigned report links of an S3 store stay valid: 3600, 90m, 12h, "
@@ -437,8 +438,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from flows.doctor import run_doctor
+    from flows.doctor import run_doctor, run_settings
 
+    if args.settings:
+        return run_settings()
     prefect_env()
     return run_doctor(args.store, docker=not args.no_docker)
 
@@ -456,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "file://./artifacts)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a config key (dotted for nested; JSON values), repeatable")
-    run.add_argument("--launcher", default=os.environ.get("VF_LAUNCHER") or "local",
+    run.add_argument("--launcher", default=setting("VF_LAUNCHER"),
                      choices=LAUNCHER_CHOICES,
                      help="where tasks run: in this process (default, or $VF_LAUNCHER), a "
                           "child process, or one container per task (docker; settings "
@@ -492,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--store", default=None, help="default store of scheduled runs")
     srv.add_argument("--limit", type=int, default=1, help="flow runs at once (default 1)")
     srv.add_argument("--paused", action="store_true", help="register schedules paused")
-    srv.add_argument("--ray-address", default=os.environ.get("VF_RAY_ADDRESS"),
+    srv.add_argument("--ray-address", default=raw("VF_RAY_ADDRESS"),
                      help="also serve each question's nightly-ray deployment (paused), its "
                           "steps on this Ray cluster (docs/ray.md); default $VF_RAY_ADDRESS")
     srv.set_defaults(func=cmd_serve)
@@ -541,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="largest difference of a metric that still agrees (default 0: exact)")
     ver.add_argument("--store", default=None,
                      help="store URI (default $VF_STORE or ./artifacts), as given to run")
-    ver.add_argument("--launcher", default=os.environ.get("VF_LAUNCHER") or "local",
+    ver.add_argument("--launcher", default=setting("VF_LAUNCHER"),
                      choices=LAUNCHER_CHOICES, help="how the steps are recomputed")
     ver.set_defaults(func=cmd_verify)
     doctor = sub.add_parser("doctor", help="check Prefect API, store, Docker and GPUs; say "
@@ -549,6 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--store", default=None,
                         help="store to check (default $VF_STORE or file://./artifacts)")
     doctor.add_argument("--no-docker", action="store_true", help="skip the Docker checks")
+    doctor.add_argument("--settings", action="store_true",
+                        help="list every VF_* setting instead (type, default, current value "
+                             "with secrets masked, help); exit 1 when a value is invalid")
     doctor.set_defaults(func=cmd_doctor)
     from flows.submit import add_submit_parser
 
@@ -558,7 +564,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from tasks.core.log import redact, setup_cli_logging
+    from tasks.core.settings import unknown_in_env
 
+    for warning in unknown_in_env():  # a typo'd VF_* variable would be silently ignored
+        print(warning, file=sys.stderr)
     args = build_parser().parse_args(argv)
     if args.command != "run":  # under a flow, Prefect's handlers show our logger
         setup_cli_logging()

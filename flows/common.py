@@ -4,7 +4,6 @@ caching and live progress; artifacts; run ids; the flow manifest."""
 from __future__ import annotations
 
 import functools
-import os
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,6 +28,7 @@ from tasks.core.errors import is_transient
 from tasks.core.log import get_logger
 from tasks.core.resources import Resources
 from tasks.core.runtime import STOP, find_manifest, ray_context, require_intact, set_aside
+from tasks.core.settings import setting
 from tasks.core.store import Store, join, open_store
 from tasks.registry import resolve
 
@@ -39,7 +39,7 @@ CACHED_TASKS = {"classifier.train", "classifier.evaluate", "transfer.train", "tr
 
 
 def refresh_default() -> bool:
-    return os.environ.get("VF_REFRESH", "").lower() in ("1", "true", "yes")
+    return setting("VF_REFRESH")
 
 
 def run_step_fn(name: str, task_name: str, cfg: dict[str, Any], store: str,
@@ -168,8 +168,8 @@ def retrying_step(name: str, retries: int, delay_s: float | None = None):
     """``run_step`` named ``name`` (Ray shows it as ``ray::<name>``) with ``retries`` under
     the one retry rule, :func:`worth_retrying` (``VF_RETRY_DELAY_S``, default 5 s, between
     attempts). :class:`flows.fanout.Steps` gets every step from here."""
-    delay = float(os.environ.get("VF_RETRY_DELAY_S", "5")) if delay_s is None else delay_s
-    return _step_task(name, retries, delay)
+    delay = setting("VF_RETRY_DELAY_S") if delay_s is None else delay_s
+    return _step_task(name, retries, float(delay))
 
 
 @functools.lru_cache(maxsize=1024)

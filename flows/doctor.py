@@ -1,4 +1,5 @@
-"""``visionflows doctor``: check the Prefect API, the store, Docker and GPUs; say what to fix.
+"""``visionflows doctor``: check the Prefect API, the store, Docker and GPUs; say what to fix
+(``--settings``: list every ``VF_*`` setting instead).
 
 Each check prints one line, ``ok``, ``warn`` (works, but something is missing for some use)
 or ``FAIL`` (what you asked for will not work), followed by the fix. Exit code 1 when any
@@ -149,6 +150,18 @@ def check_gpu() -> Check:
                  f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): "
                  "smoke runs are fine, the full profile will be slow",
                  "install the NVIDIA driver, or run where a GPU is visible")
+
+
+def run_settings(out=print) -> int:
+    """``visionflows doctor --settings``: every ``VF_*`` setting with its type, default,
+    current value (secrets masked) and help; 1 when a set value does not parse."""
+    from tasks.core.settings import check_all, listing, table
+
+    out(listing().rstrip("\n"))
+    bad = check_all()
+    out(f"\n{len(table())} settings, {len(bad)} invalid" + (f" ({', '.join(bad)})" if bad else "")
+        + "; docs/settings.md describes them")
+    return 1 if bad else 0
 
 
 def run_doctor(store: str | None = None, docker: bool = True, out=print) -> int:

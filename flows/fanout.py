@@ -37,6 +37,7 @@ from flows.runners import fits  # noqa: F401 - here too: where a step fits a nod
 from tasks.core.config import Config
 from tasks.core.errors import ConfigError, TaskTimeoutError
 from tasks.core.resources import Resources, ResourceTable
+from tasks.core.settings import raw
 
 # Prefect retries per step kind, under the one retry rule (flows.common.worth_retrying):
 # fetches retry store and network trouble; the others a crash or a lost Ray worker (a
@@ -95,7 +96,7 @@ def describe_runner(runner: Any, parallel: int) -> dict[str, Any]:
         session = current_session()
         out = {"kind": "ray", "address": getattr(runner, "address", None) or "local",
                "nodes": len(session.nodes) if session else None}
-        job = (session.job_id if session else None) or os.environ.get("VF_RAY_JOB_ID")
+        job = (session.job_id if session else None) or raw("VF_RAY_JOB_ID")
         if job:  # submitted: the Ray job it ran as
             out["job_id"] = job
         return out

@@ -34,6 +34,7 @@ import yaml
 
 from flows.work_pools import STORE_SECRET, check_secret, load_pools, project_root
 from tasks.core.errors import ConfigError
+from tasks.core.settings import raw, setting
 
 K8S_DIR = Path("infra") / "k8s"
 WORKER_IMAGE_NAME = "visionflows-worker"
@@ -49,23 +50,23 @@ def _env_file(path: Path, values: Mapping[str, str]) -> None:
 
 def store_secret(env: Mapping[str, str], minio: bool, namespace: str) -> dict[str, str]:
     """The keys of the Secret ``visionflows-store``."""
-    access = env.get("VF_TASKS_ACCESS_KEY") or env.get("AWS_ACCESS_KEY_ID")
-    secret = env.get("VF_TASKS_SECRET_KEY") or env.get("AWS_SECRET_ACCESS_KEY")
+    access = raw("VF_TASKS_ACCESS_KEY", env) or env.get("AWS_ACCESS_KEY_ID")
+    secret = raw("VF_TASKS_SECRET_KEY", env) or env.get("AWS_SECRET_ACCESS_KEY")
     if not access:
         raise ConfigError("VF_TASKS_ACCESS_KEY is not set (infra/.env)")
     values = {"AWS_ACCESS_KEY_ID": access,
               "AWS_SECRET_ACCESS_KEY": check_secret("VF_TASKS_SECRET_KEY", secret)}
     if minio:
-        bucket = env.get("VF_BUCKET") or "visionflows"
-        values["VF_STORE"] = env.get("VF_STORE") or f"s3://{bucket}/vf"
+        bucket = setting("VF_BUCKET", env)
+        values["VF_STORE"] = raw("VF_STORE", env) or f"s3://{bucket}/vf"
         values["VF_S3_ENDPOINT_URL"] = f"http://minio.{namespace}.svc.cluster.local:9000"
     else:
-        if not (env.get("VF_STORE") or "").startswith("s3://"):
+        if not (raw("VF_STORE", env) or "").startswith("s3://"):
             raise ConfigError("VF_K8S_MINIO=0 needs VF_STORE=s3://BUCKET/PREFIX (the existing "
                               "store), and VF_S3_ENDPOINT_URL unless it is AWS S3")
-        values["VF_STORE"] = env["VF_STORE"]
-        if env.get("VF_S3_ENDPOINT_URL"):
-            values["VF_S3_ENDPOINT_URL"] = env["VF_S3_ENDPOINT_URL"]
+        values["VF_STORE"] = raw("VF_STORE", env)
+        if endpoint := raw("VF_S3_ENDPOINT_URL", env):
+            values["VF_S3_ENDPOINT_URL"] = endpoint
     if env.get("AWS_DEFAULT_REGION"):
         values["AWS_DEFAULT_REGION"] = env["AWS_DEFAULT_REGION"]
     return values
@@ -114,8 +115,8 @@ def write_overlay(out: Path | str, env: Mapping[str, str] | None = None,
     out.mkdir(parents=True, exist_ok=True)
     if any(out.iterdir()):
         raise ConfigError(f"{out} is not empty")
-    minio = env.get("VF_K8S_MINIO", "1") != "0"
-    postgres = env.get("VF_K8S_POSTGRES", "1") != "0"
+    minio = setting("VF_K8S_MINIO", env) == "1"
+    postgres = setting("VF_K8S_POSTGRES", env) == "1"
     base = Path(os.path.relpath((root / K8S_DIR).resolve(), out.resolve()))
     resources = [str(base / "core")] + ([str(base / "minio")] if minio else []) + (
         [str(base / "postgres")] if postgres else [])
@@ -157,9 +158,9 @@ def write_overlay(out: Path | str, env: Mapping[str, str] | None = None,
                              "labels": {"app.kubernetes.io/part-of": "visionflows"}}}
     if config_maps:
         kustomization["configMapGenerator"] = config_maps
-    if env.get("VF_REGISTRY"):
+    if registry := raw("VF_REGISTRY", env):
         kustomization["images"] = [{"name": WORKER_IMAGE_NAME, "newName":
-                                    f"{env['VF_REGISTRY'].rstrip('/')}/{WORKER_IMAGE_NAME}"}]
+                                    f"{registry.rstrip('/')}/{WORKER_IMAGE_NAME}"}]
     (out / "kustomization.yaml").write_text(
         "# Written by `python -m flows.k8s overlay`; it holds secrets: delete it after use.\n"
         + yaml.safe_dump(kustomization, sort_keys=False))

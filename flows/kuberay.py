@@ -27,11 +27,12 @@ import yaml
 
 from flows.work_pools import STORE_SECRET
 from tasks.core.resources import KINDS, Resources
+from tasks.core.settings import default, setting
 
 KUBERAY_RELEASE = "v1.7.0"  # the ray.io/v1 RayCluster fields used here follow this release
 NAME = "visionflows"
 NAMESPACE = "visionflows"
-IMAGE = "visionflows-tasks-ray:latest"  # images/build-local-base.sh with VF_RAY_IMAGE=1
+IMAGE = default("VF_RAY_IMAGE_REF")  # images/build-local-base.sh with VF_RAY_IMAGE=1
 OBJECT_STORE = 2 * 2**30  # Ray's object store per node, in /dev/shm
 HEADROOM = 1 * 2**30  # Ray's own processes on a node
 HEAD = Resources(cpus=2, memory="8g", shm="1g")
@@ -151,17 +152,11 @@ def raycluster(image: str = IMAGE, namespace: str = NAMESPACE, gpu_bounds: tuple
     }
 
 
-def _bounds(env: dict[str, str], name: str, default: tuple[int, int]) -> tuple[int, int]:
-    lo = int(env.get(f"VF_RAY_{name}_MIN", default[0]))
-    hi = int(env.get(f"VF_RAY_{name}_MAX", default[1]))
-    return lo, hi
-
-
 def render(env: dict[str, str] | None = None) -> str:
     env = dict(os.environ if env is None else env)
-    obj = raycluster(image=env.get("VF_RAY_IMAGE_REF") or IMAGE,
-                     gpu_bounds=_bounds(env, "GPU", (0, 4)),
-                     cpu_bounds=_bounds(env, "CPU", (1, 4)))
+    obj = raycluster(image=setting("VF_RAY_IMAGE_REF", env),
+                     gpu_bounds=(setting("VF_RAY_GPU_MIN", env), setting("VF_RAY_GPU_MAX", env)),
+                     cpu_bounds=(setting("VF_RAY_CPU_MIN", env), setting("VF_RAY_CPU_MAX", env)))
     return (f"# Written by `python -m flows.kuberay` from the resource tables (do not edit by "
             f"hand);\n# KubeRay {KUBERAY_RELEASE} ray.io/v1 fields. See docs/ray.md.\n"
             + yaml.safe_dump(obj, sort_keys=False))

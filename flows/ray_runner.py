@@ -14,7 +14,6 @@ is asked for.
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Any
 
 from prefect_ray import RayTaskRunner
@@ -22,6 +21,7 @@ from prefect_ray import RayTaskRunner
 from flows.registry import FLOWS, load_flow
 from flows.runners import address_host, ray_session
 from tasks.core.errors import ConfigError
+from tasks.core.settings import raw
 
 
 class ClusterRayTaskRunner(RayTaskRunner):
@@ -42,7 +42,7 @@ class ClusterRayTaskRunner(RayTaskRunner):
         if ray.is_initialized():  # inside a Ray worker (a step's task engine): that Ray
             self._stack = None
             return super().__enter__()
-        address = self.address or os.environ.get("VF_RAY_ADDRESS")
+        address = self.address or raw("VF_RAY_ADDRESS")
         if not address:
             raise ConfigError("a nightly-ray run needs the Ray cluster's address: set "
                               "VF_RAY_ADDRESS (ray://HEAD:10001, HOST:6379 or auto), e.g. "

@@ -31,10 +31,10 @@ from urllib.parse import urlsplit
 
 from tasks.core.errors import ConfigError, VisionflowsError
 from tasks.core.log import get_logger
+from tasks.core.settings import raw, setting
 
 RUNNERS = ("thread", "ray")
 INSTALL_HINT = "pip install -e '.[ray]' (or: pip install 'ray[default]' prefect-ray)"
-CONNECT_TIMEOUT_S = 30.0  # an address that does not answer fails within this
 INIT_TIMEOUT_S = 300.0  # an answering cluster that does not open a session within this
 # What a step needs from the launching environment (as the docker launcher forwards it).
 WORKER_ENV = (
@@ -49,7 +49,7 @@ WORKER_ENV = (
 # here http://127.0.0.1:9000, in the cluster http://minio.vf.svc:9000); see docs/ray.md.
 CLUSTER_ENDPOINT = "VF_RAY_S3_ENDPOINT_URL"
 CLUSTER_API_URL = "VF_RAY_PREFECT_API_URL"
-FIT_WAIT_S = 0.0  # VF_RAY_FIT_WAIT_S: how long a step no node holds waits for an autoscaler
+
 CODE_PACKAGES = ("tasks", "flows", "reports")
 
 
@@ -75,8 +75,8 @@ def choose_runner(task_runner: str | None, address: str | None,
     """The runner kind and Ray address from the CLI's options and ``VF_TASK_RUNNER`` /
     ``VF_RAY_ADDRESS``: an address means Ray."""
     env = os.environ if env is None else env
-    address = (address or env.get("VF_RAY_ADDRESS") or "").strip() or None
-    kind = (task_runner or env.get("VF_TASK_RUNNER") or ("ray" if address else "thread"))
+    address = (address or raw("VF_RAY_ADDRESS", env) or "").strip() or None
+    kind = (task_runner or raw("VF_TASK_RUNNER", env) or ("ray" if address else "thread"))
     kind = kind.strip().lower()
     if kind not in RUNNERS:
         raise ConfigError(f"unknown task runner {kind!r} (from VF_TASK_RUNNER?); use one of: "
@@ -154,14 +154,14 @@ def check_nodes_reach(node_ips: list[str], address: str, env: Mapping[str, str] 
         return
     where = f"the Ray nodes at {address}" + (
         f" ({', '.join(sorted(set(remote))[:3])})" if remote != ["remote"] else "")
-    endpoint = env.get(CLUSTER_ENDPOINT) or env.get("VF_S3_ENDPOINT_URL")
+    endpoint = raw(CLUSTER_ENDPOINT, env) or raw("VF_S3_ENDPOINT_URL", env)
     if endpoint and is_loopback(urlsplit(endpoint).hostname):
-        name = CLUSTER_ENDPOINT if env.get(CLUSTER_ENDPOINT) else "VF_S3_ENDPOINT_URL"
+        name = CLUSTER_ENDPOINT if raw(CLUSTER_ENDPOINT, env) else "VF_S3_ENDPOINT_URL"
         raise ConfigError(
             f"{name}={endpoint} is this machine's loopback address, which {where} would read "
             f"as their own: set {CLUSTER_ENDPOINT} to the store's address as the nodes see it "
             "(e.g. http://minio.vf.svc:9000 behind a port-forward; docs/ray.md); nothing ran")
-    cluster_api = env.get(CLUSTER_API_URL) or api_url
+    cluster_api = raw(CLUSTER_API_URL, env) or api_url
     if not cluster_api or is_loopback(urlsplit(cluster_api).hostname):
         shown = cluster_api or "the temporary local Prefect server"
         raise ConfigError(
@@ -202,7 +202,7 @@ def check_fit(flow: str, cfg, nodes_now, wait_s: float | None = None,
 
     env = os.environ if env is None else env
     if wait_s is None:
-        wait_s = float(env.get("VF_RAY_FIT_WAIT_S") or FIT_WAIT_S)
+        wait_s = setting("VF_RAY_FIT_WAIT_S", env)
     kinds = sorted(set(importlib.import_module(FLOW_CONFIGS[flow].__module__)
                        .STEP_KINDS.values()))
     table = cfg.resources
@@ -305,9 +305,9 @@ def worker_runtime_env(api_url: str, env: Mapping[str, str] | None = None,
     auth = get_current_settings().api.auth_string  # set in a profile rather than the env
     if auth is not None:
         env_vars.setdefault("PREFECT_API_AUTH_STRING", auth.get_secret_value())
-    if env.get(CLUSTER_ENDPOINT):
-        env_vars["VF_S3_ENDPOINT_URL"] = env[CLUSTER_ENDPOINT]
-    api_url = env.get(CLUSTER_API_URL) or api_url
+    if endpoint := raw(CLUSTER_ENDPOINT, env):
+        env_vars["VF_S3_ENDPOINT_URL"] = endpoint
+    api_url = raw(CLUSTER_API_URL, env) or api_url
     env_vars.update({"PREFECT_API_URL": api_url, "VF_GIT_COMMIT": git_commit(),
                      "PREFECT_LOGGING_EXTRA_LOGGERS": "visionflows", "PYTHONUNBUFFERED": "1",
                      "RAY_USAGE_STATS_ENABLED": "0"})
@@ -323,7 +323,7 @@ class RaySession:
     nodes: list[dict[str, float]] = field(default_factory=list)
     ips: list[str] = field(default_factory=list)
     # the Ray job of a `visionflows submit` this command runs as (read once, at connection)
-    job_id: str | None = field(default_factory=lambda: os.environ.get("VF_RAY_JOB_ID"))
+    job_id: str | None = field(default_factory=lambda: raw("VF_RAY_JOB_ID"))
 
     @property
     def local(self) -> bool:
@@ -418,8 +418,7 @@ def ray_session(address: str | None, *, connect_timeout_s: float | None = None,
     if ray.is_initialized():
         raise RayUnavailableError("Ray is already initialised in this process; run one "
                                   "visionflows command at a time")
-    timeout = connect_timeout_s or float(os.environ.get("VF_RAY_CONNECT_TIMEOUT_S")
-                                         or CONNECT_TIMEOUT_S)
+    timeout = connect_timeout_s or setting("VF_RAY_CONNECT_TIMEOUT_S")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports from a run
     log = get_logger("ray")
     if address is not None:

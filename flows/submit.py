@@ -37,9 +37,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tasks.core.errors import ConfigError, VisionflowsError
+from tasks.core.settings import default, raw, setting
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-STOP_WAIT_S = 20  # RAY_JOB_STOP_WAIT_TIME_S for our jobs: time to mark the run Cancelled
+STOP_WAIT_S = default("VF_RAY_STOP_WAIT_S")  # RAY_JOB_STOP_WAIT_TIME_S: time to mark a
+# stopped run Cancelled
 # what the driver on the cluster must share with this machine (import names for metadata)
 PACKAGES = ("ray", "prefect", "prefect-ray", "torch")
 DRIVER_FLAG = "--vf-driver"
@@ -54,7 +56,7 @@ class JobError(VisionflowsError):
 def dashboard_url(address: str | None) -> str:
     """The Ray dashboard's URL (``http://HEAD:8265``), from ``--ray-address`` or
     ``VF_RAY_DASHBOARD``."""
-    address = (address or os.environ.get("VF_RAY_DASHBOARD") or "").strip().rstrip("/")
+    address = (address or raw("VF_RAY_DASHBOARD") or "").strip().rstrip("/")
     parts = urlsplit(address)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
         raise ConfigError(
@@ -145,11 +147,10 @@ def job_env(job_id: str, env: Mapping[str, str] | None = None) -> dict[str, str]
     out.update({"VF_RAY_JOB_ID": job_id, "VF_GIT_COMMIT": git_commit(),
                 "PREFECT_LOGGING_EXTRA_LOGGERS": "visionflows", "PYTHONUNBUFFERED": "1",
                 "VF_NO_PROGRESS": "1", "RAY_USAGE_STATS_ENABLED": "0",
-                "VF_RAY_FIT_WAIT_S": env.get("VF_RAY_FIT_WAIT_S") or "0",
+                "VF_RAY_FIT_WAIT_S": raw("VF_RAY_FIT_WAIT_S", env) or "0",
                 # the driver's own runtime_env (flows.runners.ray_session) wins over the job's
                 "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1",
-                "RAY_JOB_STOP_WAIT_TIME_S": str(int(env.get("VF_RAY_STOP_WAIT_S")
-                                                    or STOP_WAIT_S))})
+                "RAY_JOB_STOP_WAIT_TIME_S": str(setting("VF_RAY_STOP_WAIT_S", env))})
     return out
 
 
@@ -196,7 +197,7 @@ def submit(args: argparse.Namespace) -> int:
     if not nodes:
         raise JobError(f"the Ray cluster at {url} has no live node; nothing was submitted")
     check_nodes_reach([n["ip"] for n in nodes], url, api_url=configured_api_url())
-    if float(os.environ.get("VF_RAY_FIT_WAIT_S") or 0) <= 0:
+    if setting("VF_RAY_FIT_WAIT_S") <= 0:
         check_fit(run.flow, cfg, lambda: [n["resources"] for n in cluster_nodes(url, headers)],
                   wait_s=0)
     # else: an autoscaling cluster; the driver waits for a node there, asking the autoscaler

@@ -41,6 +41,7 @@ from typing import Any
 import yaml
 
 from tasks.core.errors import ConfigError
+from tasks.core.settings import raw, setting
 
 POOLS_FILE = Path("infra") / "work-pools.yaml"
 TYPES = ("process", "docker", "kubernetes")
@@ -104,7 +105,7 @@ class Pools:
 def project_root(root: Path | str | None = None) -> Path:
     """The checkout holding ``infra/work-pools.yaml``."""
     candidates = [Path(root)] if root else [
-        *([Path(os.environ["VF_PROJECT_DIR"])] if os.environ.get("VF_PROJECT_DIR") else []),
+        *([Path(raw("VF_PROJECT_DIR"))] if raw("VF_PROJECT_DIR") else []),
         Path(__file__).resolve().parent.parent, Path.cwd()]
     for c in candidates:
         if (c / POOLS_FILE).is_file():
@@ -170,7 +171,7 @@ def image_pull_secrets(env: dict[str, str] | None = None) -> list[dict[str, str]
     """``VF_IMAGE_PULL_SECRETS`` (comma-separated Secret names) as the pod's
     ``imagePullSecrets``: a private registry without them means ImagePullBackOff."""
     env = os.environ if env is None else env
-    names = [n.strip() for n in (env.get("VF_IMAGE_PULL_SECRETS") or "").split(",")
+    names = [n.strip() for n in (raw("VF_IMAGE_PULL_SECRETS", env) or "").split(",")
              if n.strip()]
     for n in names:
         if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", n):
@@ -343,13 +344,13 @@ def check_secret(name: str, value: str | None) -> str:
 def store_settings(env: dict[str, str] | None = None) -> dict[str, str]:
     """The store settings of flow-run containers, from ``infra/.env``'s variables."""
     env = dict(os.environ if env is None else env)
-    bucket = env.get("VF_BUCKET") or "visionflows"
-    secret = check_secret("VF_TASKS_SECRET_KEY", env.get("VF_TASKS_SECRET_KEY"))
-    access = env.get("VF_TASKS_ACCESS_KEY")
+    bucket = setting("VF_BUCKET", env)
+    secret = check_secret("VF_TASKS_SECRET_KEY", raw("VF_TASKS_SECRET_KEY", env))
+    access = raw("VF_TASKS_ACCESS_KEY", env)
     if not access:
         raise ConfigError("VF_TASKS_ACCESS_KEY is not set (infra/.env)")
-    return {"VF_STORE": env.get("VF_STORE") or f"s3://{bucket}/vf",
-            "VF_S3_ENDPOINT_URL": env.get("VF_S3_ENDPOINT_URL", "http://127.0.0.1:9000"),
+    return {"VF_STORE": raw("VF_STORE", env) or f"s3://{bucket}/vf",
+            "VF_S3_ENDPOINT_URL": raw("VF_S3_ENDPOINT_URL", env) or "http://127.0.0.1:9000",
             "AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret}
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import urllib.parse
 import zipfile
 from collections.abc import Iterable
@@ -34,6 +33,7 @@ from tasks.core.config import did_you_mean
 from tasks.core.errors import ConfigError, DataError, StoreError
 from tasks.core.files import cache_dir, sha256_file
 from tasks.core.log import get_logger
+from tasks.core.settings import raw
 from tasks.core.store import Store
 from tasks.inputs import mirror_index
 from tasks.inputs.download import DownloadError, download, public_url
@@ -164,7 +164,7 @@ def mirror(store: Store, questions: Iterable[str] | str | None = None, *,
     """
     log = log or get_logger("mirror")
     todo = entries if entries is not None else catalog(questions, q4_export_url)
-    base = source_base or os.environ.get(SOURCE_BASE_ENV) or None
+    base = source_base or raw(SOURCE_BASE_ENV)
     partial = cache_dir("mirror-partial")
     index = mirror_index.read_index(store)
     results = [] if results is None else results  # the caller may watch it fill

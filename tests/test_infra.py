@@ -137,7 +137,7 @@ def test_compose_file_validates_with_compose_cli(tmp_path):
                           "--quiet"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     # without the .env values compose refuses to start, naming the missing variable
-    empty = {k: v for k, v in os.environ.items() if not k.startswith(("MINIO_", "VF_TASKS"))}
+    empty = {k: v for k, v in os.environ.items() if not k.startswith(("MINIO_", "VF_TASKS_"))}
     (tmp_path / "empty.env").write_text("")
     res = subprocess.run([*cli, "--env-file", str(tmp_path / "empty.env"), "-f", str(COMPOSE),
                           "config",
@@ -190,7 +190,7 @@ def _ci_run(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
         (stubs / name).write_text(f"#!/bin/sh\n{body}\n")
         (stubs / name).chmod(0o755)
     path = f"{stubs}:/usr/bin:/bin"  # no dockerd, no debootstrap (not in /usr/bin here)
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("VF_CI", "CI"))}
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("VF_CI_", "CI"))}
     return subprocess.run([str(ROOT / ".ci" / "run")], capture_output=True, text=True,
                           timeout=120, env={**base, "PATH": path, **env})
 

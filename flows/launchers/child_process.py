@@ -57,6 +57,7 @@ from tasks.core.limits import EXIT_OUT_OF_MEMORY, mib, parse_size
 from tasks.core.log import get_logger
 from tasks.core.resources import Resources
 from tasks.core.runtime import STOP, Manifest, StopRequested
+from tasks.core.settings import raw
 from tasks.registry import resolve
 
 DEFAULT_TIMEOUT_S = 6 * 3600.0
@@ -102,7 +103,7 @@ class SubprocessOptions(Config):
         data: dict[str, Any] = {}
         for key, name in (("timeout_s", "VF_TASK_TIMEOUT_S"), ("memory", "VF_TASK_MEMORY"),
                           ("log_tail", "VF_TASK_LOG_TAIL")):
-            if value := env.get(name, "").strip():
+            if value := raw(name, env):
                 data[key] = None if value.lower() in ("none", "off", "0") else value
         return validate(cls, data, what="subprocess launcher (VF_TASK_*)")
 

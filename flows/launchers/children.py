@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+from tasks.core.settings import raw
+
 _LOCK = threading.Lock()
 # pgid: a task's process group; container: a task's container; server: the temporary Prefect
 # server's process group (ended last, by its owner or the janitor, never by stop_all)
@@ -24,7 +26,7 @@ LEDGER = "children"
 
 
 def _ledger(line: str) -> None:
-    root = os.environ.get("VF_WORK_ROOT")
+    root = raw("VF_WORK_ROOT")
     if root:
         with contextlib.suppress(OSError), open(Path(root) / LEDGER, "a") as fh:
             fh.write(line + "\n")

@@ -57,6 +57,7 @@ from tasks.core.errors import VisionflowsError, error_from_record
 from tasks.core.log import get_logger
 from tasks.core.resources import Resources
 from tasks.core.runtime import STOP, Manifest, StopRequested
+from tasks.core.settings import raw, setting
 from tasks.core.store import LocalStore, open_store
 from tasks.registry import resolve
 
@@ -151,27 +152,27 @@ class DockerOptions(Config):
         """Options from ``VF_IMAGE``, ``VF_IMAGE_<FAMILY>`` and ``VF_DOCKER_*`` variables."""
         env = os.environ if env is None else env
         data: dict[str, Any] = {}
-        if env.get("VF_IMAGE"):
-            data["image"] = env["VF_IMAGE"]
-        fams = {k[len("VF_IMAGE_"):].lower(): v for k, v in env.items()
-                if k.startswith("VF_IMAGE_") and k != "VF_IMAGE_REPOSITORY" and v}
+        if image := raw("VF_IMAGE", env):
+            data["image"] = image
+        fams = {fam: value for fam in sorted({images.DEFAULT_FAMILY, *images.FAMILIES.values()})
+                if (value := raw(f"VF_IMAGE_{fam.upper()}", env))}
         if fams:
             data["images"] = fams
-        if gpus := env.get("VF_DOCKER_GPUS", "").strip():
+        if gpus := raw("VF_DOCKER_GPUS", env):
             data["gpus"] = parse_gpus(gpus)
         for key, name in (("memory", "VF_DOCKER_MEMORY"), ("shm_size", "VF_DOCKER_SHM_SIZE"),
                           ("cpus", "VF_DOCKER_CPUS"), ("timeout_s", "VF_DOCKER_TIMEOUT_S"),
                           ("user", "VF_DOCKER_USER"), ("cache_dir", "VF_DOCKER_CACHE"),
                           ("log_tail", "VF_DOCKER_LOG_TAIL"),
                           ("tmpfs_size", "VF_DOCKER_TMPFS_SIZE")):
-            if value := env.get(name, "").strip():
+            if value := raw(name, env):
                 data[key] = None if value.lower() in ("none", "off") else value
-        if mounts := env.get("VF_DOCKER_MOUNTS", "").strip():
+        if mounts := raw("VF_DOCKER_MOUNTS", env):
             data["mounts"] = [m.strip() for m in mounts.split(",") if m.strip()]
         for key, name in (("pull", "VF_DOCKER_PULL"), ("keep", "VF_DOCKER_KEEP"),
                           ("read_only", "VF_DOCKER_READ_ONLY")):
-            if env.get(name):
-                data[key] = env[name].lower() in ("1", "true", "yes")
+            if raw(name, env) is not None:
+                data[key] = setting(name, env)
         return validate(cls, data, what="docker launcher (VF_DOCKER_* / VF_IMAGE*)")
 
 

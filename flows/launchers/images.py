@@ -20,7 +20,9 @@ import re
 import sys
 from pathlib import Path
 
-REPOSITORY = "visionflows-tasks"
+from tasks.core.settings import default, setting
+
+REPOSITORY = default("VF_IMAGE_REPOSITORY")
 PACKAGES = ("tasks", "flows", "reports")
 SUFFIXES = (".py", ".j2")
 
@@ -100,7 +102,7 @@ def image_tag() -> str:
 
 def default_image() -> str:
     """The image reference the docker launcher uses unless ``VF_IMAGE*`` says otherwise."""
-    repo = os.environ.get("VF_IMAGE_REPOSITORY") or REPOSITORY
+    repo = setting("VF_IMAGE_REPOSITORY")
     return f"{repo}:{image_tag()}"
 
 

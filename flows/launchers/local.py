@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -27,6 +26,7 @@ from tasks.core.limits import is_out_of_memory
 from tasks.core.log import get_logger
 from tasks.core.resources import Resources
 from tasks.core.runtime import Manifest
+from tasks.core.settings import raw
 from tasks.registry import run_task
 
 _WARNED: set[str] = set()
@@ -49,7 +49,7 @@ def time_budget(timeout_s: float | None, resources: Resources | None) -> float |
     else the resource table's ``time_limit_s``."""
     if timeout_s is not None:
         return timeout_s
-    env = os.environ.get("VF_TASK_TIMEOUT_S", "").strip()
+    env = raw("VF_TASK_TIMEOUT_S") or ""
     if env:
         if env.lower() in ("none", "off", "0"):
             return None
@@ -127,12 +127,12 @@ def launch_local(task: str, cfg: dict[str, Any], store: str, timeout_s: float | 
     limit applies here (the flow's own process has no memory limit of its own).
     """
     budget = time_budget(timeout_s, resources)
-    if os.environ.get("VF_TASK_MEMORY") and "local" not in _WARNED:
+    if (memory := raw("VF_TASK_MEMORY")) and "local" not in _WARNED:
         _WARNED.add("local")
         get_logger("launcher").warning(
             "VF_TASK_MEMORY=%s: not enforced by the local launcher (tasks share the flow's "
             "process); use --launcher subprocess or docker to have tasks stopped at it",
-            os.environ["VF_TASK_MEMORY"])
+            memory)
     try:
         with torch_threads(env):
             return within(budget, lambda: run_task(task, cfg, store), task)

@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from tasks.core.settings import raw, setting
+
 
 def file_digest(path: str | os.PathLike, algorithm: str) -> str:
     """The hex digest of a file's bytes (read in chunks), e.g. ``"sha256"``, ``"md5"``."""
@@ -27,7 +29,7 @@ def md5_file(path: str | os.PathLike) -> str:
 
 def cache_dir(sub: str = "") -> Path:
     """The local cache: ``VF_CACHE_DIR`` or ``~/.cache/visionflows`` (created on use)."""
-    root = Path(os.environ.get("VF_CACHE_DIR") or Path.home() / ".cache" / "visionflows")
+    root = Path(raw("VF_CACHE_DIR") or Path.home() / ".cache" / "visionflows")
     path = root / sub if sub else root
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -39,7 +41,7 @@ def work_dir(prefix: str = "vf-") -> Path:
     Under ``VF_WORK_ROOT`` when set (the ``visionflows`` CLI sets it to a folder of its own
     run, which it removes on every exit path, a kill included), else the system's temp.
     """
-    root = os.environ.get("VF_WORK_ROOT") or None
+    root = raw("VF_WORK_ROOT")
     if root:
         Path(root).mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=prefix, dir=root))
@@ -47,7 +49,7 @@ def work_dir(prefix: str = "vf-") -> Path:
 
 def offline() -> bool:
     """Whether network downloads are forbidden (``VF_OFFLINE=1``)."""
-    return os.environ.get("VF_OFFLINE", "").lower() in ("1", "true", "yes")
+    return setting("VF_OFFLINE")
 
 
 def from_local_cache(candidates: Iterable[Path], load: Callable[[Path], Any], tried: list[str],

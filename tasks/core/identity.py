@@ -46,6 +46,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from tasks.core.settings import raw
+
 # Units every step runs: the package, the task CLI (subprocess/docker) and the registry.
 ENTRY = ("__init__", "__main__", "registry")
 # Shared packages any step may run (the runtime, the ML loop, the one downloader/resolver).
@@ -496,7 +498,7 @@ def of_step(task: str, cfg: dict[str, Any], store, image_id: str | None = None,
     # the registry sits above the core: looked up by name, it adds no import edge (it only
     # maps task names to modules, and every step counts it as an ENTRY unit)
     task_module = importlib.import_module("tasks.registry").task_module
-    image_id = image_id or os.environ.get("VF_IMAGE_ID") or None
+    image_id = image_id or raw("VF_IMAGE_ID")
     parts: dict[str, Any] = {
         "config": {k: v for k, v in cfg.items() if k not in NOT_INPUTS},
         "inputs": upstream_inputs(cfg, store),

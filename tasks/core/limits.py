@@ -63,7 +63,9 @@ def die_with_parent(env_var: str = "VF_PARENT_PID") -> None:
     happens. On Linux the kernel sends SIGKILL (``PR_SET_PDEATHSIG``); elsewhere a thread
     polls the parent pid.
     """
-    parent = int(os.environ.get(env_var, "0") or 0)
+    from tasks.core.settings import setting
+
+    parent = setting(env_var)
     if not parent:
         return
     with contextlib.suppress(OSError, AttributeError):

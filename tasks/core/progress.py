@@ -22,12 +22,13 @@ from __future__ import annotations
 import atexit
 import contextvars
 import json
-import os
 import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from tasks.core.settings import setting
 
 PROTOCOL = "@@vf-progress "
 LINES_ENV = "VF_PROGRESS_LINES"
@@ -40,7 +41,7 @@ BATCH: contextvars.ContextVar[Ticker | None] = contextvars.ContextVar("vf_batch"
 
 
 def off() -> bool:
-    return os.environ.get(OFF_ENV, "").lower() in ("1", "true", "yes")
+    return setting(OFF_ENV)
 
 
 def emit(update: dict[str, Any]) -> None:
@@ -48,7 +49,7 @@ def emit(update: dict[str, Any]) -> None:
     sink = SINK.get()
     if sink is not None:
         sink(update)
-    elif os.environ.get(LINES_ENV) == "1":
+    elif setting(LINES_ENV):
         sys.stderr.write(PROTOCOL + json.dumps(update, default=str) + "\n")
         sys.stderr.flush()
     elif not off() and sys.stderr.isatty():
@@ -194,7 +195,7 @@ class ByteProgress:
         self.log, self.total, self.done = log, total, done
         self.ticker = Ticker(f"download:{label}:{id(self)}", label, total, "B")
         self.logs = self.enabled and (off() or (SINK.get() is None and not sys.stderr.isatty()
-                                                and os.environ.get(LINES_ENV) != "1"))
+                                                and not setting(LINES_ENV)))
         self.next_pct = 25
         if self.logs:
             size = f"{total / 1e6:.1f} MB" if total else "unknown size"

@@ -46,6 +46,7 @@ from tasks.core.errors import (
 )
 from tasks.core.files import sha256_file, work_dir
 from tasks.core.log import get_logger
+from tasks.core.settings import raw, setting
 from tasks.core.store import Store, join
 
 MANIFEST = "manifest.json"
@@ -295,7 +296,7 @@ _COMMIT: str | None = None
 def git_commit() -> str:
     """The source commit: ``VF_GIT_COMMIT`` (set in images) or this checkout's ``HEAD``."""
     global _COMMIT
-    if env := os.environ.get("VF_GIT_COMMIT"):
+    if env := raw("VF_GIT_COMMIT"):
         return env
     if _COMMIT is None:
         try:
@@ -325,16 +326,16 @@ def ray_context() -> dict[str, Any] | None:
                 if ctx.get_task_id() is not None:  # inside a Ray task, not a driver
                     out = {"node_id": ctx.get_node_id(), "worker_pid": os.getpid(),
                            "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
-                    if job := os.environ.get("VF_RAY_JOB_ID"):  # a visionflows submit
+                    if job := raw("VF_RAY_JOB_ID"):  # a visionflows submit
                         out["job_id"] = job
                     return out
         except Exception:  # noqa: BLE001 - provenance never fails a task
             pass
-    if node := os.environ.get("VF_RAY_NODE_ID"):
+    if node := raw("VF_RAY_NODE_ID"):
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-        out = {"node_id": node, "worker_pid": int(os.environ.get("VF_RAY_WORKER_PID") or 0),
+        out = {"node_id": node, "worker_pid": setting("VF_RAY_WORKER_PID"),
                "gpu_ids": [g for g in visible.split(",") if g]}
-        if job := os.environ.get("VF_RAY_JOB_ID"):
+        if job := raw("VF_RAY_JOB_ID"):
             out["job_id"] = job
         return out
     return None
@@ -344,7 +345,7 @@ def provenance() -> dict[str, Any]:
     """Where and with what a task ran: code, image, host, process, threads, device, Ray."""
     info: dict[str, Any] = {
         "git_commit": git_commit(),
-        "image_tag": os.environ.get("VF_IMAGE_TAG", "none (in-process)"),
+        "image_tag": setting("VF_IMAGE_TAG"),
         "hostname": platform.node(),
         "pid": os.getpid(),
         "python": platform.python_version(),

@@ -26,8 +26,9 @@ from typing import Any
 from tasks.core.errors import ConfigError, MissingKeyError, StoreError
 from tasks.core.files import sha256_file
 from tasks.core.log import get_logger
+from tasks.core.settings import default, raw, setting
 
-DEFAULT_STORE = "file://./artifacts"
+DEFAULT_STORE = default("VF_STORE")
 LINK_EXPIRY_DEFAULT_S = 7 * 24 * 3600
 LINK_EXPIRY_MAX_S = 7 * 24 * 3600  # S3 Signature Version 4 allows at most 7 days
 
@@ -36,10 +37,10 @@ def link_expiry_seconds(value: str | int | None = None) -> int:
     """How long presigned report links stay valid, in seconds: ``value`` or
     ``VF_LINK_EXPIRY`` (``3600``, ``90m``, ``12h``, ``7d``), default 7 days, at most 7 days
     (the S3 SigV4 limit)."""
-    raw = value if value is not None else os.environ.get("VF_LINK_EXPIRY")
-    if raw is None or str(raw).strip() == "":
+    given = value if value is not None else raw("VF_LINK_EXPIRY")
+    if given is None or str(given).strip() == "":
         return LINK_EXPIRY_DEFAULT_S
-    text = str(raw).strip().lower()
+    text = str(given).strip().lower()
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
         seconds = (float(text[:-1]) * units[text[-1]] if text[-1] in units
@@ -47,10 +48,10 @@ def link_expiry_seconds(value: str | int | None = None) -> int:
     except ValueError:
         seconds = float("nan")
     if not seconds > 0:
-        raise ConfigError(f"link expiry {raw!r} is not a duration: use seconds (3600) or a "
+        raise ConfigError(f"link expiry {given!r} is not a duration: use seconds (3600) or a "
                           "number with s, m, h or d (90m, 12h, 7d)")
     if seconds > LINK_EXPIRY_MAX_S:
-        raise ConfigError(f"link expiry {raw!r} is longer than 7 days, the most an S3 "
+        raise ConfigError(f"link expiry {given!r} is longer than 7 days, the most an S3 "
                           "presigned URL allows: use 7d or less")
     return int(seconds)
 
@@ -295,7 +296,7 @@ class LocalStore(Store):
             raise disk_error(exc, self.root) from None
         self.put_bytes(".visionflows-write-check", b"ok")
         self.delete(".visionflows-write-check")
-        floor = float(os.environ.get("VF_MIN_FREE_MB", "200"))
+        floor = setting("VF_MIN_FREE_MB")
         free = shutil.disk_usage(self.root).free / (1 << 20)
         if free < floor:
             raise StoreError(f"store {self.uri} has only {free:.0f} MB free, under the "
@@ -378,11 +379,11 @@ class S3Store(Store):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
-        self.endpoint_url = endpoint_url or os.environ.get("VF_S3_ENDPOINT_URL") or None
-        region = region or os.environ.get("VF_S3_REGION") or os.environ.get(
+        self.endpoint_url = endpoint_url or raw("VF_S3_ENDPOINT_URL")
+        region = region or raw("VF_S3_REGION") or os.environ.get(
             "AWS_DEFAULT_REGION") or "us-east-1"
-        attempts = max_attempts or int(os.environ.get("VF_S3_MAX_ATTEMPTS", "5"))
-        self.retry_seconds = float(os.environ.get("VF_S3_RETRY_SECONDS", "60"))
+        attempts = max_attempts or setting("VF_S3_MAX_ATTEMPTS")
+        self.retry_seconds = setting("VF_S3_RETRY_SECONDS")
         cfg = Config(
             retries={"max_attempts": attempts, "mode": "standard"},
             connect_timeout=5, read_timeout=60,
@@ -632,7 +633,7 @@ def open_store(uri: str | None = None) -> Store:
 
     With no URI, uses ``VF_STORE`` or the embedded default ``file://./artifacts``.
     """
-    uri = uri or os.environ.get("VF_STORE") or DEFAULT_STORE
+    uri = uri or setting("VF_STORE")
     if isinstance(uri, Store):
         return uri
     if uri.startswith("s3://"):

@@ -55,7 +55,9 @@ EXIT_USER_ERROR = 2
 
 def _die_with_parent() -> None:
     """Exit when the parent task dies, so a killed task never leaves a training running."""
-    parent = int(os.environ.get("VF_PARENT_PID", "0") or 0)
+    from tasks.core.settings import setting
+
+    parent = setting("VF_PARENT_PID")
     with contextlib.suppress(OSError, AttributeError):  # Linux: SIGKILL when the parent exits
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if parent and os.getppid() != parent:
