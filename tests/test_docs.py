@@ -230,7 +230,7 @@ def test_a_bad_flag_or_placeholder_in_a_doc_fails(tmp_path, monkeypatch):
     with pytest.raises(pytest.fail.Exception, match=r"plain words"):
         parse_cli(["visionflows", "verify", "q1-mlp", "<", "run-id", ">"], "page.md:4")
     block = [(1, "visionflows compare A B \\"), (2, "    --tolerance x  # a comment"),
-             (3, "VF_X=1 visionflows doctor && prefect deployment ls")]
+             (3, "VF_OFFLINE=1 visionflows doctor && prefect deployment ls")]
     assert shell_commands(block) == [
         (1, ["visionflows", "compare", "A", "B", "--tolerance", "x"]),
         (3, ["visionflows", "doctor"]), (3, ["prefect", "deployment", "ls"])]
