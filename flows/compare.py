@@ -25,6 +25,7 @@ from tasks.core.config import Config
 from tasks.core.promote import champion_question, read_champion
 from tasks.core.runtime import git_commit
 from tasks.core.store import Store, join
+from tasks.questions import question_flow
 from tasks.reporting.compare import RegressionError, compare_prefix, finished_runs
 
 
@@ -68,7 +69,7 @@ def plan_comparison(flow: str, profile: str, run_id: str, st: Store) -> dict[str
 
 
 def _keeps_champion(flow: str) -> bool:
-    return flow != "q3-segmentation"
+    return question_flow(flow).keeps_champion
 
 
 def finish_run(flow: str, cfg: Config, run_id: str, result: dict[str, Any],
