@@ -168,6 +168,7 @@ TINY = {
             seed: int = 0
             run_id: str = ""
             profile: str = "smoke"
+            comparison: dict | None = None  # the planned comparison (not shown here)
 
 
         class TinyFlowConfig(Config):
@@ -216,10 +217,7 @@ TINY = {
     "tinyq/flow.py": '''
         from prefect import flow
 
-        from flows.common import new_run_id, publish, remember_flow_run, run_step
-        from flows.compare import finish_run, plan_comparison
-        from tasks.core.store import join, open_store
-        from tasks.plans import resolve_config
+        from flows.question_run import QuestionRun
 
         FLOW = "tiny-count"
 
@@ -227,22 +225,12 @@ TINY = {
         @flow(name=FLOW)
         def tiny_count(profile="smoke", store=None, overrides=None, launcher="local",
                        run_id=None, refresh=False):
-            remember_flow_run()
-            cfg = resolve_config(FLOW, profile, overrides)
-            st = open_store(store)
-            run_id = run_id or new_run_id()
-            planned = plan_comparison(FLOW, profile, run_id, st)
-            step = run_step("count", "tiny.count", {
-                "out": join("reports", FLOW, run_id), "n": cfg.n, "seed": cfg.seed,
-                "run_id": run_id, "profile": profile}, st.uri, launcher)
-            share = step["metrics"]["test/accuracy"]
-            publish(FLOW, run_id, [{"metric": "test/accuracy", "value": share}],
-                    step["outputs"], st)
-            result = {"run_id": run_id, "profile": profile, "store": st.uri,
-                      "config": cfg.model_dump(mode="json"), "report": step["outputs"],
-                      "metrics": {"test/accuracy": share},
-                      "summary": [f"share below 1/2: {share:.3f}"]}
-            return finish_run(FLOW, cfg, run_id, result, [step], st, launcher, planned)
+            run = QuestionRun.start(FLOW, profile, store, overrides, launcher, run_id)
+            report = run.report("tiny.count", {"n": run.cfg.n, "seed": run.cfg.seed})
+            share = report["metrics"]["test/accuracy"]
+            run.publish([{"metric": "test/accuracy", "value": share}])
+            return run.finish({"metrics": {"test/accuracy": share},
+                               "summary": [f"share below 1/2: {share:.3f}"]}, [report])
         ''',
     "tinyq-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: tinyq\nVersion: 0.1\n",
     "tinyq-0.1.dist-info/entry_points.txt":
