@@ -29,7 +29,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from flows.registry import FLOWS, load_flow, new_run_id
+from flows.registry import flows, load_flow, new_run_id
 from flows.runners import RUNNERS, choose_runner
 from flows.session import Interrupted, Session
 from tasks.core.config import did_you_mean
@@ -182,10 +182,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tasks.core.config import parse_sets
     from tasks.plans import resolve_config
 
-    if args.flow not in (*FLOWS, "all"):
+    known = list(flows())
+    if args.flow not in (*known, "all"):
         raise VisionflowsError(f"unknown flow {args.flow!r}"
-                               f"{did_you_mean(args.flow, [*FLOWS, 'all'])}; use one of: "
-                               f"{', '.join(sorted(FLOWS))}, all")
+                               f"{did_you_mean(args.flow, [*known, 'all'])}; use one of: "
+                               f"{', '.join(sorted(known))}, all")
     _apply_link_expiry(args)
     if args.offline:  # read by every resolver, here and in subprocess/docker tasks
         os.environ["VF_OFFLINE"] = "1"
@@ -194,8 +195,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = parse_sets(args.set)
     if args.flow == "all" and overrides:
         raise VisionflowsError("--set applies to one flow's config; run that flow alone "
-                               "(e.g. visionflows run q1-mlp --set epochs=2)")
-    names = list(FLOWS) if args.flow == "all" else [args.flow]
+                               "(e.g. visionflows run FLOW --set epochs=2)")
+    names = known if args.flow == "all" else [args.flow]
     for name in names:  # fail fast, before Prefect starts
         resolve_config(name, args.profile, overrides if args.flow != "all" else {})
     if args.launcher not in LAUNCHER_CHOICES:
@@ -290,19 +291,25 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from flows.deployments import DEPLOYMENT, NIGHTLY, build_deployments
+    from flows.deployments import DEPLOYMENT, build_deployments, nightly
 
+    table = nightly()
+    if args.list:  # what would be served: no server needed
+        for name, spec in table.items():
+            print(f"{name}/{DEPLOYMENT}  {spec.cron} UTC  {spec.description}"
+                  + (f"  overrides {json.dumps(spec.overrides)}" if spec.overrides else ""))
+        return 0
     prefect_env()
     if not os.environ.get("PREFECT_API_URL"):
         raise VisionflowsError(
             "visionflows serve needs a Prefect server to register its schedules with: start one "
             "with `prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api")
-    names = args.flows or [f for f in [*FLOWS, "report"] if f in NIGHTLY]
-    unknown = [f for f in names if f not in NIGHTLY]
+    names = args.flows or list(table)
+    unknown = [f for f in names if f not in table]
     if unknown:
-        hints = "".join(did_you_mean(f, NIGHTLY) for f in unknown)
+        hints = "".join(did_you_mean(f, table) for f in unknown)
         raise VisionflowsError(f"no deployment for {', '.join(unknown)}{hints}; known: "
-                               f"{', '.join(NIGHTLY)}")
+                               f"{', '.join(table)}")
     params: dict = {"profile": args.profile}
     if args.store:
         params["store"] = args.store
@@ -311,7 +318,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     deployments = build_deployments(names, params, paused=args.paused,
                                     ray_address=args.ray_address)
-    print("serving " + ", ".join(f"{n}/{DEPLOYMENT} ({NIGHTLY[n].cron} UTC)" for n in names))
+    print("serving " + ", ".join(f"{n}/{DEPLOYMENT} ({table[n].cron} UTC)" for n in names))
     print(f"trigger one now with: prefect deployment run {names[0]}/{DEPLOYMENT}")
     serve(*deployments, limit=args.limit)
     return 0
@@ -322,6 +329,13 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     from tasks.core.files import offline
     from tasks.inputs.mirror_index import INDEX_KEY
 
+    if args.list:  # what would be mirrored: no store, no network
+        from tasks.inputs.download import public_url
+
+        for e in catalog(args.questions, args.q4_export):
+            print(f"{e.name}  ({', '.join(e.questions)})  {public_url(e.url)}  "
+                  f"{e.what}".rstrip())
+        return 0
     if offline():
         raise VisionflowsError("visionflows mirror downloads: it cannot run with VF_OFFLINE=1 "
                                "(run it on a connected machine)")
@@ -356,9 +370,10 @@ def cmd_mirror(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Compare two runs of one question (or show a question's trend); no Prefect needed."""
-    from tasks.comparers import COMPARERS, comparer, resolve
+    from tasks.comparers import comparer, resolve
     from tasks.core.layout import compare_prefix
     from tasks.core.store import join
+    from tasks.questions import question_flows
     from tasks.registry import run_task
     from tasks.reporting.compare import summary_lines
 
@@ -366,12 +381,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.trend:
         if refs or args.question:
             raise VisionflowsError("give either two runs to compare or --trend Q, not both "
-                                   "(e.g. visionflows compare --trend q1-mlp)")
+                                   "(e.g. visionflows compare --trend FLOW)")
         from tasks.reporting.trend import latest_profile
 
-        if args.trend not in COMPARERS:
+        if args.trend not in question_flows():
             raise VisionflowsError(f"--trend {args.trend!r}: unknown question; use one of: "
-                                   f"{', '.join(COMPARERS)}")
+                                   f"{', '.join(question_flows())}")
         store = _open_checked_store(args.store)
         profile = args.profile or latest_profile(store, args.trend)
         if profile is None:
@@ -397,7 +412,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if len(refs) != 2:
         raise VisionflowsError(f"compare needs two runs, A and B (got {len(refs)}): run ids, "
                                "champion, latest or latest~N, e.g. `visionflows compare "
-                               "champion latest --question q1-mlp`; or --trend Q")
+                               "champion latest --question FLOW`; or --trend Q")
     store = _open_checked_store(args.store)
     a, b = resolve(store, refs[0], refs[1], question=args.question, profile=args.profile)
     tolerance = args.tolerance
@@ -427,9 +442,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Recompute a finished run's steps and compare them with what is stored."""
     from flows.verify import verify_run
 
-    if args.flow not in FLOWS:
-        raise VisionflowsError(f"unknown flow {args.flow!r}{did_you_mean(args.flow, FLOWS)}; "
-                               f"use one of: {', '.join(sorted(FLOWS))}")
+    known = flows()
+    if args.flow not in known:
+        raise VisionflowsError(f"unknown flow {args.flow!r}{did_you_mean(args.flow, known)}; "
+                               f"use one of: {', '.join(sorted(known))}")
     store = _open_checked_store(args.store)
     results = verify_run(store.uri, args.flow, args.run, steps=args.steps,
                          tolerance=args.tolerance, launcher=args.launcher)
@@ -447,11 +463,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    questions = ", ".join(flows())  # every question's flow, installed ones included
     parser = argparse.ArgumentParser(prog="visionflows", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one question's flow now")
     run.add_argument("flow", metavar="FLOW",
-                     help=f"which question: {', '.join(sorted(FLOWS))}, or all (every "
+                     help=f"which question: {questions}, or all (every "
                           "question, then the final report)")
     run.add_argument("--profile", default="smoke", help="smoke (default) or full")
     run.add_argument("--store", default=None,
@@ -498,14 +515,20 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--ray-address", default=raw("VF_RAY_ADDRESS"),
                      help="also serve each question's nightly-ray deployment (paused), its "
                           "steps on this Ray cluster (docs/ray.md); default $VF_RAY_ADDRESS")
+    srv.add_argument("--list", action="store_true",
+                     help="only list the deployments (flow/name, schedule, overrides); no "
+                          "server needed")
     srv.set_defaults(func=cmd_serve)
     mir = sub.add_parser("mirror", help="download every input the full profiles need into "
                                         "the store (for air-gapped runs)")
     mir.add_argument("--store", default=None,
                      help="store to fill (default $VF_STORE or file://./artifacts)")
     mir.add_argument("--questions", nargs="+", default=None, metavar="Q",
-                     help="which questions (comma-separated or listed; default all): "
-                          "q1-mlp, q1-cnn, q2-transfer, q3-segmentation, q4-yolo")
+                     help=f"which questions (comma-separated or listed; default all): "
+                          f"{questions}")
+    mir.add_argument("--list", action="store_true",
+                     help="only list what would be mirrored (name, questions, source); no "
+                          "store or network needed")
     mir.add_argument("--q4-export", default=None, metavar="URL",
                      help="also mirror the Q4 Roboflow export from this URL (${VAR} is read "
                           "from the environment; the query string is never recorded)")
@@ -517,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="A and B: run ids, champion, latest or latest~N (N runs before "
                           "the latest); differences are B - A")
     cmp.add_argument("--question", default=None,
-                     help="the question (flow), e.g. q1-mlp; needed when no run id is given")
+                     help="the question (its flow name); needed when no run id is given")
     cmp.add_argument("--store", default=None,
                      help="store URI (default $VF_STORE or file://./artifacts)")
     cmp.add_argument("--profile", default=None,
@@ -535,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.set_defaults(func=cmd_compare)
     ver = sub.add_parser("verify", help="recompute a finished run's steps (cache off) and "
                          "compare with what is stored: exit 0 only when all agree")
-    ver.add_argument("flow", metavar="FLOW", help=f"which question: {', '.join(sorted(FLOWS))}")
+    ver.add_argument("flow", metavar="FLOW", help=f"which question: {questions}")
     ver.add_argument("run", nargs="?", default="latest", metavar="RUN_ID",
                      help="a run id of that flow, or latest (default)")
     ver.add_argument("--steps", default=None, metavar="GLOB",
@@ -568,10 +591,10 @@ def main(argv: list[str] | None = None) -> int:
 
     for warning in unknown_in_env():  # a typo'd VF_* variable would be silently ignored
         print(warning, file=sys.stderr)
-    args = build_parser().parse_args(argv)
-    if args.command != "run":  # under a flow, Prefect's handlers show our logger
-        setup_cli_logging()
     try:
+        args = build_parser().parse_args(argv)
+        if args.command != "run":  # under a flow, Prefect's handlers show our logger
+            setup_cli_logging()
         return args.func(args)
     except VisionflowsError as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)

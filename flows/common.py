@@ -30,12 +30,12 @@ from tasks.core.resources import Resources
 from tasks.core.runtime import STOP, find_manifest, ray_context, require_intact, set_aside
 from tasks.core.settings import setting
 from tasks.core.store import Store, join, open_store
+from tasks.questions import cached_tasks
 from tasks.registry import resolve
 
-# Steps cached across runs by tasks.core.cache (their identity: tasks.core.identity).
-# Fetches are cached by dataset version instead (their output prefix is the version).
-CACHED_TASKS = {"classifier.train", "classifier.evaluate", "transfer.train", "transfer.finetune",
-                "yolo.train", "yolo.evaluate"}
+# Steps cached across runs by tasks.core.cache (their identity: tasks.core.identity) are
+# each question's ``cached_tasks``. Fetches are cached by dataset version instead (their
+# output prefix is the version).
 
 
 def refresh_default() -> bool:
@@ -49,13 +49,14 @@ def run_step_fn(name: str, task_name: str, cfg: dict[str, Any], store: str,
                 upstream: dict[str, Any] | None = None) -> dict[str, Any]:
     """One task run in Prefect: launch ``task_name`` and return its manifest as a dict.
 
-    With ``slot`` (a stable step name like ``q1-mlp/train-b64-relu-cross_entropy``) and a
-    task in ``CACHED_TASKS``, a previous result with the same cache key is reused once its
-    outputs are checked against their recorded sha256; a miss is logged with the parts that
-    changed. ``refresh`` (or ``VF_REFRESH=1``) recomputes: a result already at the step's own
-    prefix is moved aside first. Without it, a prefix holding another config's result (a
-    reused run id) is refused by the task before anything runs. ``progress`` (from
-    ``Progress.slice``) maps the task's own progress onto the flow's progress artifact.
+    With ``slot`` (a stable step name like ``<flow>/train-b64-relu-cross_entropy``) and a
+    task in its question's ``cached_tasks``, a previous result with the same cache key is
+    reused once its outputs are checked against their recorded sha256; a miss is logged
+    with the parts that changed. ``refresh`` (or ``VF_REFRESH=1``) recomputes: a result
+    already at the step's own prefix is moved aside first. Without it, a prefix holding
+    another config's result (a reused run id) is refused by the task before anything runs.
+    ``progress`` (from ``Progress.slice``) maps the task's own progress onto the flow's
+    progress artifact.
     ``env`` sets the task's thread counts (``OMP_NUM_THREADS``: a child process's
     environment; in-process, torch's thread count for the call). ``resources`` (a row of the
     question's resource table) sets the subprocess and docker launchers' limits.
@@ -72,7 +73,7 @@ def run_step_fn(name: str, task_name: str, cfg: dict[str, Any], store: str,
                "VF_RAY_WORKER_PID": str(ray["worker_pid"])}
     refresh = refresh_default() if refresh is None else refresh
     parts = None
-    if slot and task_name in CACHED_TASKS:
+    if slot and task_name in cached_tasks():
         _, cfg_cls = resolve(task_name)
         full = validate(cfg_cls, cfg, what=f"task {task_name!r}").model_dump(mode="json")
         image = None
@@ -274,5 +275,5 @@ def write_flow_manifest(store: Store, flow: str, run_id: str, payload: dict[str,
 
 
 def champion_question(flow: str, profile: str) -> str:
-    """Champions are kept per profile: ``q1-mlp`` for full runs, ``q1-mlp-smoke`` for smoke."""
+    """Champions are kept per profile: ``<flow>`` for full runs, ``<flow>-smoke`` for smoke."""
     return promote.champion_question(flow, profile)

@@ -26,6 +26,7 @@ from tasks.core.layout import compare_prefix
 from tasks.core.promote import champion_question, read_champion
 from tasks.core.runtime import git_commit
 from tasks.core.store import Store, join
+from tasks.questions import question_flow
 from tasks.reporting.compare import RegressionError
 from tasks.reporting.runs import finished_runs
 
@@ -70,7 +71,7 @@ def plan_comparison(flow: str, profile: str, run_id: str, st: Store) -> dict[str
 
 
 def _keeps_champion(flow: str) -> bool:
-    return flow != "q3-segmentation"
+    return question_flow(flow).keeps_champion
 
 
 def finish_run(flow: str, cfg: Config, run_id: str, result: dict[str, Any],

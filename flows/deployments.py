@@ -1,4 +1,5 @@
-"""Deployments: one per flow, named ``nightly``, with staggered cron schedules in UTC.
+"""Deployments: one per flow, named ``nightly``, with staggered cron schedules in UTC (each
+question's from its descriptor, ``tasks.core.question.Nightly``).
 
 ``prefect.yaml`` declares the same deployments for workers (``prefect deploy --all``);
 ``visionflows serve`` serves them from one process with no worker setup. A test keeps the
@@ -14,6 +15,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
+
+from tasks.questions import question_flows
 
 DEPLOYMENT = "nightly"
 RAY_DEPLOYMENT = "nightly-ray"  # `visionflows serve --ray-address ADDRESS`: steps on that Ray
@@ -28,22 +32,22 @@ class Nightly:
     overrides: dict = field(default_factory=dict)  # the flow's `overrides` parameter
 
 
-# Every nightly question run fails when it regresses against its champion (Q3 has none).
-REGRESSION_SWITCH = {"fail_on_regression": True}
+# The final report comes last, after every question's run.
+REPORT_NIGHTLY = Nightly("report", "0 6 * * *", "Final comparison report across every question")
 
 
-# Staggered so that runs on one GPU box do not overlap; the report comes last.
-NIGHTLY: dict[str, Nightly] = {n.flow: n for n in (
-    Nightly("q1-mlp", "0 1 * * *", "Q1-MLP sweeps on Fashion-MNIST", REGRESSION_SWITCH),
-    Nightly("q1-cnn", "30 1 * * *", "Q1-CNN pooling/BN and dropout sweep on Fashion-MNIST",
-            REGRESSION_SWITCH),
-    Nightly("q2-transfer", "0 2 * * *", "Q2 transfer learning on STL10 (ResNet18, VGG16)",
-            REGRESSION_SWITCH),
-    Nightly("q3-segmentation", "0 3 * * *", "Q3 DeepLabV3 segmentation of the given images"),
-    Nightly("q4-yolo", "30 3 * * *", "Q4 YOLOv5s vs YOLOv5x detection (ultralytics)",
-            REGRESSION_SWITCH),
-    Nightly("report", "0 6 * * *", "Final comparison report across every question"),
-)}
+def nightly() -> dict[str, Nightly]:
+    """Every flow's nightly deployment, the questions' (staggered so that runs on one GPU
+    box do not overlap) then the report's."""
+    out = {name: Nightly(name, f.nightly.cron, f.nightly.description, dict(f.nightly.overrides))
+           for name, f in question_flows().items()}
+    return {**out, "report": REPORT_NIGHTLY}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "NIGHTLY":
+        return nightly()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_deployments(flows: list[str], parameters: dict, paused: bool = False,
@@ -63,8 +67,9 @@ def build_deployments(flows: list[str], parameters: dict, paused: bool = False,
         # the served runs (processes of this one) find their cluster here (flows.ray_runner)
         os.environ["VF_RAY_ADDRESS"] = ray_address
     out = []
+    table = nightly()
     for name in flows:
-        spec = NIGHTLY[name]
+        spec = table[name]
         params = parameters if name != "report" else {
             k: v for k, v in parameters.items() if k == "store"}
         if spec.overrides:

@@ -44,11 +44,12 @@ RAY_VERSION = "2.60.0"
 def largest_steps() -> tuple[Resources, Resources]:
     """The largest GPU step and the largest CPU-only step over every question's full-profile
     resource table: per field the maximum (so one pod holds any of them)."""
-    from tasks.plans import FLOW_CONFIGS, resolve_config
+    from tasks.plans import resolve_config
+    from tasks.questions import question_flows
 
     gpu: list[Resources] = []
     cpu: list[Resources] = []
-    for flow in FLOW_CONFIGS:
+    for flow in question_flows():
         table = resolve_config(flow, "full").resources
         for kind in KINDS:
             res = table.for_kind(kind)

@@ -4,11 +4,12 @@ run gets what a ``visionflows run --task-runner ray`` gets: the cluster's token,
 (the cluster answers; store and Prefect URLs the nodes reach; steps that fit a node, by
 :class:`flows.fanout.Steps`), this code and the steps' settings in Ray's runtime environment.
 
-Each question's flow on this runner is a module-level object here (``q1_mlp``, ...): the
-``nightly-ray`` deployments' entrypoints (``flows/ray_runner.py:q1_mlp``), which a flow-run
-process loads. The cluster's address is read when a run starts: ``VF_RAY_ADDRESS`` (set by
-``visionflows serve --ray-address``). Imports ``prefect_ray``: only loaded where a Ray runner
-is asked for.
+Each question's flow on this runner is a module attribute here, its flow name with ``_`` for
+``-`` (made when first asked for, for every question the registry knows, installed ones
+included): the ``nightly-ray`` deployments' entrypoints (``flows/ray_runner.py:<attr>``),
+which a flow-run process loads. The cluster's address is read when a run starts:
+``VF_RAY_ADDRESS`` (set by ``visionflows serve --ray-address``). Imports ``prefect_ray``:
+only loaded where a Ray runner is asked for.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from prefect_ray import RayTaskRunner
 
-from flows.registry import FLOWS, load_flow
+from flows.registry import flows, load_flow
 from flows.runners import address_host, ray_session
 from tasks.core.errors import ConfigError
 from tasks.core.settings import raw
@@ -66,7 +67,7 @@ class ClusterRayTaskRunner(RayTaskRunner):
 
 
 def attr(flow: str) -> str:
-    """The module attribute of ``flow`` on Ray here (``q1-mlp`` -> ``q1_mlp``)."""
+    """The module attribute of ``flow`` on Ray here (``-`` -> ``_``)."""
     return flow.replace("-", "_")
 
 
@@ -74,9 +75,14 @@ def entrypoint(flow: str) -> str:
     return f"flows/ray_runner.py:{attr(flow)}"
 
 
-q1_mlp = load_flow("q1-mlp").with_options(task_runner=ClusterRayTaskRunner())
-q1_cnn = load_flow("q1-cnn").with_options(task_runner=ClusterRayTaskRunner())
-q2_transfer = load_flow("q2-transfer").with_options(task_runner=ClusterRayTaskRunner())
-q3_segmentation = load_flow("q3-segmentation").with_options(task_runner=ClusterRayTaskRunner())
-q4_yolo = load_flow("q4-yolo").with_options(task_runner=ClusterRayTaskRunner())
-assert {attr(f) for f in FLOWS} <= set(globals()), "a question without its Ray flow here"
+_MADE: dict[str, Any] = {}
+
+
+def __getattr__(name: str) -> Any:
+    """The flow of the question whose :func:`attr` is ``name``, on the Ray runner."""
+    by_attr = {attr(f): f for f in flows()}
+    if name not in by_attr:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _MADE:
+        _MADE[name] = load_flow(by_attr[name]).with_options(task_runner=ClusterRayTaskRunner())
+    return _MADE[name]

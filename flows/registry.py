@@ -1,36 +1,43 @@
-"""The flows by name: one per question, plus the final report. Imported by the CLI and the
-deployments alike; it imports neither (flow modules are loaded on demand)."""
+"""The flows by name: one per question (from the descriptors, ``tasks.registry``), plus the
+final report. Imported by the CLI and the deployments alike; it imports neither (flow
+modules are loaded on demand)."""
 
 from __future__ import annotations
 
-import importlib
 import secrets
 from datetime import UTC, datetime
+from typing import Any
 
 from tasks.core.config import did_you_mean
 from tasks.core.errors import VisionflowsError
+from tasks.core.question import load
+from tasks.questions import question_flows
 
-FLOWS: dict[str, str] = {
-    "q1-mlp": "flows.q1_mlp:q1_mlp",
-    "q1-cnn": "flows.q1_cnn:q1_cnn",
-    "q2-transfer": "flows.q2_transfer:q2_transfer",
-    "q3-segmentation": "flows.q3_segmentation:q3_segmentation",
-    "q4-yolo": "flows.q4_yolo:q4_yolo",
-}
 REPORT_FLOW = "flows.report:report"
+
+
+def flows() -> dict[str, str]:
+    """Question flow name -> ``"module:attribute"`` of its Prefect flow, in report order."""
+    return {name: f.flow for name, f in question_flows().items()}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "FLOWS":
+        return flows()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_flow(name: str):
     """The Prefect flow object of ``name`` (a question, or ``report``)."""
+    table = flows()
     if name == "report":
         target = REPORT_FLOW
-    elif name in FLOWS:
-        target = FLOWS[name]
+    elif name in table:
+        target = table[name]
     else:
-        raise VisionflowsError(f"unknown flow {name!r}{did_you_mean(name, [*FLOWS, 'report'])}"
-                               f"; known flows: {', '.join(FLOWS)}, report")
-    module, attr = target.split(":")
-    return getattr(importlib.import_module(module), attr)
+        raise VisionflowsError(f"unknown flow {name!r}{did_you_mean(name, [*table, 'report'])}"
+                               f"; known flows: {', '.join(table)}, report")
+    return load(target)
 
 
 def new_run_id() -> str:

@@ -196,15 +196,12 @@ def check_fit(flow: str, cfg, nodes_now, wait_s: float | None = None,
     a cluster with an autoscaler) it is asked again until a node fits or the time is up,
     after ``request(bundle)`` (the autoscaler asked for such a node). Returns the nodes last
     seen."""
-    import importlib
-
-    from tasks.plans import FLOW_CONFIGS
+    from tasks.plans import step_kinds
 
     env = os.environ if env is None else env
     if wait_s is None:
         wait_s = setting("VF_RAY_FIT_WAIT_S", env)
-    kinds = sorted(set(importlib.import_module(FLOW_CONFIGS[flow].__module__)
-                       .STEP_KINDS.values()))
+    kinds = sorted(set(step_kinds(flow).values()))
     table = cfg.resources
     deadline = time.monotonic() + wait_s
     while True:
@@ -226,9 +223,9 @@ def check_fit(flow: str, cfg, nodes_now, wait_s: float | None = None,
 
 
 def _flow_configs():
-    from tasks.plans import FLOW_CONFIGS
+    from tasks.questions import question_flows
 
-    return FLOW_CONFIGS
+    return question_flows()
 
 
 def ray_auth_token(env: Mapping[str, str] | None = None) -> str | None:

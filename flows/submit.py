@@ -163,7 +163,7 @@ def _run_args(run_parser: argparse.ArgumentParser, flow: str, rest: list[str]
                           "runner ray --ray-address auto): drop --task-runner/--ray-address "
                           "after the flow name")
     if args.flow == "all":
-        raise ConfigError("submit one flow at a time (e.g. q1-mlp), not all")
+        raise ConfigError("submit one flow at a time (visionflows submit ... FLOW), not all")
     return args, rest
 
 
@@ -309,7 +309,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not ops:
         if not args.flow:
             raise ConfigError("submit what? e.g. visionflows submit --ray-address "
-                              "http://HEAD:8265 q1-mlp --store s3://BUCKET/PREFIX")
+                              "http://HEAD:8265 FLOW --store s3://BUCKET/PREFIX")
         return submit(args)
     from flows.runners import require_ray
 

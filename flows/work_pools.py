@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import math
 import os
@@ -182,7 +181,8 @@ def image_pull_secrets(env: dict[str, str] | None = None) -> list[dict[str, str]
 
 def _table_and_kinds(flow: str, profile: str, overrides: dict[str, Any] | None):
     from tasks.core.resources import ResourceTable
-    from tasks.plans import FLOW_CONFIGS, resolve_config
+    from tasks.plans import resolve_config, step_kinds
+    from tasks.questions import question_flows
 
     if flow == "report":  # the final report: one report step, the table's default
         if overrides and set(overrides) - {"resources"}:
@@ -190,11 +190,11 @@ def _table_and_kinds(flow: str, profile: str, overrides: dict[str, Any] | None):
         table = ResourceTable.model_validate({**REPORT_TABLE,
                                               **(overrides or {}).get("resources", {})})
         return table, ("report",), False
-    if flow not in FLOW_CONFIGS:
-        raise ConfigError(f"unknown flow {flow!r}; known: report, {', '.join(FLOW_CONFIGS)}")
+    if flow not in question_flows():
+        raise ConfigError(f"unknown flow {flow!r}; known: report, "
+                          f"{', '.join(question_flows())}")
     cfg = resolve_config(flow, profile, overrides)
-    plan = importlib.import_module(FLOW_CONFIGS[flow].__module__)
-    kinds = tuple(sorted(set(plan.STEP_KINDS.values())))
+    kinds = tuple(sorted(set(step_kinds(flow).values())))
     return cfg.resources, kinds, "parallel" in type(cfg).model_fields
 
 
@@ -282,14 +282,15 @@ def deploy_values(root: str | None = None) -> dict[str, Any]:
     ``overrides.<flow>`` and ``<pool>.<flow>.<job variable>`` for every pool whose flow runs
     use the task image.
     """
-    from flows.deployments import NIGHTLY
+    from flows.deployments import nightly
     from flows.launchers.images import default_image
 
     pools = load_pools(root)
     out: dict[str, Any] = {"image": default_image(), "overrides": {}}
-    needs = {flow: job_needs(flow) for flow in NIGHTLY}
+    table = nightly()
+    needs = {flow: job_needs(flow) for flow in table}
     for flow, n in needs.items():  # the nightly switches (fail_on_regression) and packing
-        out["overrides"][flow] = {**NIGHTLY[flow].overrides, **flow_overrides(n)}
+        out["overrides"][flow] = {**table[flow].overrides, **flow_overrides(n)}
     for pool in pools.pools.values():
         if pool.flow_run_image == TASK_IMAGE:
             out[pool.name] = {flow: job_variables(flow, pool, root, n)
@@ -299,11 +300,11 @@ def deploy_values(root: str | None = None) -> dict[str, Any]:
 
 def needs_table() -> str:
     """A Markdown table of every flow's needs (docs/deployment.md shows it)."""
-    from flows.deployments import NIGHTLY
+    from flows.deployments import nightly
 
     rows = ["| flow | GPUs | GPU share of a step | cells at once | CPUs | memory (incl. /dev/shm) "
             "| /dev/shm |", "|---|---|---|---|---|---|---|"]
-    for flow in NIGHTLY:
+    for flow in nightly():
         n = job_needs(flow)
         rows.append(f"| {flow} | {n.gpus} | {n.gpu_share:g} | {n.pack} | {k8s_cpu(n.cpus)} | "
                     f"{k8s_quantity(n.memory)} | {k8s_quantity(n.shm)} |")
@@ -313,11 +314,11 @@ def needs_table() -> str:
 def limits_table() -> str:
     """A Markdown table of every flow's time limit, Job deadline and scratch disk
     (docs/deployment.md shows it)."""
-    from flows.deployments import NIGHTLY
+    from flows.deployments import nightly
 
     rows = ["| flow | flow time limit | Job activeDeadlineSeconds | scratch (/tmp sizeLimit) "
             "| ephemeral-storage |", "|---|---|---|---|---|"]
-    for flow in NIGHTLY:
+    for flow in nightly():
         n = job_needs(flow)
         hours = "none" if n.time_limit_s is None else f"{n.time_limit_s / 3600:g} h"
         rows.append(f"| {flow} | {hours} | {n.active_deadline_s} | {k8s_quantity(n.scratch)} "

@@ -4,11 +4,13 @@ Run any task with ``python -m tasks <task-name> --config cfg.json [--store URI]`
 
 Layout (dependencies point down; ``tests/test_layout.py`` checks it):
 
-- ``tasks.registry`` (task names), ``tasks.plans`` (flow configs by name), ``tasks.catalog``
-  (what ``visionflows mirror`` fetches) sit on top and import the questions;
-- one package per question, ``tasks.q1`` .. ``tasks.q4``: its data fetch and generator,
-  models, tasks, report, reference numbers and flow-level plan (``plan.py``); questions
-  never import each other;
+- ``tasks.questions`` finds every question's descriptor (``tasks/q<N>/question.py`` and the
+  ``visionflows.questions`` entry points); ``tasks.registry`` (task names), ``tasks.plans``
+  (flow configs by name), ``tasks.comparers`` and ``tasks.catalog`` (what ``visionflows
+  mirror`` fetches) sit on top and are built from the descriptors;
+- one package per question, ``tasks.q1`` .. ``tasks.q4``: its descriptor (``question.py``),
+  data fetch and generator, models, tasks, report, reference numbers and flow-level plan
+  (``plan.py``); questions never import each other;
 - shared pieces: ``tasks.ml`` (the training loop, metrics, plots, model summaries),
   ``tasks.inputs`` (the one downloader, the store's mirror index, the one weights
   resolver), ``tasks.reporting`` (report rendering, the final report);

@@ -1,7 +1,8 @@
 """Air-gapped operation: copy every input the ``full`` profiles need into the store.
 
 ``mirror(store, questions)`` runs on a connected machine. The catalog (:func:`catalog`)
-asks each question's plan for its inputs (``tasks/q<N>/plan.py``: ``mirror_entries``):
+asks each question for its inputs (its descriptor's ``mirror`` function, e.g.
+``tasks/q<N>/plan.py``: ``mirror_entries``):
 Fashion-MNIST's four IDX files, the STL10 archive, the ResNet18 / VGG16 / DeepLabV3 /
 YOLOv5s / YOLOv5x weights, and the Q4 Roboflow export when a URL is given. For each entry it
 downloads the published file through the one downloader (:mod:`tasks.inputs.download`,
@@ -13,7 +14,8 @@ records it in ``mirror/index.json`` (name, source URL, sha256, size, date) with 
 compare-and-swap, so a crash never leaves an index entry without its object. A rerun skips
 every entry whose stored object still has the indexed sha256 and re-fetches the others.
 
-This module sits on top: it imports the questions' plans; nothing imports it but the CLI.
+This module sits on top: it reads the questions' descriptors (``tasks.registry``); nothing
+imports it but the CLI.
 Resolvers find mirrored files through :mod:`tasks.inputs.mirror_index`.
 """
 
@@ -33,14 +35,15 @@ from tasks.core.config import did_you_mean
 from tasks.core.errors import ConfigError, DataError, StoreError
 from tasks.core.files import cache_dir, sha256_file
 from tasks.core.log import get_logger
+from tasks.core.question import load
 from tasks.core.settings import raw
 from tasks.core.store import Store
 from tasks.inputs import mirror_index
 from tasks.inputs.download import DownloadError, download, public_url
 from tasks.inputs.mirror_index import Entry
 from tasks.inputs.weights import looks_like_torch_checkpoint
+from tasks.questions import question_flows
 
-QUESTIONS = ("q1-mlp", "q1-cnn", "q2-transfer", "q3-segmentation", "q4-yolo")
 # Tests (and unusual setups) fetch every catalogued file from another server: the
 # published URL's path is appended to this base.
 SOURCE_BASE_ENV = "VF_MIRROR_SOURCE_BASE"
@@ -48,19 +51,20 @@ SOURCE_BASE_ENV = "VF_MIRROR_SOURCE_BASE"
 
 def parse_questions(questions: Iterable[str] | str | None) -> tuple[str, ...]:
     """``None``/``all`` -> every question; otherwise names, comma-separated or listed."""
+    known = tuple(question_flows())
     if questions is None:
-        return QUESTIONS
+        return known
     if isinstance(questions, str):
         questions = [questions]
     names = [q.strip() for item in questions for q in item.split(",") if q.strip()]
     if not names or "all" in names:
-        return QUESTIONS
-    unknown = [q for q in names if q not in QUESTIONS]
+        return known
+    unknown = [q for q in names if q not in known]
     if unknown:
-        hints = "".join(did_you_mean(q, QUESTIONS) for q in unknown)
+        hints = "".join(did_you_mean(q, known) for q in unknown)
         raise ConfigError(f"unknown question(s) {', '.join(unknown)}{hints}; use any of "
-                          f"{', '.join(QUESTIONS)} or all")
-    return tuple(q for q in QUESTIONS if q in names)
+                          f"{', '.join(known)} or all")
+    return tuple(q for q in known if q in names)
 
 
 def catalog(questions: Iterable[str] | str | None = None,
@@ -70,22 +74,22 @@ def catalog(questions: Iterable[str] | str | None = None,
     URLs come from torchvision (``FashionMNIST.mirrors``, ``STL10.url``, the weights enums'
     ``.url``) and from the ultralytics release Q4 downloads from; md5 sums from the tables
     our fetchers check (the same as torchvision's ``resources`` / ``tgz_md5``). Which models
-    come from each question's ``full`` profile.
+    come from each question's ``full`` profile. ``q4_export_url`` goes to the questions
+    whose inputs include a user's export (``mirror_export``).
     """
-    from tasks.q1 import plan as q1
-    from tasks.q2 import plan as q2
-    from tasks.q3 import plan as q3
-    from tasks.q4 import plan as q4
-
     qs = parse_questions(questions)
-    if q4_export_url and "q4-yolo" not in qs:
-        raise ConfigError("--q4-export is the Q4 dataset: add q4-yolo to --questions")
+    flows = question_flows()
+    takes_export = [q for q, f in flows.items() if f.mirror_export]
+    if q4_export_url and not set(takes_export) & set(qs):
+        raise ConfigError(f"--q4-export is the {', '.join(takes_export)} dataset: add "
+                          f"{' or '.join(takes_export)} to --questions")
     entries: dict[str, Entry] = {}
-    sources = {"q1-mlp": q1.mirror_entries, "q1-cnn": q1.mirror_entries,
-               "q2-transfer": q2.mirror_entries, "q3-segmentation": q3.mirror_entries,
-               "q4-yolo": lambda: q4.mirror_entries(q4_export_url)}
     for q in qs:
-        for entry in sources[q]():
+        spec = flows[q]
+        if spec.mirror is None:
+            continue
+        source = load(spec.mirror)
+        for entry in (source(q4_export_url) if spec.mirror_export else source()):
             if entry.name in entries:  # shared by several questions
                 old = entries[entry.name]
                 entry = Entry(**{**old.__dict__, "questions": tuple(

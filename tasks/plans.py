@@ -1,6 +1,7 @@
 """Every question's flow config and profiles, by flow name, and ``resolve_config`` (pure
-data, no Prefect). It sits on top of the questions' plan modules (``tasks/q<N>/plan.py``),
-which hold the configs, profiles and cell planning themselves.
+data, no Prefect), from the questions' descriptors (``tasks.registry.questions``); each
+question's plan module (``tasks/q<N>/plan.py``) holds its configs, profiles and cell
+planning.
 
 A profile picks sizes, not code paths: ``smoke`` (generated data, tiny epochs, CPU) and
 ``full`` (the SPEC's hyperparameters on the real data). Users override any key with
@@ -13,31 +14,48 @@ from typing import Any
 
 from tasks.core.config import Config, deep_merge, did_you_mean, validate
 from tasks.core.errors import ConfigError
-from tasks.q1 import plan as q1
-from tasks.q2 import plan as q2
-from tasks.q3 import plan as q3
-from tasks.q4 import plan as q4
+from tasks.core.question import load
+from tasks.questions import question_flow, question_flows
 
-FLOW_CONFIGS: dict[str, type[Config]] = {
-    "q1-mlp": q1.Q1MlpConfig, "q1-cnn": q1.Q1CnnConfig, "q2-transfer": q2.Q2TransferConfig,
-    "q3-segmentation": q3.Q3SegmentationConfig, "q4-yolo": q4.Q4YoloConfig}
-PROFILES: dict[str, dict[str, dict[str, Any]]] = {
-    **q1.PROFILES, **q2.PROFILES, **q3.PROFILES, **q4.PROFILES}
+
+def flow_configs() -> dict[str, type[Config]]:
+    """Flow name -> its config class."""
+    return {name: f.config_class() for name, f in question_flows().items()}
+
+
+def profiles() -> dict[str, dict[str, dict[str, Any]]]:
+    """Flow name -> ``{profile: overrides}``."""
+    return {name: f.profile_table() for name, f in question_flows().items()}
+
+
+def step_kinds(flow: str) -> dict[str, str]:
+    """``{task name: step kind}`` of flow ``flow`` (its resource table's rows)."""
+    return load(question_flow(flow).step_kinds)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "FLOW_CONFIGS":
+        return flow_configs()
+    if name == "PROFILES":
+        return profiles()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def resolve_config(flow: str, profile: str, overrides: dict[str, Any] | None = None) -> Config:
     """Class defaults, then the profile, then the user's overrides, merged key by key;
     validated."""
-    if flow not in FLOW_CONFIGS:
-        raise ConfigError(f"unknown flow {flow!r}{did_you_mean(flow, FLOW_CONFIGS)}; known: "
-                          f"{', '.join(sorted(FLOW_CONFIGS))}")
-    profiles = PROFILES[flow]
-    if profile not in profiles:
+    flows = question_flows()
+    if flow not in flows:
+        raise ConfigError(f"unknown flow {flow!r}{did_you_mean(flow, flows)}; known: "
+                          f"{', '.join(sorted(flows))}")
+    table = flows[flow].profile_table()
+    if profile not in table:
         raise ConfigError(f"unknown profile {profile!r} for {flow}"
-                          f"{did_you_mean(profile, profiles)}; use one of: "
-                          f"{', '.join(profiles)}")
+                          f"{did_you_mean(profile, table)}; use one of: "
+                          f"{', '.join(table)}")
+    cls = flows[flow].config_class()
     # nested tables (e.g. ``resources``) merge key by key: ``--set resources.train.gpus=0.5``
     # keeps the question's other numbers
-    defaults = FLOW_CONFIGS[flow]().model_dump(mode="json")
-    merged = deep_merge(deep_merge(defaults, profiles[profile]), overrides or {})
-    return validate(FLOW_CONFIGS[flow], merged, what=f"{flow} ({profile} profile)")
+    defaults = cls().model_dump(mode="json")
+    merged = deep_merge(deep_merge(defaults, table[profile]), overrides or {})
+    return validate(cls, merged, what=f"{flow} ({profile} profile)")

@@ -1,68 +1,71 @@
 """The task registry: every task name, the function that runs it, and ``run_task``.
 
-Names map to ``"module:function"`` strings, imported only when a task runs, so this module
-imports no question's code; the function's ``cfg`` parameter is annotated with its config
-class.
+Task names come from the questions' descriptors (:mod:`tasks.questions`) and the shared
+tasks below. They map to ``"module:function"`` strings, imported only when a task runs, so
+this module imports no question's code; the function's ``cfg`` parameter is annotated with
+its config class.
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 from tasks.core.config import Config, did_you_mean, validate
 from tasks.core.errors import ConfigError
 from tasks.core.runtime import Manifest
 from tasks.core.store import Store, open_store
+from tasks.questions import questions
 
-# name -> "module:function"; the function's first parameter is annotated with its Config class.
-TASKS: dict[str, str] = {
-    "fashion-mnist.fetch": "tasks.q1.data:fetch",
-    "classifier.train": "tasks.q1.train:train",
-    "classifier.evaluate": "tasks.q1.train:evaluate",
-    "classifier.report": "tasks.q1.report:render",
+# Tasks that belong to no question: promotion, the comparisons and the final report, and
+# diagnostics for the launchers' time and memory limits (docs/reliability.md).
+SHARED_TASKS: dict[str, str] = {
     "model.promote": "tasks.core.promote:promote",
     "report.final": "tasks.comparers:final",
     "report.compare": "tasks.comparers:compare",
     "report.trend": "tasks.comparers:trend",
-    "images.ingest": "tasks.q3.segment:ingest",
-    "segment.images": "tasks.q3.segment:segment",
-    "segment.report": "tasks.q3.report:render",
-    "stl10.fetch": "tasks.q2.data:fetch",
-    "transfer.weights": "tasks.q2.transfer:weights",
-    "transfer.explore": "tasks.q2.transfer:explore",
-    "transfer.train": "tasks.q2.transfer:train",
-    "transfer.finetune": "tasks.q2.transfer:finetune",
-    "transfer.report": "tasks.q2.report:render",
-    "yolo-export.fetch": "tasks.q4.data:fetch",
-    "yolo.train": "tasks.q4.yolo:train",
-    "yolo.evaluate": "tasks.q4.yolo:evaluate",
-    "yolo.report": "tasks.q4.report:render",
-    # diagnostics for the launchers' time and memory limits (docs/reliability.md)
     "selftest.sleep": "tasks.selftest:sleep",
     "selftest.alloc": "tasks.selftest:alloc",
     "selftest.fail": "tasks.selftest:fail",
 }
 
 
+def all_tasks() -> dict[str, str]:
+    """``task name -> "module:function"`` of every question's tasks and the shared ones."""
+    out: dict[str, str] = dict(SHARED_TASKS)
+    for q in questions():
+        taken = sorted(set(q.tasks) & set(SHARED_TASKS))
+        if taken:
+            raise ConfigError(f"question {q.name} defines task(s) {', '.join(taken)}, which "
+                              "visionflows itself defines; rename them")
+        out.update(q.tasks)
+    return out
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TASKS":  # the table, as a module attribute (read when first asked for)
+        return all_tasks()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 def task_module(name: str) -> str:
     """The module that holds task ``name``'s function (not imported)."""
+    return _target(name).split(":")[0]
+
+
+def _target(name: str) -> str:
+    table = all_tasks()
     try:
-        return TASKS[name].split(":")[0]
+        return table[name]
     except KeyError:
         raise ConfigError(
-            f"unknown task {name!r}{did_you_mean(name, TASKS)}; known tasks: "
-            f"{', '.join(sorted(TASKS))}") from None
+            f"unknown task {name!r}{did_you_mean(name, table)}; known tasks: "
+            f"{', '.join(sorted(table))}") from None
 
 
 def resolve(name: str):
     """The task function and its config class for a registered task name."""
-    try:
-        target = TASKS[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown task {name!r}{did_you_mean(name, TASKS)}; known tasks: "
-            f"{', '.join(sorted(TASKS))}") from None
+    target = _target(name)
     module_name, func_name = target.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     cfg_cls = func.__annotations__.get("cfg")

@@ -43,7 +43,8 @@ def expected_steps(rel: str) -> set[str]:
     if parts[0] == "reports":  # a report template
         return REPORT_STEPS
     top = parts[1]
-    if top in ("core", "ml", "inputs") or top in ("__init__.py", "__main__.py", "registry.py"):
+    if top in ("core", "ml", "inputs") or top in ("__init__.py", "__main__.py", "registry.py",
+                                                   "questions.py"):
         return ALL
     if top in QUESTIONS:
         return {t for t in ALL if question_of(t) == top} | CROSS_QUESTION

@@ -236,7 +236,9 @@ def test_final_report_formats_and_compares_by_kind(store, profile, vgg, best, ex
            "1 h 2 min | r2 |" in md
     assert "| q1-mlp | batch_size=batch 32 | ok | test/accuracy | 87.12 % | 42.2 s | r1 |" in md
     # each question's own explanation, in its own section, and a link to its own report
-    from tasks.reporting.final import TITLES
+    from tasks.reporting.final import question_titles
+
+    TITLES = question_titles()
 
     sections = {part.split("\n", 1)[0]: part for part in md.split("\n## ")}
     for q, why in (("q1-mlp", "Q1's own reasons"), ("q2-transfer", "Q2's own reasons"),

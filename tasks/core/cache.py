@@ -6,7 +6,7 @@ kept, so that a miss can say what changed.
 
 Entries live in the store: ``cache/<task>/<key>.json`` points at the manifest prefix of the
 run that produced it; ``cache/<task>/slots/<slot>.json`` remembers the last key of a named
-step (e.g. ``q1-mlp/train-b64-relu-cross_entropy``) so that a miss can be explained. An entry
+step (e.g. ``<flow>/train-b64-relu-cross_entropy``) so that a miss can be explained. An entry
 is trusted only when the manifest it points at records the same key: one written by an older
 visionflows (no key in its manifest) or for another identity is ignored.
 """

@@ -14,8 +14,10 @@ that a difference can be explained:
   step counts every file of its own unit, of the units every step runs (``ENTRY`` and
   ``SHARED``), and of every unit those reach, where *reach* is any import statement
   (anywhere in a file, lazy ones included) or any string constant naming a ``tasks.``
-  module (how ``python -m tasks.q4.worker`` and name-keyed tables are spelled). A question's
-  step therefore never counts another question's package, and a worker started as
+  module (how ``python -m tasks.q4.worker`` and name-keyed tables are spelled); the lookups
+  that name every question (``LOOKUPS``: the registry and the questions' discovery) are
+  followed only for a step whose own code calls them. A question's step therefore never
+  counts another question's package, and a worker started as
   ``python -m`` counts because it lives in its question's package. Files are hashed as their
   syntax tree without docstrings, so an edit to a comment or a docstring is not a change;
   ``.j2`` report templates count by content for the units that render reports;
@@ -48,8 +50,12 @@ from typing import Any
 
 from tasks.core.settings import raw
 
-# Units every step runs: the package, the task CLI (subprocess/docker) and the registry.
-ENTRY = ("__init__", "__main__", "registry")
+# Units every step runs: the package, the task CLI (subprocess/docker), the registry and the
+# questions' discovery it reads.
+ENTRY = ("__init__", "__main__", "registry", "questions")
+# Entry units that name every question (lookup tables): what they name is followed only for
+# a step whose own code calls them (step_units).
+LOOKUPS = ("registry", "questions")
 # Shared packages any step may run (the runtime, the ML loop, the one downloader/resolver).
 SHARED = ("core", "ml", "inputs")
 # Config fields that never name a local path (the output prefix is the step's own place).
@@ -240,31 +246,75 @@ def step_units(task_module: str, root: Path | None = None,
     Every file of the step's own unit counts (a worker started by name, a module loaded by a
     table: whatever lives there); the other units it reaches are the ones the modules its
     task module reaches name, so a question's report code (and the report templates) is
-    not part of its training step. Shared and entry units count whole, with all they name.
+    not part of its training step. Shared and entry units count whole, with all they name,
+    but for the lookups (the registry, the questions' discovery): they name every question,
+    and which one runs is the step's own unit, unless the step's own code (not the shared
+    code) calls a lookup: the comparison and final reports load every question's comparer
+    through the discovery. A task module outside
+    the ``tasks`` package (an installed question) has no unit here: its step counts the
+    entry and shared units (:func:`code_identity` adds its own package).
     """
     table = table if table is not None else units(root)
-    own = unit_of(task_module)
+    own = unit_of(task_module) if _in_tasks(task_module) else None
     seen: set[str] = {own} if own in table else set()
     todo = [u for u in (*ENTRY, *SHARED) if u in table]
+    called: set[str] = set()
     if own in table:
-        todo.extend(table[own].reaches(_closure_in_unit(table[own], task_module)))
+        reached = table[own].reaches(_closure_in_unit(table[own], task_module))
+        todo.extend(reached)
+        if own not in (*ENTRY, *SHARED):
+            called = reached & set(LOOKUPS)
     while todo:
         name = todo.pop()
         if name in seen or name not in table:
             continue
         seen.add(name)
-        # the registry names every task's module: which one runs is the step's own unit
-        if name != "registry":
+        if name not in LOOKUPS or name in called:
             todo.extend(table[name].reaches() - seen)
     return sorted(seen)
 
 
+def _in_tasks(module: str) -> bool:
+    return module == "tasks" or module.startswith("tasks.")
+
+
+def external_files(module: str) -> dict[str, Path]:
+    """``"<package>/<relative path>" -> file`` of every ``.py`` file of the top-level
+    package that holds ``module`` (a question installed as its own package); empty when it
+    cannot be found."""
+    import importlib.util
+
+    top = module.split(".")[0]
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return {}
+    if spec is None:
+        return {}
+    out: dict[str, Path] = {}
+    for location in spec.submodule_search_locations or []:
+        base = Path(location)
+        for folder, dirs, names in os.walk(base):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            for n in sorted(names):
+                if n.endswith(".py"):
+                    path = Path(folder, n)
+                    out[f"{top}/{path.relative_to(base).as_posix()}"] = path
+    if not out and spec.origin and spec.origin.endswith(".py"):
+        out[Path(spec.origin).name] = Path(spec.origin)
+    return out
+
+
 def code_identity(task_module: str, root: Path | None = None) -> dict[str, str]:
-    """``relative path -> hash`` of every file a step of ``task_module`` may run."""
+    """``relative path -> hash`` of every file a step of ``task_module`` may run (for a
+    task outside the ``tasks`` package, its own package's files too)."""
     table = units(root)
     out: dict[str, str] = {}
     for name in step_units(task_module, table=table):
         out.update(table[name].hashes)
+    if not _in_tasks(task_module):
+        out.update({rel: _scan_file(path)[0]
+                    for rel, path in external_files(task_module).items()})
     return dict(sorted(out.items()))
 
 

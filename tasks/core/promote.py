@@ -53,7 +53,7 @@ class RegressionOptions(Config):
 
 
 def champion_question(flow: str, profile: str) -> str:
-    """Champions are kept per profile: ``q1-mlp`` for full runs, ``q1-mlp-smoke`` for smoke."""
+    """Champions are kept per profile: ``<flow>`` for full runs, ``<flow>-smoke`` for smoke."""
     return flow if profile == "full" else f"{flow}-{profile}"
 
 

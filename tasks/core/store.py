@@ -1,6 +1,6 @@
 """One small interface over the artifact store: ``file://DIR`` and ``s3://bucket/prefix``.
 
-Keys are relative, ``/``-separated paths such as ``runs/q1-mlp/<run-id>/train/manifest.json``.
+Keys are relative, ``/``-separated paths such as ``runs/<flow>/<run-id>/train/manifest.json``.
 Local writes are atomic (temporary file, then rename); S3 uploads go through boto3's
 transfer manager (multipart for large files) with botocore's retries on, and carry their
 sha256 as object metadata, so :meth:`Store.digest` answers with a HEAD request.

@@ -3,7 +3,7 @@
 config and before the local cache and the internet.
 
 Objects keep their published file names under ``mirror/<kind>/`` (``fashion-mnist/``,
-``stl10/``, ``weights/torchvision/``, ``weights/ultralytics/``, ``q4-yolo/``), so the
+``stl10/``, ``weights/torchvision/``, ``weights/ultralytics/``, a question's own folder), so the
 ``mirror/`` folder of a ``file://`` store is itself a set of standard-layout mirror folders.
 This module also words what resolvers say when they find nothing (:func:`tried_list`,
 :func:`offline_fix`, :func:`unavailable_offline`).

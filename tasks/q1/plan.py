@@ -221,3 +221,50 @@ def mirror_entries() -> list[Entry]:
     return [Entry(dataset_name(fmnist.DATASET, filename), urllib.parse.urljoin(base, filename),
                   QUESTIONS, f"Fashion-MNIST {filename}", md5=fmnist.MD5[filename])
             for filename in fmnist.FILES.values()]
+
+
+# --- what the flows report: the report's prose, the summary rows and their metric names
+
+PRIMARY = {"q1-mlp": "test/accuracy", "q1-cnn": "dev/accuracy"}  # picks the champion
+
+
+def mlp_intro(cfg: Q1MlpConfig) -> list[str]:
+    """Q1-MLP's report opening: the network and the sweeps' fixed settings."""
+    return [f"Network: 784 -> {' -> '.join(map(str, cfg.hidden))} -> 10, {cfg.optimizer} "
+            f"(lr {cfg.learning_rate}), {cfg.epochs} epochs, seed {cfg.seed}. The activation "
+            f"and loss sweeps hold batch size {cfg.batch_size}; the batch sweep holds "
+            f"{cfg.activation} + {cfg.loss}. MSE is computed between softmax(logits) and "
+            "one-hot targets; CrossEntropy on the logits. Compute time is the wall-clock "
+            "time of the training epochs (evaluation excluded)."]
+
+
+def cnn_intro(cfg: Q1CnnConfig) -> list[str]:
+    """Q1-CNN's report opening: transforms, the dev/test split and the training settings."""
+    return [
+        "Transforms: ToTensor, RandomHorizontalFlip(p=0.5) on training batches only (flipping "
+        "evaluation images would only add noise to the measurement), Normalize(0.5, 0.5); "
+        "applied to whole batches on the device.",
+        f"The test set is split into dev ({cfg.dev_fraction:.0%}) and test with fixed seed "
+        f"{cfg.split_seed}; the dropout rate is chosen by final dev accuracy and test accuracy "
+        f"is reported for the chosen model. {cfg.optimizer} (lr {cfg.learning_rate}), batch "
+        f"{cfg.batch_size}, {cfg.epochs} epochs, seed {cfg.seed}. Dropout applies to the fully "
+        "connected layers only. (d) at dropout "
+        f"{cfg.dropout:g} is the same training run as the sweep's cell at that rate.",
+    ]
+
+
+def summary_rows(cells: dict[str, dict], trained: dict[str, dict],
+                 evaluated: dict[str, dict]) -> list[dict[str, Any]]:
+    """One row per cell (the flow's metrics table): its evaluation, dev and time metrics."""
+    return [{"experiment": cid,
+             **{k: round(v, 4) for k, v in evaluated[cid]["metrics"].items()
+                if isinstance(v, float)},
+             **{k: round(v, 4) for k, v in trained[cid]["metrics"].items()
+                if k.startswith("dev/") or k == "best/dev/accuracy"},
+             "train_time_s": round(trained[cid]["metrics"]["train/time_s"], 2)}
+            for cid in cells]
+
+
+def summary_md(groups: list[dict[str, Any]]) -> str:
+    return "\n".join(f"- {g['key']}: best {g.get('best')!r} by {g['select_by']}"
+                     for g in groups)

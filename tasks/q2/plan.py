@@ -118,3 +118,51 @@ def mirror_entries() -> list[Entry]:
     for arch in full.models:
         entries.append(weights_spec(arch).mirror_entry())
     return entries
+
+
+# --- what the flow reports: the report's prose, the summary rows and their metric names
+
+PRIMARY = "test/accuracy"  # what picks the best model and the champion
+FINETUNE_KEYS = ("misclassified", "fixed", "broken", "finetune/accuracy_per_epoch",
+                 "test/accuracy_after")
+
+
+def report_intro(cfg: Q2TransferConfig, data: dict[str, Any]) -> list[str]:
+    """The report's opening paragraphs: the setup of this run, from its config."""
+    weights_note = ("ImageNet weights (torchvision IMAGENET1K_V1)" if cfg.pretrained else
+                    "**random initialisation (pretrained: false)**")
+    return [
+        f"Backbones: {weights_note}, every layer frozen and run in eval mode (BatchNorm "
+        "keeps its stored statistics instead of batch ones), features computed without "
+        "autograd. New head: "
+        f"Linear(-> 10), {cfg.optimizer} (lr {cfg.learning_rate}), batch {cfg.batch_size}, "
+        f"{cfg.epochs} epochs, images at {cfg.image_size} px, horizontal flips "
+        f"{'on' if cfg.augment else 'off'}, seed {cfg.seed}. Fine-tuning: every layer "
+        f"unfrozen, {cfg.optimizer} (lr {cfg.finetune_lr}), {cfg.finetune_epochs} epochs "
+        f"on the misclassified images of a {cfg.grid_size}-image grid (seed "
+        f"{cfg.grid_seed}). The reference's optimiser and learning rate are not printed; "
+        "these are our choices.",
+        f"Dataset: {data['prefix']} ({data['inputs'].get('source', '?')})."]
+
+
+def summary_rows(cfg: Q2TransferConfig, trained: dict[str, dict],
+                 tuned: dict[str, dict]) -> list[dict[str, Any]]:
+    """One row per model (the flow's metrics table), from the train and fine-tune
+    manifests."""
+    rows = []
+    for arch in cfg.models:
+        m, f = trained[arch]["metrics"], tuned[arch]["metrics"]
+        rows.append({"model": arch, "test_accuracy": round(m["test/accuracy"], 4),
+                     "best_test_accuracy": round(m["best/test/accuracy"], 4),
+                     "trainable_params": m["trainable_params"],
+                     "total_params_imagenet": m["total_params_imagenet"],
+                     "features_time_s": round(m["features/cache_time_s"], 2),
+                     "head_time_s": round(m["train/time_s"], 2),
+                     "misclassified": f["misclassified"], "fixed": f["fixed"]})
+    return rows
+
+
+def summary_md(rows: list[dict[str, Any]]) -> str:
+    return "\n".join(
+        f"- {r['model']}: test accuracy {r['test_accuracy']:.4f}, fine-tuning fixed "
+        f"{r['fixed']} of {r['misclassified']}" for r in rows)

@@ -69,3 +69,32 @@ def mirror_entries() -> list[Entry]:
     """What ``visionflows mirror`` stores for Q3: the full profile's DeepLabV3 weights."""
     full = Q3SegmentationConfig.model_validate(PROFILES["q3-segmentation"]["full"])
     return [weights_spec(full.arch).mirror_entry()]
+
+
+# --- what the flow reports: each input's entry, the summary rows and lines
+
+IMAGE_KEYS = ("index", "name", "source", "status", "stage", "error", "size", "mode", "notes",
+              "legend", "outputs", "infer_s")
+
+
+def image_entries(seg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each input's record in the flow result, from the segmentation step's manifest."""
+    return [{k: e.get(k) for k in IMAGE_KEYS if k in e} for e in seg["images"]]
+
+
+def summary_rows(images: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per input (the flow's metrics table)."""
+    return [{"image": e["name"], "status": e["status"] if e["status"] == "ok"
+             else f"rejected ({e['stage']})",
+             "size": "x".join(map(str, e["size"])) if e.get("size") else "",
+             "top_class": e["legend"][0]["name"] if e.get("legend") else "",
+             "top_share": round(e["legend"][0]["share"], 4) if e.get("legend") else None,
+             "infer_s": e.get("infer_s")} for e in images]
+
+
+def summary_line(e: dict[str, Any]) -> str:
+    """One input in a line: its size and top classes, or why it was rejected."""
+    if e["status"] != "ok":
+        return f"{e['name']}: REJECTED at {e['stage']}: {e['error']}"
+    top = ", ".join(f"{r['name']} {100 * r['share']:.1f}%" for r in e.get("legend", [])[:3])
+    return f"{e['name']}: ok {e['size'][0]}x{e['size'][1]} -> {top}"

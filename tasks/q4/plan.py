@@ -17,7 +17,13 @@ from tasks.core.promote import RegressionOptions
 from tasks.core.resources import Resources, ResourceTable, on_cpu, parallel_field, resources_field
 from tasks.inputs.mirror_index import Entry
 from tasks.q4.data import EXPORT_MIRROR_NAME, YoloDataConfig
-from tasks.q4.yolo import YoloEvalConfig, YoloTrainOptions, weights_spec
+from tasks.q4.yolo import (
+    YoloEvalConfig,
+    YoloTrainOptions,
+    model_label,
+    reference_key,
+    weights_spec,
+)
 
 QUESTIONS = ("q4-yolo",)
 # The full profile's default data.location: the export uploaded to this store key
@@ -109,3 +115,56 @@ def mirror_entries(export_url: str | None = None) -> list[Entry]:
         entries.append(Entry(EXPORT_MIRROR_NAME, export_url, QUESTIONS,
                              f"Q4 Roboflow export {public_url(export_url)}", check="zip"))
     return entries
+
+
+# --- what the flow reports: the report's prose, the summary rows and their metric names
+
+METRICS = ("precision", "recall", "mAP50", "mAP50-95")  # each as val/<name>
+
+
+def report_models(cfg: Q4YoloConfig, trained: dict[str, dict],
+                  evaluated: dict[str, dict]) -> list[dict[str, Any]]:
+    """The report task's ``models``: each model's label, reference key and steps."""
+    return [{"label": model_label(m), "model": m, "reference": reference_key(m),
+             "train": trained[m]["prefix"], "eval": evaluated[m]["prefix"]}
+            for m in cfg.models]
+
+
+def report_intro(cfg: Q4YoloConfig, data: dict[str, Any]) -> list[str]:
+    """The report's opening paragraph: the setup of this run, from its config."""
+    return [f"Models: {', '.join(cfg.models)}; {cfg.epochs} epochs at {cfg.imgsz} px, "
+            f"batch {cfg.batch}, optimizer {cfg.optimizer}, seed {cfg.seed}. Dataset: "
+            f"{data['prefix']} ({data['inputs'].get('source', '?')}, classes "
+            f"{', '.join(data.get('classes', []))}). Metrics: ultralytics val on the "
+            "validation split."]
+
+
+def summary_rows(cfg: Q4YoloConfig, trained: dict[str, dict],
+                 evaluated: dict[str, dict]) -> list[dict[str, Any]]:
+    """One row per model (ours), then the reference's (the flow's metrics table)."""
+    from tasks.q4.reference import REFERENCE
+
+    rows = []
+    for m in cfg.models:
+        em, tm = evaluated[m]["metrics"], trained[m]["metrics"]
+        rows.append({"model": model_label(m), "source": "ours",
+                     **{k: round(em[f"val/{k}"], 4) for k in METRICS},
+                     "train_time_s": round(tm.get("train/time_s") or 0.0, 1),
+                     "epochs": tm.get("epochs")})
+    for key, ref in REFERENCE.items():
+        rows.append({"model": key, "source": "reference", **{k: ref[k] for k in METRICS},
+                     "train_time_s": ref["train_time_s"], "epochs": 100})
+    return rows
+
+
+def per_class_rows(cfg: Q4YoloConfig, evaluated: dict[str, dict]) -> list[dict[str, Any]]:
+    """One row per model and class: the validation metrics per class."""
+    return [{"model": model_label(m), "class": c, **{
+        k: (round(v[k], 4) if v.get(k) is not None else None)
+        for k in ("instances", *METRICS)}}
+        for m in cfg.models for c, v in evaluated[m]["metrics"]["val/per_class"].items()]
+
+
+def summary_md(groups: list[dict[str, Any]]) -> str:
+    return "\n".join(f"- best model by {g['select_by']}: {g['best']} ({g['best_score']:.4f})"
+                     for g in groups)

@@ -287,7 +287,7 @@ def link_section(link: ComparisonLink, store: Store) -> Section:
 class CompareConfig(Config):
     """Compare two finished runs of one question (resolved run ids)."""
 
-    question: str = Field(description="the flow, e.g. q1-mlp")
+    question: str = Field(description="the question's flow name")
     a: str = Field(description="run id of A (e.g. the champion)")
     b: str = Field(description="run id of B (e.g. this run)")
     out: str = Field(description="store prefix of the comparison: reports/compare/<Q>/<A>..<B>")

@@ -46,20 +46,26 @@ from tasks.reporting.render import (
 from tasks.reporting.stats import CONFIDENCE
 from tasks.reporting.trend import CellsOf, trend_section
 
-QUESTIONS = ["q1-mlp", "q1-cnn", "q2-transfer", "q3-segmentation", "q4-yolo"]
-TITLES = {
-    "q1-mlp": "Q1-MLP: fully connected classifier on Fashion-MNIST",
-    "q1-cnn": "Q1-CNN: convolutional classifiers on Fashion-MNIST",
-    "q2-transfer": "Q2: transfer learning on STL10 (ResNet18, VGG16)",
-    "q3-segmentation": "Q3: semantic segmentation with DeepLabV3",
-    "q4-yolo": "Q4: object detection with YOLOv5s and YOLOv5x",
-}
 MEASURED = ("pct", "pts", "score", "time")  # kinds compared only between like data
+
+
+def every_question() -> list[str]:
+    """Every question's flow name, in report order (from the descriptors)."""
+    from tasks.questions import question_flows
+
+    return list(question_flows())
+
+
+def question_titles() -> dict[str, str]:
+    """Each question's section title (its descriptor's), by flow name."""
+    from tasks.questions import question_flows
+
+    return {name: f.title for name, f in question_flows().items()}
 
 
 class FinalReportConfig(Config):
     out: str
-    questions: list[str] = Field(default_factory=lambda: list(QUESTIONS), min_length=1)
+    questions: list[str] = Field(default_factory=every_question, min_length=1)
     run_ids: dict[str, str] = Field(default_factory=dict,
                                     description="question -> run id; default: the latest")
     failures: dict[str, str] = Field(default_factory=dict,
@@ -236,11 +242,14 @@ def _headline(rows: list[dict]) -> str:
 
 
 def render(cfg: FinalReportConfig, store: Store,
-           cells_of: Callable[[str], CellsOf | None] | None = None) -> Manifest:
+           cells_of: Callable[[str], CellsOf | None] | None = None,
+           titles: dict[str, str] | None = None) -> Manifest:
     """Assemble the cross-question report (HTML + Markdown) from the stored manifests.
 
     ``cells_of(question)`` (``tasks.comparers``) lets each trend check runs against their
-    champion's interval over seeds."""
+    champion's interval over seeds; ``titles`` names each question's section (the
+    descriptors' titles by default)."""
+    titles = question_titles() if titles is None else titles
     expires = link_expiry_seconds(cfg.link_expiry_s)
     with TaskRun("report.final", cfg, store, cfg.out) as run:
         now = datetime.now(UTC)
@@ -275,7 +284,7 @@ def render(cfg: FinalReportConfig, store: Store,
                 status[q] = "failed"
                 summary.append([q, "(flow run)", "failed: " + cfg.failures[q][:200], None, None,
                                 None, None, None])
-                sections.append(Section(TITLES.get(q, q), [
+                sections.append(Section(titles.get(q, q), [
                     f"The latest flow run failed: {cfg.failures[q]}"]))
                 if info is None or info.get("missing"):
                     glance.append([q, "failed", "—", "—", "—", "—", "—"])
@@ -285,7 +294,7 @@ def render(cfg: FinalReportConfig, store: Store,
                              if info.get("damaged") else "failed (no flow manifest)")
                 summary.append([q, "—", status[q], None, None, None, None, None])
                 glance.append([q, status[q], "—", "—", "—", "—", "—"])
-                sections.append(Section(TITLES.get(q, q), [
+                sections.append(Section(titles.get(q, q), [
                     f"No finished run of {q} in this store ({status[q]}): run "
                     f"`visionflows run {q}`."]))
                 continue
@@ -324,7 +333,7 @@ def render(cfg: FinalReportConfig, store: Store,
             parts = [f"[{label}]({links[q][n]})" for n, label in
                      (("report.html", "HTML"), ("report.md", "Markdown")) if links[q].get(n)]
             where = f"In the store: `{store.url(keys['report.html'])}`."
-            sec = Section(TITLES.get(q, q), [
+            sec = Section(titles.get(q, q), [
                 ("Its own report: " + " · ".join(parts) + ". " if parts else "") + where,
                 _why(info)])
             sec.tables.append(Table(["field", "value"], _provenance(store, info), "Provenance"))

@@ -235,7 +235,7 @@ def trend_section(store: Store, flow: str, profile: str, last: int = DEFAULT_LAS
 class TrendConfig(Config):
     """The trend page of one question and profile."""
 
-    question: str = Field(description="the flow, e.g. q1-mlp")
+    question: str = Field(description="the question's flow name")
     profile: str | None = Field(None, description="default: the profile of the latest run")
     last: int = Field(DEFAULT_LAST, ge=1, le=1000, description="how many runs")
     out: str
