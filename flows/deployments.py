@@ -1,5 +1,5 @@
 """Deployments: one per flow, named ``nightly``, with staggered cron schedules in UTC (each
-question's from its descriptor, ``tasks.core.question.Nightly``).
+question's from its descriptor, ``tasks.core.descriptor.Nightly``).
 
 ``prefect.yaml`` declares the same deployments for workers (``prefect deploy --all``);
 ``visionflows serve`` serves them from one process with no worker setup. A test keeps the

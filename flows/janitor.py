@@ -3,7 +3,7 @@
 Started by the CLI in a session of its own with a pipe on its stdin; it waits for that pipe
 to close, which happens when the CLI exits by any means. It then ends every process group
 and container the run's ledger still lists (``$VF_WORK_ROOT/children``, see
-:mod:`flows.launchers.children`), the temporary Prefect server among them, and removes the
+:mod:`flows.launchers.tracking`), the temporary Prefect server among them, and removes the
 run's work folder. After a normal exit the CLI has done all that already and the janitor
 finds nothing left.
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import shutil
 import sys
 
-from flows.launchers.children import kill_containers, kill_groups, read_ledger
+from flows.launchers.tracking import kill_containers, kill_groups, read_ledger
 
 
 def clean(root: str) -> None:

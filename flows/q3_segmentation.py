@@ -1,5 +1,5 @@
 """Flow ``q3-segmentation``: ingest images -> DeepLabV3 per image -> report -> comparison
-with the previous run of the same profile (Q3 keeps no champion; ``flows/compare.py``).
+with the previous run of the same profile (Q3 keeps no champion; ``flows/champion.py``).
 
 Every input gets a status. A rejected input (missing, not an image, truncated, too small,
 unsupported format, failed download) never loses the others' results: their outputs, the
@@ -18,7 +18,7 @@ from prefect import flow
 from flows.common import Progress
 from flows.question_run import QuestionRun
 from tasks.q3 import plan
-from tasks.q3.images import InputsRejectedError
+from tasks.q3.photos import InputsRejectedError
 
 FLOW = "q3-segmentation"
 

@@ -14,7 +14,7 @@ resolved from the profile and overrides, the store opened, the run id, the step 
 with the question's step kinds). :meth:`report` plans the comparison with the champion (or
 the previous run) before the report is written, so the report links it; :meth:`finish` adds
 what every result holds (run id, profile, store, config, task runner) and ends with
-:func:`flows.compare.finish_run`. Report prose and metric names live in the question's
+:func:`flows.champion.finish_run`. Report prose and metric names live in the question's
 tasks (``tasks/q<N>/plan.py``); the title comes from the question's descriptor.
 """
 
@@ -25,8 +25,8 @@ from typing import Any
 
 from prefect import get_run_logger
 
+from flows.champion import finish_run, plan_comparison
 from flows.common import champion_question, new_run_id, publish, remember_flow_run
-from flows.compare import finish_run, plan_comparison
 from flows.fanout import Steps
 from tasks.core.config import Config
 from tasks.core.store import Store, join, open_store
@@ -102,7 +102,7 @@ class QuestionRun:
     def finish(self, result: dict[str, Any], done: list[dict[str, Any] | None]
                ) -> dict[str, Any]:
         """The flow result (what every result holds, then ``result``), written as the flow
-        manifest, compared and judged (:func:`flows.compare.finish_run`)."""
+        manifest, compared and judged (:func:`flows.champion.finish_run`)."""
         full = {"run_id": self.run_id, "profile": self.profile, "store": self.st.uri,
                 "config": self.cfg.model_dump(mode="json"), "report": self.report_keys,
                 **result, "task_runner": self.steps.describe()}

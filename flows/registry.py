@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tasks.core.config import did_you_mean
+from tasks.core.descriptor import load
 from tasks.core.errors import VisionflowsError
-from tasks.core.question import load
 from tasks.questions import question_flows
 
-REPORT_FLOW = "flows.report:report"
+REPORT_FLOW = "flows.final_report:report"
 
 
 def flows() -> dict[str, str]:

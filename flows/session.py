@@ -27,7 +27,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from flows.launchers import children
+from flows.launchers import tracking
 from tasks.core import progress
 from tasks.core.runtime import STOP
 
@@ -170,7 +170,7 @@ class Session:
 
         self.server = TemporaryServer()
         url = self.server.start()
-        children.track("server", self.server.pid)
+        tracking.track("server", self.server.pid)
         self._setenv("PREFECT_API_URL", url)
         self._settings = temporary_settings(updates={PREFECT_API_URL: url})
         self._settings.__enter__()
@@ -181,13 +181,13 @@ class Session:
         if self.stopping is not None:
             if signum == signal.SIGINT and self.stopping == signal.SIGINT:
                 # a second Ctrl-C: end now, children first
-                children.stop_all(grace_s=0.5)
+                tracking.stop_all(grace_s=0.5)
                 print("\nstopped at once (second Ctrl-C)", file=sys.stderr)
                 os._exit(130)
             return  # the same stop again (Prefect re-sends SIGTERM to us): already on it
         self.stopping = signum
         STOP.set()
-        threading.Thread(target=children.stop_all, daemon=True, name="vf-stop").start()
+        threading.Thread(target=tracking.stop_all, daemon=True, name="vf-stop").start()
         raise Interrupted(signum)
 
     def cancel_flow_runs(self, message: str) -> list[str]:
@@ -224,7 +224,7 @@ class Session:
                 self.stopping = signal.SIGINT  # Ctrl-C outside our handler (before setup)
             if self.stopping is not None:
                 STOP.set()
-                children.stop_all()
+                tracking.stop_all()
                 self.cancel_flow_runs(f"stopped by {signal.Signals(self.stopping).name}")
         finally:
             if self.bars is not None:
@@ -242,7 +242,7 @@ class Session:
                 self._drain_prefect()  # logs and events reach the server before it stops
                 pid = self.server.pid
                 self.server.stop()
-                children.untrack("server", pid)
+                tracking.untrack("server", pid)
             for key, value in self._env_before.items():
                 if value is None:
                     os.environ.pop(key, None)

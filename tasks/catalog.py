@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.config import did_you_mean
+from tasks.core.descriptor import load
 from tasks.core.errors import ConfigError, DataError, StoreError
 from tasks.core.files import cache_dir, sha256_file
 from tasks.core.log import get_logger
-from tasks.core.question import load
 from tasks.core.settings import raw
 from tasks.core.store import Store
 from tasks.inputs import mirror_index

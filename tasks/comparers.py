@@ -2,7 +2,7 @@
 ``report.compare``,
 ``report.trend`` and ``report.final`` (no Prefect; the last two get each question's cells
 from its comparer, for the check against a recorded interval). It sits on top of the
-questions' ``compare`` modules (``tasks/q<N>/compare.py``: what a cell is, which images go
+questions' ``compare`` modules (``tasks/q<N>/comparer.py``: what a cell is, which images go
 side by side, per-class numbers) and the shared machinery (``tasks/reporting/compare.py``,
 ``trend.py``, ``final.py``), which never imports a question.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.core.question import load
+from tasks.core.descriptor import load
 from tasks.core.runtime import Manifest
 from tasks.core.store import Store
 from tasks.questions import question_flow, question_flows

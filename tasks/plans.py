@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from tasks.core.config import Config, deep_merge, did_you_mean, validate
+from tasks.core.descriptor import load
 from tasks.core.errors import ConfigError
-from tasks.core.question import load
 from tasks.questions import question_flow, question_flows
 
 

@@ -1,4 +1,4 @@
-"""Every question's descriptor (:class:`tasks.core.question.Question`), found in two places.
+"""Every question's descriptor (:class:`tasks.core.descriptor.Question`), found in two places.
 
 The four built into visionflows (``BUILTIN``) and any installed distribution's entry point
 in the ``visionflows.questions`` group, whose value names a ``Question``
@@ -15,8 +15,8 @@ import functools
 from importlib import metadata
 
 from tasks.core.config import did_you_mean
+from tasks.core.descriptor import Question, QuestionFlow, load
 from tasks.core.errors import ConfigError
-from tasks.core.question import Question, QuestionFlow, load
 
 ENTRY_POINT_GROUP = "visionflows.questions"
 # The questions visionflows ships, in the order the reports list them.
@@ -44,7 +44,7 @@ def questions() -> tuple[Question, ...]:
                               "or uninstall the package that declares it") from exc
         if not isinstance(q, Question):
             raise ConfigError(f"{where} names a {type(q).__name__}, not a "
-                              "tasks.core.question.Question")
+                              "tasks.core.descriptor.Question")
         found.append((where, q))
     owner = {"flow report": "visionflows' final report"}
     for where, q in found:

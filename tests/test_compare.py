@@ -466,7 +466,7 @@ def _put(st, prefix: str, task: str, metrics: dict, outputs: dict | None = None,
         "duration_s": 1.0, "provenance": {"git_commit": "abc"}, **extra})
 
 
-def _png(st, key: str, colour) -> str:
+def png_bytes(st, key: str, colour) -> str:
     import io
 
     from PIL import Image
@@ -495,7 +495,7 @@ def test_q4_comparer_gives_per_class_map_deltas_and_boxes_side_by_side(tmp_path)
             "val/recall": 0.5, "val/confusion_matrix": cm, "val/per_class": {
                 "blue": {"instances": 6, "mAP50-95": blue, "mAP50": 0.6},
                 "red": {"instances": 5, "mAP50-95": 0.5, "mAP50": 0.7}}},
-             {"predictions": _png(st, f"{base}/eval-yolov5n/predictions.png", "white")},
+             {"predictions": png_bytes(st, f"{base}/eval-yolov5n/predictions.png", "white")},
              label="yolov5n", classes=names, samples=["a.jpg", "b.jpg"])
         st.put_json(f"{base}/manifest.json", {
             "flow": "q4-yolo", "run_id": run_id, "profile": "smoke", "finished_at": run_id,
@@ -535,7 +535,7 @@ def test_q2_comparer_lists_grid_predictions_that_changed(tmp_path):
         _put(st, f"{base}/finetune-resnet18", "transfer.finetune",
              {"grid/indices": [3, 7, 9, 11], "grid/true": y, "grid/pred": pred,
               "misclassified": sum(p != t for p, t in zip(pred, y, strict=True))},
-             {"grid": _png(st, f"{base}/finetune-resnet18/grid.png", "grey")})
+             {"grid": png_bytes(st, f"{base}/finetune-resnet18/grid.png", "grey")})
         st.put_json(f"{base}/manifest.json", {
             "flow": "q2-transfer", "run_id": run_id, "profile": "smoke", "finished_at": run_id,
             "config": {"epochs": 2}, "data": "data/stl10/x",

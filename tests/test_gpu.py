@@ -49,7 +49,7 @@ def test_q2_head_trains_on_cuda(uri):
 
 
 def test_q3_batch_segments_on_cuda(uri):
-    from tasks.q3.images import PACKAGED_IMAGES
+    from tasks.q3.photos import PACKAGED_IMAGES
 
     run_task("images.ingest", {"out": "r/in", "images": list(PACKAGED_IMAGES[:2])}, uri)
     m = run_task("segment.images", {"out": "r/seg", "ingest": "r/in", "pretrained": False,

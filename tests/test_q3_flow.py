@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from tasks.core.store import open_store
-from tasks.q3.images import PACKAGED_IMAGES, InputsRejectedError, package_file
+from tasks.q3.photos import PACKAGED_IMAGES, InputsRejectedError, package_file
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"arch": "deeplabv3_mobilenet_v3_large", "resize_size": 32}

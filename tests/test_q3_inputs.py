@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from tasks.core.store import open_store
-from tasks.q3.images import (
+from tasks.q3.photos import (
     PACKAGED_IMAGES,
     InputError,
     decode_image,

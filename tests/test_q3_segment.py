@@ -13,7 +13,7 @@ from PIL import Image
 
 from tasks.core.config import ConfigError
 from tasks.plans import resolve_config
-from tasks.q3.images import PACKAGED_IMAGES
+from tasks.q3.photos import PACKAGED_IMAGES
 from tasks.q3.segment import (
     NUM_CLASSES,
     PALETTE,

@@ -1,4 +1,4 @@
-"""Questions are descriptors (tasks.core.question), found by tasks.questions: the built-ins and
+"""Questions are descriptors (tasks.core.descriptor), found by tasks.questions: the built-ins and
 the ``visionflows.questions`` entry points. Every registry is built from them; a question
 installed as a package of its own runs, reports, compares, mirrors and deploys with no edit
 to visionflows."""
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from tasks import questions as discovery
+from tasks.core.descriptor import load
 from tasks.core.errors import ConfigError
-from tasks.core.question import load
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILTIN_FLOWS = ["q1-mlp", "q1-cnn", "q2-transfer", "q3-segmentation", "q4-yolo"]
@@ -87,7 +87,7 @@ def test_a_broken_entry_point_is_named_with_the_fix(monkeypatch, fresh_discovery
         discovery.questions()
     monkeypatch.setattr(discovery, "_entry_points", lambda: [
         _EP("course", "course_q:THING", obj={"name": "x"})])
-    with pytest.raises(ConfigError, match="names a dict, not a tasks.core.question.Question"):
+    with pytest.raises(ConfigError, match="names a dict, not a tasks.core.descriptor.Question"):
         discovery.questions()
 
 
@@ -131,7 +131,7 @@ def test_pyproject_declares_the_builtins_in_the_entry_point_group():
 TINY = {
     "tinyq/__init__.py": '"""A question outside visionflows: share of draws below one half."""\n',
     "tinyq/question.py": '''
-        from tasks.core.question import Nightly, Question, QuestionFlow
+        from tasks.core.descriptor import Nightly, Question, QuestionFlow
 
         QUESTION = Question(
             name="tinyq",

@@ -212,7 +212,7 @@ def test_wrong_file_is_a_clear_error(tmp_path):
 
 
 def test_segment_task_fails_before_writing_anything_without_weights(tmp_path, monkeypatch):
-    from tasks.q3.images import PACKAGED_IMAGES
+    from tasks.q3.photos import PACKAGED_IMAGES
     from tasks.q3.segment import IngestConfig, SegmentConfig, ingest, segment
 
     monkeypatch.setenv("VF_OFFLINE", "1")

@@ -43,7 +43,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-import flows.launchers.children as children
+from flows.launchers import tracking
 from flows.launchers.output import iter_lines, quote_tail, relay
 from tasks.core.config import Config, validate
 from tasks.core.errors import (
@@ -237,7 +237,7 @@ def launch_subprocess(task: str, cfg: Mapping[str, Any], store: str | None,
                "VF_PARENT_PID": str(os.getpid()), "VF_PROGRESS_LINES": "1"}
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        children.track("pgid", proc.pid)
+        tracking.track("pgid", proc.pid)
         limits = ", ".join(filter(None, [budget and f"time budget {budget:g}s",
                                          limit and f"memory limit {mib(limit)} MiB"]))
         log.info("%s: started in process %d%s", task, proc.pid, f" ({limits})" if limits else "")
@@ -252,7 +252,7 @@ def launch_subprocess(task: str, cfg: Mapping[str, Any], store: str | None,
             kill_group(proc.pid)  # the task is done: nothing it started may linger
             if proc.poll() is None:
                 proc.wait()
-            children.untrack("pgid", proc.pid)
+            tracking.untrack("pgid", proc.pid)
             if proc.stdout is not None:
                 proc.stdout.close()
         if STOP.is_set() and code != 0:

@@ -49,8 +49,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-import flows.launchers.children as children
 import flows.launchers.images as images
+from flows.launchers import tracking
 from flows.launchers.output import iter_lines, quote_tail, relay
 from tasks.core.config import Config, validate
 from tasks.core.errors import VisionflowsError, error_from_record
@@ -426,7 +426,7 @@ def launch_docker(task: str, cfg: Mapping[str, Any], store: str | None,
     except docker.errors.APIError as exc:
         raise LaunchError(f"could not create a container for {task} from {spec['image']}: "
                           f"{exc.explanation or exc}") from None
-    children.track("container", container.id)
+    tracking.track("container", container.id)
     name = spec["name"]
     timed_out = threading.Event()
     timer: threading.Timer | None = None
@@ -503,6 +503,6 @@ def launch_docker(task: str, cfg: Mapping[str, Any], store: str | None,
             except docker.errors.APIError as exc:
                 log.warning("could not remove container %s: %s", name, exc)
             else:
-                children.untrack("container", container.id)
+                tracking.untrack("container", container.id)
         else:
-            children.untrack("container", container.id)
+            tracking.untrack("container", container.id)

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 
-def _figure(*args, **kwargs):
+def new_figure(*args, **kwargs):
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -17,7 +17,7 @@ def _figure(*args, **kwargs):
     return plt, *plt.subplots(*args, **kwargs)
 
 
-def _png(plt, fig) -> bytes:
+def png_bytes(plt, fig) -> bytes:
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=110)
@@ -32,7 +32,7 @@ def curves(histories: Mapping[str, Sequence[Mapping]],
     """One panel per metric; a colour per run, a line style per split (train solid)."""
     from matplotlib.ticker import MaxNLocator
 
-    plt, fig, axes = _figure(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
+    plt, fig, axes = new_figure(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
     styles = {"train": "-", "dev": "--", "test": ":"}
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, metric in zip(axes[0], metrics, strict=True):
@@ -54,13 +54,13 @@ def curves(histories: Mapping[str, Sequence[Mapping]],
         ax.legend(fontsize=7)
     if title:
         fig.suptitle(title)
-    return _png(plt, fig)
+    return png_bytes(plt, fig)
 
 
 def bars(values: Mapping[str, float], ylabel: str, title: str = "", fmt: str = "{:.3g}",
          errors: Mapping[str, float] | None = None) -> bytes:
     """A bar per entry, labelled with its value; ``errors`` adds error bars (e.g. std)."""
-    plt, fig, ax = _figure(figsize=(max(4, 1.1 * len(values) + 2), 3.6))
+    plt, fig, ax = new_figure(figsize=(max(4, 1.1 * len(values) + 2), 3.6))
     names = list(values)
     vals = [values[n] for n in names]
     yerr = [errors.get(n, 0.0) for n in names] if errors else None
@@ -71,13 +71,13 @@ def bars(values: Mapping[str, float], ylabel: str, title: str = "", fmt: str = "
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.tick_params(axis="x", rotation=20)
-    return _png(plt, fig)
+    return png_bytes(plt, fig)
 
 
 def grouped_bars(table: Mapping[str, Mapping[str, float]], ylabel: str = "",
                  title: str = "") -> bytes:
     """Bars grouped by row (e.g. run) with one bar per column (e.g. accuracy, precision...)."""
-    plt, fig, ax = _figure(figsize=(max(5, 1.6 * len(table) + 2), 3.8))
+    plt, fig, ax = new_figure(figsize=(max(5, 1.6 * len(table) + 2), 3.8))
     rows = list(table)
     cols = list(next(iter(table.values()))) if table else []
     width = 0.8 / max(len(cols), 1)
@@ -89,7 +89,7 @@ def grouped_bars(table: Mapping[str, Mapping[str, float]], ylabel: str = "",
     ax.set_title(title)
     ax.legend(fontsize=7, ncol=min(len(cols), 4))
     ax.grid(axis="y", alpha=0.3)
-    return _png(plt, fig)
+    return png_bytes(plt, fig)
 
 
 def per_class(metrics: Mapping[str, Sequence[float]], classes: Sequence[str],
@@ -102,7 +102,7 @@ def per_class(metrics: Mapping[str, Sequence[float]], classes: Sequence[str],
 def confusion(cm: Sequence[Sequence[int]], classes: Sequence[str], title: str = "") -> bytes:
     """A confusion matrix heat map with counts."""
     arr = np.asarray(cm)
-    plt, fig, ax = _figure(figsize=(6, 5.2))
+    plt, fig, ax = new_figure(figsize=(6, 5.2))
     im = ax.imshow(arr, cmap="Blues")
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=7)
     ax.set_yticks(range(len(classes)), classes, fontsize=7)
@@ -115,13 +115,13 @@ def confusion(cm: Sequence[Sequence[int]], classes: Sequence[str], title: str = 
                     color="white" if arr[i, j] > thresh else "black")
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(title)
-    return _png(plt, fig)
+    return png_bytes(plt, fig)
 
 
 def line(xs: Sequence[float], series: Mapping[str, Sequence[float]], xlabel: str, ylabel: str,
          title: str = "", markers: Mapping[str, tuple[float, float]] | None = None) -> bytes:
     """Lines over a numeric x (e.g. accuracy vs dropout); ``markers`` adds labelled points."""
-    plt, fig, ax = _figure(figsize=(6, 4))
+    plt, fig, ax = new_figure(figsize=(6, 4))
     for name, ys in series.items():
         ax.plot(xs, ys, marker="o", label=name)
     for name, (x, y) in (markers or {}).items():
@@ -131,7 +131,7 @@ def line(xs: Sequence[float], series: Mapping[str, Sequence[float]], xlabel: str
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _png(plt, fig)
+    return png_bytes(plt, fig)
 
 
 def image_grid(images: np.ndarray, titles: Sequence[str], ncols: int = 5, title: str = "",
@@ -147,7 +147,7 @@ def image_grid(images: np.ndarray, titles: Sequence[str], ncols: int = 5, title:
     ncols = max(1, min(ncols, n))
     nrows = max(1, -(-n // ncols))
     lines = max((str(t).count("\n") + 1 for t in titles), default=1)
-    plt, fig, axes = _figure(nrows, ncols, squeeze=False,
+    plt, fig, axes = new_figure(nrows, ncols, squeeze=False,
                              figsize=(2.1 * ncols, (2.05 + 0.16 * lines) * nrows + 0.4))
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
@@ -157,14 +157,14 @@ def image_grid(images: np.ndarray, titles: Sequence[str], ncols: int = 5, title:
             ax.set_title(titles[i], fontsize=7, color=colour)
     if title:
         fig.suptitle(title, fontsize=10)
-    return _png(plt, fig)
+    return png_bytes(plt, fig)
 
 
 def histogram(counts: Sequence[float], edges: Sequence[float], xlabel: str, title: str = "",
               marks: Mapping[str, float] | None = None) -> bytes:
     """A histogram from precomputed ``counts`` over bin ``edges``; ``marks`` adds labelled
     vertical lines (e.g. the minimum and maximum)."""
-    plt, fig, ax = _figure(figsize=(6.5, 3.8))
+    plt, fig, ax = new_figure(figsize=(6.5, 3.8))
     edges = np.asarray(edges, dtype=float)
     ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#4c72b0")
     for i, (name, x) in enumerate((marks or {}).items()):
@@ -175,7 +175,7 @@ def histogram(counts: Sequence[float], edges: Sequence[float], xlabel: str, titl
     ax.grid(alpha=0.3)
     if marks:
         ax.legend(fontsize=8)
-    return _png(plt, fig)
+    return png_bytes(plt, fig)
 
 
 def confusion_delta(delta: Sequence[Sequence[int]], classes: Sequence[str],
@@ -183,7 +183,7 @@ def confusion_delta(delta: Sequence[Sequence[int]], classes: Sequence[str],
     """The difference of two confusion matrices (B - A) on a diverging scale: more in B red,
     fewer in B blue, zero white; each cell labelled with its signed count."""
     arr = np.asarray(delta)
-    plt, fig, ax = _figure(figsize=(6, 5.2))
+    plt, fig, ax = new_figure(figsize=(6, 5.2))
     lim = max(1, int(np.abs(arr).max()) if arr.size else 1)
     im = ax.imshow(arr, cmap="RdBu_r", vmin=-lim, vmax=lim)
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=7)
@@ -197,7 +197,7 @@ def confusion_delta(delta: Sequence[Sequence[int]], classes: Sequence[str],
                         color="white" if abs(arr[i, j]) > lim / 2 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(title)
-    return _png(plt, fig)
+    return png_bytes(plt, fig)
 
 
 def side_by_side(left: bytes | None, right: bytes | None, labels: Sequence[str],
@@ -242,7 +242,7 @@ def trend(labels: Sequence[str], values: Sequence[float | None], ylabel: str, ti
           regressions: Sequence[bool] | None = None) -> bytes:
     """A metric over runs (oldest first, x labelled with ``labels``): the champion's value
     before each run as a step line, champion changes as stars, regressions as red crosses."""
-    plt, fig, ax = _figure(figsize=(max(6, 0.45 * len(labels) + 3), 4))
+    plt, fig, ax = new_figure(figsize=(max(6, 0.45 * len(labels) + 3), 4))
     xs = np.arange(len(labels))
     ys = np.array([np.nan if v is None else v for v in values], dtype=float)
     ax.plot(xs, ys, marker="o", color="#4c72b0", label=ylabel)
@@ -261,7 +261,7 @@ def trend(labels: Sequence[str], values: Sequence[float | None], ylabel: str, ti
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _png(plt, fig)
+    return png_bytes(plt, fig)
 
 
 def confusion_grid(matrices: Mapping[str, Sequence[Sequence[int]]], classes: Sequence[str],
@@ -272,7 +272,7 @@ def confusion_grid(matrices: Mapping[str, Sequence[Sequence[int]]], classes: Seq
     n = max(len(names), 1)
     ncols = max(1, min(ncols, n))
     nrows = -(-n // ncols)
-    plt, fig, axes = _figure(nrows, ncols, squeeze=False,
+    plt, fig, axes = new_figure(nrows, ncols, squeeze=False,
                              figsize=(2.6 * ncols + 0.8, 2.6 * nrows + 0.6))
     im = None
     for i, (ax, name) in enumerate(zip(axes.flat, names, strict=False)):
@@ -308,7 +308,7 @@ def heatmaps(tables: Mapping[str, Mapping[str, Sequence[float]]], classes: Seque
     values annotated; one colour scale (0-1) for all."""
     metrics = list(tables)
     runs = list(next(iter(tables.values()))) if tables else []
-    plt, fig, axes = _figure(1, max(len(metrics), 1), squeeze=False,
+    plt, fig, axes = new_figure(1, max(len(metrics), 1), squeeze=False,
                              figsize=(5.2 * max(len(metrics), 1),
                                       1.2 + 0.32 * max(len(runs), 1)))
     im = None
@@ -364,7 +364,7 @@ def loss_panels(histories: Mapping[str, Sequence[Mapping]], losses: Sequence[str
     panels += [(label, [key]) for label, key in (extra or {}).items()]
     ncols = max(1, min(ncols, len(panels)))
     nrows = -(-len(panels) // ncols)
-    plt, fig, axes = _figure(nrows, ncols, squeeze=False, sharex=True,
+    plt, fig, axes = new_figure(nrows, ncols, squeeze=False, sharex=True,
                              figsize=(5.4 * ncols, 3.3 * nrows + 0.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     styles = {"train": "-", "val": "--", "dev": "--", "test": ":"}

@@ -1,8 +1,8 @@
-"""Q1's descriptor: the ``q1-mlp`` and ``q1-cnn`` flows on Fashion-MNIST (tasks.core.question)."""
+"""Q1's descriptor: the ``q1-mlp`` and ``q1-cnn`` flows on Fashion-MNIST (tasks.core.descriptor)."""
 
 from __future__ import annotations
 
-from tasks.core.question import Nightly, Question, QuestionFlow
+from tasks.core.descriptor import Nightly, Question, QuestionFlow
 
 # Every nightly question run fails when it regresses against its champion.
 REGRESSION_SWITCH = {"fail_on_regression": True}
@@ -20,14 +20,14 @@ QUESTION = Question(
         QuestionFlow(
             name="q1-mlp", title="Q1-MLP: fully connected classifier on Fashion-MNIST",
             flow="flows.q1_mlp:q1_mlp", config="tasks.q1.plan:Q1MlpConfig",
-            profiles="tasks.q1.plan:PROFILES", comparer="tasks.q1.compare:MLP",
+            profiles="tasks.q1.plan:PROFILES", comparer="tasks.q1.comparer:MLP",
             resources="tasks.q1.plan:RESOURCES", step_kinds="tasks.q1.plan:STEP_KINDS",
             nightly=Nightly("0 1 * * *", "Q1-MLP sweeps on Fashion-MNIST", REGRESSION_SWITCH),
             mirror="tasks.q1.plan:mirror_entries", reference="tasks.q1.reference:REFERENCE"),
         QuestionFlow(
             name="q1-cnn", title="Q1-CNN: convolutional classifiers on Fashion-MNIST",
             flow="flows.q1_cnn:q1_cnn", config="tasks.q1.plan:Q1CnnConfig",
-            profiles="tasks.q1.plan:PROFILES", comparer="tasks.q1.compare:CNN",
+            profiles="tasks.q1.plan:PROFILES", comparer="tasks.q1.comparer:CNN",
             resources="tasks.q1.plan:RESOURCES", step_kinds="tasks.q1.plan:STEP_KINDS",
             nightly=Nightly("30 1 * * *",
                             "Q1-CNN pooling/BN and dropout sweep on Fashion-MNIST",

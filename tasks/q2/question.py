@@ -1,9 +1,9 @@
 """Q2's descriptor: the ``q2-transfer`` flow, ResNet18 and VGG16 on STL10
-(tasks.core.question)."""
+(tasks.core.descriptor)."""
 
 from __future__ import annotations
 
-from tasks.core.question import Nightly, Question, QuestionFlow
+from tasks.core.descriptor import Nightly, Question, QuestionFlow
 
 QUESTION = Question(
     name="q2",
@@ -20,7 +20,7 @@ QUESTION = Question(
         QuestionFlow(
             name="q2-transfer", title="Q2: transfer learning on STL10 (ResNet18, VGG16)",
             flow="flows.q2_transfer:q2_transfer", config="tasks.q2.plan:Q2TransferConfig",
-            profiles="tasks.q2.plan:PROFILES", comparer="tasks.q2.compare:COMPARER",
+            profiles="tasks.q2.plan:PROFILES", comparer="tasks.q2.comparer:COMPARER",
             resources="tasks.q2.plan:RESOURCES", step_kinds="tasks.q2.plan:STEP_KINDS",
             nightly=Nightly("0 2 * * *", "Q2 transfer learning on STL10 (ResNet18, VGG16)",
                             {"fail_on_regression": True}),

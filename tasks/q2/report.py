@@ -44,7 +44,7 @@ class ReportConfig(Config):
         None, description="the comparison with the champion the flow writes after promotion")
 
 
-def _png(store: Store, manifest: Manifest, name: str) -> bytes | None:
+def png_bytes(store: Store, manifest: Manifest, name: str) -> bytes | None:
     try:
         return store.get_bytes(manifest.output_key(name))
     except MissingKeyError:
@@ -102,7 +102,7 @@ def _data_section(store: Store, data: Manifest | None, ex: Manifest | None) -> S
     for name, caption in (("histogram", "STL10: histogram of the normalised training pixel "
                                         "values (ImageNet mean and std)"),
                           ("samples", "STL10: random training images with their labels")):
-        png = _png(store, ex, name)
+        png = png_bytes(store, ex, name)
         if png:
             sec.images.append(Image(f"{name}.png", png, caption, photo=name == "samples"))
     return sec
@@ -176,7 +176,7 @@ def _model_section(store: Store, ref: ModelRef, tr: Manifest | None, ft: Manifes
     grid = Section("Prediction grid", [
         f"{len(f['grid/true'])} test images drawn with a fixed seed; {f['misclassified']} "
         f"misclassified (reference: 3 of 25). Red titles mark the misclassified."])
-    png = _png(store, ft, "grid")
+    png = png_bytes(store, ft, "grid")
     if png:
         grid.images.append(Image(f"grid-{ref.arch}.png", png,
                                  f"{label}: {len(f['grid/true'])} test images with their true "
@@ -198,7 +198,7 @@ def _model_section(store: Store, ref: ModelRef, tr: Manifest | None, ft: Manifes
              for h in ft.model_extra.get("history", [])],
             "Fine-tuning (the reference printed 33.33 % every epoch for ResNet18, 0 % for "
             "VGG16)"))
-        png = _png(store, ft, "finetune_grid")
+        png = png_bytes(store, ft, "finetune_grid")
         if png:
             fine.images.append(Image(f"finetune-{ref.arch}.png", png,
                                      f"{label}: the misclassified grid images, predictions "

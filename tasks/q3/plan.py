@@ -13,7 +13,7 @@ from pydantic import Field, field_validator
 
 from tasks.core.resources import Resources, ResourceTable, on_cpu, resources_field
 from tasks.inputs.mirror_index import Entry
-from tasks.q3.images import PACKAGED_IMAGES
+from tasks.q3.photos import PACKAGED_IMAGES
 from tasks.q3.segment import IngestOptions, SegmentOptions, weights_spec
 
 WIRED = {"images.ingest": {"out"}, "segment.images": {"out", "ingest"}}

@@ -17,7 +17,7 @@ from pydantic import Field
 from tasks.core.config import Config
 from tasks.core.runtime import Manifest, TaskRun, read_verified, reuse
 from tasks.core.store import Store
-from tasks.q3.images import decode_image
+from tasks.q3.photos import decode_image
 from tasks.q3.segment import PALETTE, SegmentConfig
 from tasks.reporting.compare import ComparisonLink, link_section
 from tasks.reporting.render import Image, Report, Section, Table, write_report
@@ -77,13 +77,13 @@ def panel_png(photo: np.ndarray, labels: np.ndarray, over: np.ndarray,
     """Photo | class map | overlay, side by side, with the legend below."""
     from matplotlib.patches import Patch
 
-    from tasks.ml.plots import _figure, _png
+    from tasks.ml.plots import new_figure, png_bytes
 
     panels = [_shrink(photo, width, False), _shrink(PALETTE[labels], width, True),
               _shrink(over, width, False)]
     h, w = panels[0].shape[:2]
     fig_w = 3 * 3.6
-    plt, fig, axes = _figure(1, 3, figsize=(fig_w, fig_w / 3 * h / w + 1.2))
+    plt, fig, axes = new_figure(1, 3, figsize=(fig_w, fig_w / 3 * h / w + 1.2))
     for ax, img, name in zip(axes, panels, ("photo", "class map", "overlay"), strict=True):
         ax.imshow(img)
         ax.set_title(name, fontsize=9)
@@ -94,7 +94,7 @@ def panel_png(photo: np.ndarray, labels: np.ndarray, over: np.ndarray,
                frameon=False)
     fig.suptitle(title, fontsize=10)
     fig.subplots_adjust(bottom=0.16)
-    return _png(plt, fig)
+    return png_bytes(plt, fig)
 
 
 def _load_labels(store: Store, key: str) -> np.ndarray:

@@ -44,7 +44,7 @@ from tasks.inputs.weights import (
     resolve_weights,
     torchvision_spec,
 )
-from tasks.q3.images import (
+from tasks.q3.photos import (
     Decoded,
     InputError,
     decode_image,
@@ -196,9 +196,9 @@ def npy_bytes(arr: np.ndarray) -> bytes:
 
 def legend_png(rows: list[dict[str, Any]], title: str = "") -> bytes:
     """A bar per class present, in its VOC colour, labelled with its pixel share."""
-    from tasks.ml.plots import _figure, _png
+    from tasks.ml.plots import new_figure, png_bytes
 
-    plt, fig, ax = _figure(figsize=(5.0, 0.45 * max(len(rows), 1) + 1.0))
+    plt, fig, ax = new_figure(figsize=(5.0, 0.45 * max(len(rows), 1) + 1.0))
     names = [r["name"] for r in rows][::-1]
     shares = [100.0 * r["share"] for r in rows][::-1]
     colours = [tuple(v / 255 for v in r["color"]) for r in rows][::-1]
@@ -210,7 +210,7 @@ def legend_png(rows: list[dict[str, Any]], title: str = "") -> bytes:
     ax.set_xlabel("share of pixels (%)")
     if title:
         ax.set_title(title, fontsize=9)
-    return _png(plt, fig)
+    return png_bytes(plt, fig)
 
 
 # ---------------------------------------------------------------- model

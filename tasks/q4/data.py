@@ -181,7 +181,7 @@ def _resolve_split(root: Path, value: str) -> Path | None:
     return None
 
 
-def _label_path(image: Path) -> Path:
+def label_path(image: Path) -> Path:
     """ultralytics' rule: the last ``/images/`` in the path becomes ``/labels/``, suffix .txt."""
     parts = list(image.parts)
     for i in range(len(parts) - 1, -1, -1):
@@ -350,7 +350,7 @@ def _check_split(v: Validation, root: Path, key: str, rel_dir: str, nc: int, nam
         rel = img.relative_to(root).as_posix()
         if msg := _check_image(img):
             v.error(rel, None, msg)
-        label = _label_path(img)
+        label = label_path(img)
         rel_label = label.relative_to(root).as_posix() if label.is_relative_to(root) else str(label)
         if not label.is_file():
             if any(fnmatch.fnmatch(rel, pat) for pat in backgrounds):
@@ -367,7 +367,7 @@ def _check_split(v: Validation, root: Path, key: str, rel_dir: str, nc: int, nam
             stats["objects"] += n
         elif not label.read_text(errors="replace").strip():
             stats["backgrounds"] += 1
-    labels_dir = _label_path(images_dir / "x.jpg").parent
+    labels_dir = label_path(images_dir / "x.jpg").parent
     if labels_dir.is_dir():
         for lab in sorted(labels_dir.rglob("*.txt")):
             if lab.resolve() not in seen_labels:

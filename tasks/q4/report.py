@@ -73,7 +73,7 @@ def hms(seconds: float | None) -> str:
     return (f"{h} h " if h else "") + (f"{m} m " if h or m else "") + f"{sec} s"
 
 
-def _png(store: Store, manifest: Manifest, name: str) -> bytes | None:
+def png_bytes(store: Store, manifest: Manifest, name: str) -> bytes | None:
     try:
         return store.get_bytes(manifest.output_key(name))
     except MissingKeyError:
@@ -289,12 +289,12 @@ def render(cfg: YoloReportConfig, store: Store) -> Manifest:
                 f"{ev.metrics.get('checkpoint')}. Left: ground truth (magenta); right: "
                 "predictions (orange, with confidence).")
             tag = slug(label)
-            if png := _png(store, ev, "predictions"):
+            if png := png_bytes(store, ev, "predictions"):
                 sec.images.append(Image(f"predictions-{tag}.png", png,
                                         f"{label}: sample {sp} images, ground truth (left, "
                                         "magenta) beside its predictions (right, orange)",
                                         photo=True))
-            if png := _png(store, ev, "confusion"):
+            if png := png_bytes(store, ev, "confusion"):
                 sec.images.append(Image(f"confusion-{tag}.png", png,
                                         f"{label}: confusion matrix on the {sp} split (rows: "
                                         "true class, columns: predicted)", detail=True))

@@ -349,11 +349,11 @@ def _draw_predictions(model, spec: dict[str, Any], run_dir: Path, names: list[st
     import numpy as np
     from PIL import Image
 
-    from tasks.q4.data import IMAGE_SUFFIXES, _label_path
+    from tasks.q4.data import IMAGE_SUFFIXES, label_path
 
     images_dir = Path(spec["images_dir"])
     images = sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    labelled = [p for p in images if _read_labels(_label_path(p))] or images
+    labelled = [p for p in images if _read_labels(label_path(p))] or images
     n = min(spec["samples"], len(labelled))
     if n == 0:
         return []
@@ -368,7 +368,7 @@ def _draw_predictions(model, spec: dict[str, Any], run_dir: Path, names: list[st
         size = (round(w * scale), round(h * scale))
         gt = [((cx - bw / 2) * size[0], (cy - bh / 2) * size[1], (cx + bw / 2) * size[0],
                (cy + bh / 2) * size[1], c, None)
-              for c, cx, cy, bw, bh in _read_labels(_label_path(path))]
+              for c, cx, cy, bw, bh in _read_labels(label_path(path))]
         xyxy = res.boxes.xyxy.cpu().numpy() * scale if len(res.boxes) else np.zeros((0, 4))
         pred = [(*map(float, b), int(c), float(p)) for b, c, p in
                 zip(xyxy, res.boxes.cls.cpu().numpy(), res.boxes.conf.cpu().numpy(),
