@@ -77,9 +77,9 @@ def _open_checked_store(uri: str | None):
 
 def kept(store, flow: str, run_id: str) -> str:
     """What an interrupted run left: finished steps and checkpoints of unfinished ones."""
-    from tasks.core.store import join
+    from tasks.core.layout import run_prefix
 
-    keys = store.list(join("runs", flow, run_id))
+    keys = store.list(run_prefix(flow, run_id))
     done = {k.rsplit("/", 1)[0] for k in keys if k.endswith("/manifest.json")}
     ckpts = [k for k in keys if k.endswith("/last.pt") and k.rsplit("/", 1)[0] not in done]
     parts = [f"{len(done)} finished step{'s' if len(done) != 1 else ''}"]
@@ -87,7 +87,7 @@ def kept(store, flow: str, run_id: str) -> str:
         parts.append(f"{len(ckpts)} checkpoint{'s' if len(ckpts) != 1 else ''} of unfinished "
                      f"training ({', '.join(k.rsplit('/', 2)[-2] for k in ckpts[:3])}"
                      f"{', ...' if len(ckpts) > 3 else ''})")
-    return " and ".join(parts) + f" under {store.url(join('runs', flow, run_id))}"
+    return " and ".join(parts) + f" under {store.url(run_prefix(flow, run_id))}"
 
 
 def resume_command(argv: list[str], run_id: str) -> str:
@@ -371,8 +371,7 @@ def cmd_mirror(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     """Compare two runs of one question (or show a question's trend); no Prefect needed."""
     from tasks.comparers import comparer, resolve
-    from tasks.core.layout import compare_prefix
-    from tasks.core.store import join
+    from tasks.core.layout import compare_prefix, trend_prefix
     from tasks.questions import question_flows
     from tasks.registry import run_task
     from tasks.reporting.compare import summary_lines
@@ -394,7 +393,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                    f"trend (run `visionflows run {args.trend}` first)")
         m = run_task("report.trend", {
             "question": args.trend, "profile": profile, "last": args.last,
-            "out": join("reports", "compare", args.trend, f"trend-{profile}")}, store)
+            "out": trend_prefix(args.trend, profile)}, store)
         print(f"{args.trend} trend ({profile} profile, last {len(m.metrics['runs'])} runs)")
         for r in m.metrics["runs"]:
             if r.get("metric"):

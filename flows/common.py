@@ -25,11 +25,12 @@ from tasks.core import cache, promote
 from tasks.core import progress as vf_progress
 from tasks.core.config import validate
 from tasks.core.errors import is_transient
+from tasks.core.layout import flow_manifest_key, latest_key
 from tasks.core.log import get_logger
 from tasks.core.resources import Resources
 from tasks.core.runtime import STOP, find_manifest, ray_context, require_intact, set_aside
 from tasks.core.settings import setting
-from tasks.core.store import Store, join, open_store
+from tasks.core.store import Store, open_store
 from tasks.questions import cached_tasks
 from tasks.registry import resolve
 
@@ -261,7 +262,7 @@ def publish(flow: str, run_id: str, rows: list[dict], report_keys: dict[str, str
 
 def write_flow_manifest(store: Store, flow: str, run_id: str, payload: dict[str, Any]) -> str:
     """The flow's own manifest (written last) and the ``latest.json`` pointer."""
-    key = join("runs", flow, run_id, "manifest.json")
+    key = flow_manifest_key(flow, run_id)
     finished = datetime.now(UTC)
     try:
         started = datetime.strptime(run_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
@@ -270,7 +271,7 @@ def write_flow_manifest(store: Store, flow: str, run_id: str, payload: dict[str,
         duration = None
     store.put_json(key, {"flow": flow, "run_id": run_id, "finished_at": finished.isoformat(),
                          "duration_s": duration, **payload})
-    store.put_json(join("runs", flow, "latest.json"), {"run_id": run_id, "manifest": key})
+    store.put_json(latest_key(flow), {"run_id": run_id, "manifest": key})
     return key
 
 

@@ -10,8 +10,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from flows.common import links_markdown, new_run_id, remember_flow_run, report_links, run_step
+from tasks.core.layout import final_report_prefix
 from tasks.core.resources import ResourceTable
-from tasks.core.store import join, link_expiry_seconds, open_store
+from tasks.core.store import link_expiry_seconds, open_store
 from tasks.questions import question_flows
 
 FLOW = "report"
@@ -40,7 +41,7 @@ def report(store: str | None = None, questions: list[str] | None = None,
     st = open_store(store)
     run_id = new_run_id()
     result = run_step("final-report", "report.final", {
-        "out": join("reports", "final", run_id), "questions": questions or list(question_flows()),
+        "out": final_report_prefix(run_id), "questions": questions or list(question_flows()),
         "run_ids": run_ids or {}, "failures": failures or {},
         "link_expiry_s": link_expiry_seconds()}, st.uri,
         resources=ResourceTable().report.model_dump(mode="json"))  # its time limit

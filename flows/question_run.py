@@ -29,6 +29,7 @@ from flows.champion import finish_run, plan_comparison
 from flows.common import champion_question, new_run_id, publish, remember_flow_run
 from flows.fanout import Steps
 from tasks.core.config import Config
+from tasks.core.layout import report_prefix, run_prefix
 from tasks.core.store import Store, join, open_store
 from tasks.plans import resolve_config, step_kinds
 from tasks.questions import question_flow
@@ -68,7 +69,7 @@ class QuestionRun:
     @property
     def base(self) -> str:
         """``runs/<flow>/<run-id>``: where the run's steps write."""
-        return join("runs", self.flow, self.run_id)
+        return run_prefix(self.flow, self.run_id)
 
     def at(self, name: str) -> str:
         """A step's output prefix under the run."""
@@ -79,7 +80,7 @@ class QuestionRun:
         the fields every report takes (out, profile, run id, the planned comparison)."""
         self.planned = plan_comparison(self.flow, self.profile, self.run_id, self.st)
         report = self.steps.run("report", task, {
-            "out": join("reports", self.flow, self.run_id), "profile": self.profile,
+            "out": report_prefix(self.flow, self.run_id), "profile": self.profile,
             "run_id": self.run_id, "comparison": self.planned, **fields})
         self.report_keys = report["outputs"]
         return report

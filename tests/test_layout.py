@@ -27,3 +27,18 @@ def test_flow_manifests_and_run_ids_from_a_listing():
         "runs/q1-mlp/R1/manifest.json", "runs/q1-mlpx/R3/manifest.json"]
     # a run with step outputs only (unfinished) still has an id; latest.json is not a run
     assert layout.run_ids(keys, "q1-mlp") == ["R1", "R2"]
+
+
+def test_every_reader_and_writer_goes_through_the_layout():
+    """No key of runs or reports spelled out by hand outside tasks/core/layout.py."""
+    import re
+    from pathlib import Path
+
+    root = Path(layout.__file__).resolve().parents[2]
+    spelled = re.compile(r"""join\(\s*["'](runs|reports)["']|["']latest\.json["']|"""
+                         r"""f["'](runs|reports)/\{""")
+    found = [f"{p.relative_to(root)}:{n}: {line.strip()}"
+             for pkg in ("tasks", "flows") for p in sorted((root / pkg).rglob("*.py"))
+             if p.name != "layout.py"
+             for n, line in enumerate(p.read_text().splitlines(), 1) if spelled.search(line)]
+    assert not found, "build these keys with tasks.core.layout:\n" + "\n".join(found)
