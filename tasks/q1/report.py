@@ -149,10 +149,30 @@ def _group_section(question: str, group: Group, store: Store,
                    summary_rows: list[dict]) -> tuple[Section, dict]:
     loaded = {ref.name: (ref, *_load(store, ref)) for ref in group.runs}
     ok = {n: v for n, v in loaded.items() if v[1] is not None and v[2] is not None}
-    has_dev = any("dev/accuracy" in v[1].metrics for v in ok.values())
     repeated = any("test/accuracy/n" in v[2].metrics for v in ok.values())
     best_name = (max(ok, key=lambda n: _metric(ok[n][1], ok[n][2], group.select_by) or -1)
                  if ok else None)
+    section = Section(group.title, tables=[_metrics_table(
+        question, group, loaded, ok, best_name, repeated, summary_rows)])
+    if repeated:
+        section.tables.append(_seeds_table(group, ok))
+    result: dict[str, Any] = {"key": group.key, "select_by": group.select_by, "best": None,
+                              "comparison": []}
+    if not ok:
+        section.paragraphs.append("No run of this sweep finished: nothing to compare.")
+        return section, result
+    ref = REFERENCE.get(question, {}).get(group.key)
+    section.paragraphs.append(_best_and_reference(group, ok, best_name, repeated, ref, result,
+                                                  section))
+    section.images.extend(_group_images(group, ok, repeated, ref))
+    return section, result
+
+
+def _metrics_table(question: str, group: Group, loaded: dict, ok: dict, best_name: str | None,
+                   repeated: bool, summary_rows: list[dict]) -> Table:
+    """The sweep's final metrics, a row per cell (missing and failed ones included); each
+    cell's test accuracy is also added to ``summary_rows``."""
+    has_dev = any("dev/accuracy" in v[1].metrics for v in ok.values())
     by = f"{'mean ' if repeated else ''}{group.select_by}"
     cols = ["variant", f"best by {by}", "status", "test acc",
             *(["± std (n seeds)"] if repeated else []),
@@ -182,140 +202,166 @@ def _group_section(question: str, group: Group, store: Store,
                              "best": name == best_name,
                              "time_s": _metric(tr, ev, "train/time_s"),
                              "run": tr.prefix if tr else run_ref.train})
-    section = Section(group.title, tables=[Table(cols, rows, f"{group.title}: final metrics"
-                                                 + (" (means over seeds)" if repeated else ""),
-                                                 formats)])
-    if repeated:
-        keys = list(dict.fromkeys([group.select_by, "test/accuracy"]))
+    return Table(cols, rows, f"{group.title}: final metrics"
+                 + (" (means over seeds)" if repeated else ""), formats)
+
+
+def _seeds_table(group: Group, ok: dict) -> Table:
+    """Every seed of every finished cell, with the t-interval of each mean over seeds."""
+    keys = list(dict.fromkeys([group.select_by, "test/accuracy"]))
+    return Table(
+        ["variant", "metric", "mean ± std (n seeds)",
+         f"{100 * CONFIDENCE:g} % t-interval of the mean", "per seed"],
+        [[name, k, _pm(st, metric_kind(k)), _ci_text(st, metric_kind(k)),
+          _per_seed(st, metric_kind(k))]
+         for name, v in ok.items() for k in keys
+         for st in [_stats(v[1], v[2], k)]],
+        f"{group.title}: every seed, and the {100 * CONFIDENCE:g} % t-interval of each "
+        "mean over seeds (one run: no interval)")
+
+
+def _best_and_reference(group: Group, ok: dict, best_name: str, repeated: bool,
+                        ref: dict | None, result: dict, section: Section) -> str:
+    """The sentence on our best setting (recorded in ``result``) and, with a reference, how
+    ours compares with it: its items go to ``result['comparison']``, its table to
+    ``section``."""
+    best_ref, best_tr, best_ev = ok[best_name]
+    best_st = _stats(best_tr, best_ev, group.select_by)
+    result.update(best=best_ref.value, best_name=best_name, best_score=best_st["mean"],
+                  best_std=best_st["std"], best_n=best_st["n"], best_ci=best_st["ci"])
+    text = (f"Ours: best {group.key} = {best_ref.value!r} by "
+            f"{'the mean ' if repeated else ''}{group.select_by} "
+            f"({_pm(best_st, metric_kind(group.select_by))}).")
+    if not ref:
+        return text
+    at_ref = None  # the reference's setting among ours, when it differs from our best
+    if ref.get("best") is not None and ref["best"] != best_ref.value:
+        at_ref = next((n for n, v in ok.items() if v[0].value == ref["best"]), None)
+    text += f" Reference (original report): {ref['note']}."
+    by = f"{'mean ' if repeated else ''}{group.select_by}"
+    choice = {"item": f"best {group.key} (by {by})", "ours": best_ref.value,
+              "reference": ref["best"] if ref.get("best") is not None else ref["note"],
+              "kind": "choice" if ref.get("best") is not None else "text"}
+    if ref.get("best") is not None:
+        agree = ref["best"] == best_ref.value
+        text += " Our choice agrees." if agree else " Our choice differs."
+        result["reference_best"] = ref["best"]
+        result["agrees"] = agree
+        if at_ref is not None:
+            choice["position"] = _position(group, ok[at_ref], ok[best_name], ref)
+            text += f" {choice['position'][0].upper()}{choice['position'][1:]}."
+    result["comparison"].append(choice)
+    ref_rows = _reference_rows(group, ok, best_name, at_ref, ref, result["comparison"])
+    if ref_rows:
         section.tables.append(Table(
-            ["variant", "metric", "mean ± std (n seeds)",
-             f"{100 * CONFIDENCE:g} % t-interval of the mean", "per seed"],
-            [[name, k, _pm(st, metric_kind(k)), _ci_text(st, metric_kind(k)),
-              _per_seed(st, metric_kind(k))]
-             for name, v in ok.items() for k in keys
-             for st in [_stats(v[1], v[2], k)]],
-            f"{group.title}: every seed, and the {100 * CONFIDENCE:g} % t-interval of each "
-            "mean over seeds (one run: no interval)"))
-    result: dict[str, Any] = {"key": group.key, "select_by": group.select_by, "best": None,
-                              "comparison": []}
-    if ok:
-        best_ref = ok[best_name][0]
-        best_tr, best_ev = ok[best_name][1], ok[best_name][2]
-        best_st = _stats(best_tr, best_ev, group.select_by)
-        best_val = best_st["mean"]
-        result.update(best=best_ref.value, best_name=best_name, best_score=best_val,
-                      best_std=best_st["std"], best_n=best_st["n"], best_ci=best_st["ci"])
-        text = (f"Ours: best {group.key} = {best_ref.value!r} by "
-                f"{'the mean ' if repeated else ''}{group.select_by} "
-                f"({_pm(best_st, metric_kind(group.select_by))}).")
-        ref = REFERENCE.get(question, {}).get(group.key)
-        at_ref = None  # the reference's setting among ours, when it differs from our best
-        if ref and ref.get("best") is not None and ref["best"] != best_ref.value:
-            at_ref = next((n for n, v in ok.items() if v[0].value == ref["best"]), None)
-        if ref:
-            text += f" Reference (original report): {ref['note']}."
-            choice = {"item": f"best {group.key} (by {by})", "ours": best_ref.value,
-                      "reference": ref["best"] if ref.get("best") is not None else ref["note"],
-                      "kind": "choice" if ref.get("best") is not None else "text"}
-            if ref.get("best") is not None:
-                agree = ref["best"] == best_ref.value
-                text += " Our choice agrees." if agree else " Our choice differs."
-                result["reference_best"] = ref["best"]
-                result["agrees"] = agree
-                if at_ref is not None:
-                    other = _values(ok[at_ref][1], ok[at_ref][2], group.select_by)
-                    mine = _values(best_tr, best_ev, group.select_by)
-                    d = metric_delta(other, mine)
-                    kind = metric_kind(group.select_by)
-                    there = _pm(_stats(ok[at_ref][1], ok[at_ref][2], group.select_by), kind)
-                    gap = (f"{100 * d['delta']:+.2f} points" if kind == "pct"
-                           else fmt(d["delta"], kind))
-                    choice["position"] = (
-                        f"ours at {group.key} {ref['best']!r}: {there}; our best minus it: "
-                        f"{gap} ({d['test']})")
-                    text += f" {choice['position'][0].upper()}{choice['position'][1:]}."
-            result["comparison"].append(choice)
-            metric_keys = [k for k in ref if "/" in k]
-            ref_rows = []
-            for label, (tr_, ev_), setting in (
-                    (f"at our best {group.key}", (best_tr, best_ev), best_ref.value),
-                    *([(f"at the reference's {group.key}", ok[at_ref][1:], ref["best"])]
-                      if at_ref is not None else [])):
-                for k in metric_keys:
-                    st = _stats(tr_, ev_, k)
-                    kind = metric_kind(k)
-                    where = interval_text(ref[k], st["interval"], percent=kind == "pct",
-                                          what="the reference")
-                    result["comparison"].append({
-                        "item": f"{k} {label}", "ours": st["mean"], "reference": ref[k],
-                        "kind": kind, "std": st["std"], "n": st["n"],
-                        "values": st["values"], "interval": st["ci"], "position": where})
-                    ref_rows.append([k, f"{group.key} {setting!r}", fmt(ref[k], kind),
-                                     _pm(st, kind), _ci_text(st, kind), _per_seed(st, kind),
-                                     where])
-            if ref_rows:
-                section.tables.append(Table(
-                    ["metric", "setting (ours)", "reference (original report)",
-                     "ours: mean ± std (n seeds)", f"our {100 * CONFIDENCE:g} % t-interval",
-                     "ours per seed", "where the reference lies"], ref_rows,
-                    "The original report's numbers beside ours: the reference is one run; "
-                    "ours is the mean over seeds with the t-interval of that mean"))
-        section.paragraphs.append(text)
-        tag = slug(group.key)
-        what = f"one per {group.key}"
-        histories = {n: v[1].model_extra.get("history", []) for n, v in ok.items()}
-        imgs = [
-            Image(f"curves-{tag}.png", plots.curves(histories, title=group.title),
-                  f"{group.title}: loss and accuracy per epoch, a colour per {group.key} "
-                  "(train solid, dev dashed, test dotted)"),
-            Image(f"aprf-{tag}.png", plots.grouped_bars(
-                {n: {"accuracy": _metric(*v[1:], "test/accuracy"),
-                     "precision": _metric(*v[1:], "test/precision_macro"),
-                     "recall": _metric(*v[1:], "test/recall_macro"),
-                     "F1": _metric(*v[1:], "test/f1_macro")} for n, v in ok.items()},
-                "score", "Accuracy, precision, recall, F1 (macro, test)"),
-                f"{group.title}: test accuracy, precision, recall and F1 (macro), {what}"),
-            Image(f"time-{tag}.png", plots.bars(
-                {n: _metric(*v[1:], "train/time_s") for n, v in ok.items()}, "seconds",
-                "Training compute time"),
-                f"{group.title}: wall-clock training time (seconds), {what}"),
-        ]
-        if repeated:
-            imgs.append(Image(f"spread-{tag}.png", plots.bars(
-                {n: _metric(*v[1:], "test/accuracy") for n, v in ok.items()}, "test accuracy",
-                "Test accuracy: mean ± std over seeds",
-                errors={n: _metric(*v[1:], "test/accuracy/std") or 0.0 for n, v in ok.items()}),
-                f"{group.title}: mean test accuracy {what}; error bars: standard deviation "
-                "over seeds"))
-        if group.numeric:
-            xs = [v[0].value for v in ok.values()]
-            series = {s: [_metric(*v[1:], f"{s}/accuracy") for v in ok.values()]
-                      for s in ("dev", "test") if all(
-                          _metric(*v[1:], f"{s}/accuracy") is not None for v in ok.values())}
-            markers = {}
-            if ref and "dev/accuracy" in ref:
-                markers["reference dev"] = (ref["best"], ref["dev/accuracy"])
-                markers["reference test"] = (ref["best"], ref["test/accuracy"])
-            imgs.append(Image(f"{tag}-vs-accuracy.png", plots.line(
-                xs, series, group.key, "accuracy", f"Accuracy vs {group.key}", markers),
-                f"{group.title}: final accuracy against {group.key}; stars: the original "
-                "report's (reference)"))
-        # per-cell plots as small multiples: one figure per sweep, one panel/row per cell
-        per_class = {m: {n: v[2].metrics["test/per_class"][m] for n, v in ok.items()}
-                     for m in ("precision", "recall")}
-        imgs.append(Image(f"perclass-{tag}.png", plots.heatmaps(
+            ["metric", "setting (ours)", "reference (original report)",
+             "ours: mean ± std (n seeds)", f"our {100 * CONFIDENCE:g} % t-interval",
+             "ours per seed", "where the reference lies"], ref_rows,
+            "The original report's numbers beside ours: the reference is one run; "
+            "ours is the mean over seeds with the t-interval of that mean"))
+    return text
+
+
+def _position(group: Group, at_ref: tuple, best: tuple, ref: dict) -> str:
+    """Ours at the reference's setting, and our best minus it with its test."""
+    d = metric_delta(_values(*at_ref[1:], group.select_by), _values(*best[1:], group.select_by))
+    kind = metric_kind(group.select_by)
+    there = _pm(_stats(*at_ref[1:], group.select_by), kind)
+    gap = f"{100 * d['delta']:+.2f} points" if kind == "pct" else fmt(d["delta"], kind)
+    return (f"ours at {group.key} {ref['best']!r}: {there}; our best minus it: "
+            f"{gap} ({d['test']})")
+
+
+def _reference_rows(group: Group, ok: dict, best_name: str, at_ref: str | None, ref: dict,
+                    comparison: list[dict]) -> list[list]:
+    """The reference's numbers beside ours (at our best setting, and at the reference's
+    when it differs); each is also added to ``comparison``."""
+    best_ref = ok[best_name][0]
+    metric_keys = [k for k in ref if "/" in k]
+    rows = []
+    for label, (tr_, ev_), setting in (
+            (f"at our best {group.key}", ok[best_name][1:], best_ref.value),
+            *([(f"at the reference's {group.key}", ok[at_ref][1:], ref["best"])]
+              if at_ref is not None else [])):
+        for k in metric_keys:
+            st = _stats(tr_, ev_, k)
+            kind = metric_kind(k)
+            where = interval_text(ref[k], st["interval"], percent=kind == "pct",
+                                  what="the reference")
+            comparison.append({
+                "item": f"{k} {label}", "ours": st["mean"], "reference": ref[k],
+                "kind": kind, "std": st["std"], "n": st["n"],
+                "values": st["values"], "interval": st["ci"], "position": where})
+            rows.append([k, f"{group.key} {setting!r}", fmt(ref[k], kind),
+                         _pm(st, kind), _ci_text(st, kind), _per_seed(st, kind), where])
+    return rows
+
+
+def _group_images(group: Group, ok: dict, repeated: bool, ref: dict | None) -> list[Image]:
+    """The sweep's figures: curves, scores, time, spread over seeds, accuracy against a
+    numeric parameter, then the per-cell details."""
+    tag = slug(group.key)
+    what = f"one per {group.key}"
+    histories = {n: v[1].model_extra.get("history", []) for n, v in ok.items()}
+    imgs = [
+        Image(f"curves-{tag}.png", plots.curves(histories, title=group.title),
+              f"{group.title}: loss and accuracy per epoch, a colour per {group.key} "
+              "(train solid, dev dashed, test dotted)"),
+        Image(f"aprf-{tag}.png", plots.grouped_bars(
+            {n: {"accuracy": _metric(*v[1:], "test/accuracy"),
+                 "precision": _metric(*v[1:], "test/precision_macro"),
+                 "recall": _metric(*v[1:], "test/recall_macro"),
+                 "F1": _metric(*v[1:], "test/f1_macro")} for n, v in ok.items()},
+            "score", "Accuracy, precision, recall, F1 (macro, test)"),
+            f"{group.title}: test accuracy, precision, recall and F1 (macro), {what}"),
+        Image(f"time-{tag}.png", plots.bars(
+            {n: _metric(*v[1:], "train/time_s") for n, v in ok.items()}, "seconds",
+            "Training compute time"),
+            f"{group.title}: wall-clock training time (seconds), {what}"),
+    ]
+    if repeated:
+        imgs.append(Image(f"spread-{tag}.png", plots.bars(
+            {n: _metric(*v[1:], "test/accuracy") for n, v in ok.items()}, "test accuracy",
+            "Test accuracy: mean ± std over seeds",
+            errors={n: _metric(*v[1:], "test/accuracy/std") or 0.0 for n, v in ok.items()}),
+            f"{group.title}: mean test accuracy {what}; error bars: standard deviation "
+            "over seeds"))
+    if group.numeric:
+        imgs.append(_accuracy_line(group, ok, ref, tag))
+    return imgs + _detail_images(group, ok, tag, what)
+
+
+def _accuracy_line(group: Group, ok: dict, ref: dict | None, tag: str) -> Image:
+    """Final accuracy against a numeric swept parameter, the reference's as stars."""
+    xs = [v[0].value for v in ok.values()]
+    series = {s: [_metric(*v[1:], f"{s}/accuracy") for v in ok.values()]
+              for s in ("dev", "test") if all(
+                  _metric(*v[1:], f"{s}/accuracy") is not None for v in ok.values())}
+    markers = {}
+    if ref and "dev/accuracy" in ref:
+        markers["reference dev"] = (ref["best"], ref["dev/accuracy"])
+        markers["reference test"] = (ref["best"], ref["test/accuracy"])
+    return Image(f"{tag}-vs-accuracy.png", plots.line(
+        xs, series, group.key, "accuracy", f"Accuracy vs {group.key}", markers),
+        f"{group.title}: final accuracy against {group.key}; stars: the original "
+        "report's (reference)")
+
+
+def _detail_images(group: Group, ok: dict, tag: str, what: str) -> list[Image]:
+    """Per-cell plots as small multiples: one figure per sweep, one panel/row per cell."""
+    per_class = {m: {n: v[2].metrics["test/per_class"][m] for n, v in ok.items()}
+                 for m in ("precision", "recall")}
+    return [
+        Image(f"perclass-{tag}.png", plots.heatmaps(
             per_class, CLASSES, f"{group.title}: per-class precision and recall (test)"),
             f"{group.title}: per-class precision and recall on the test set, a row per "
-            f"{group.key}", detail=True))
-        imgs.append(Image(f"confusion-{tag}.png", plots.confusion_grid(
+            f"{group.key}", detail=True),
+        Image(f"confusion-{tag}.png", plots.confusion_grid(
             {n: v[2].metrics["test/confusion_matrix"] for n, v in ok.items()}, CLASSES,
             f"{group.title}: confusion matrices (test)"),
             f"{group.title}: test confusion matrices, {what}, coloured by the share of each "
-            "true class (rows: true, columns: predicted)", detail=True))
-        section.images.extend(imgs)
-    else:
-        section.paragraphs.append("No run of this sweep finished: nothing to compare.")
-    return section, result
+            "true class (rows: true, columns: predicted)", detail=True),
+    ]
 
 
 def why_different(store: Store, question: str, tcfgs: list[TrainConfig],

@@ -123,6 +123,24 @@ def _model_section(store: Store, ref: ModelRef, tr: Manifest | None, ft: Manifes
                per_epoch=m["test/accuracy_per_epoch"], train_time_s=m["train/time_s"],
                features_time_s=m["features/cache_time_s"], trainable=m["trainable_params"],
                total=m["total_params_imagenet"], cached=m["features/cached"])
+    sec.paragraphs.append(_training_text(ref, m))
+    sec.tables.append(_params_table(ref, m))
+    hist = tr.model_extra.get("history", [])
+    _add_epochs(sec, ref, hist)
+    sec.subsections.append(_summary_section(store, tr, label, m, r))
+    if ft is None:
+        sec.subsections.append(Section("Prediction grid and fine-tuning",
+                                       [f"The fine-tuning step did not finish ({ref.finetune})."]))
+        return sec, row
+    f = ft.metrics
+    row.update(misclassified=f["misclassified"], fixed=f["fixed"], broken=f["broken"],
+               test_after=f["test/accuracy_after"])
+    sec.subsections += [_grid_section(store, ref, ft), _finetune_section(store, ref, ft)]
+    return sec, row
+
+
+def _training_text(ref: ModelRef, m: dict[str, Any]) -> str:
+    """Which weights, what is frozen and trained, on how many images."""
     w = m["weights"]
     if w.get("pretrained"):
         wtext = (f"ImageNet weights `{w['file']}` from {w['source']} ({w['location']}, sha256 "
@@ -130,22 +148,30 @@ def _model_section(store: Store, ref: ModelRef, tr: Manifest | None, ft: Manifes
     else:
         wtext = ("**Random initialisation (`pretrained: false`)**: these numbers say that the "
                  "pipeline works, not how transfer learning performs.")
-    sec.paragraphs.append(
+    return (
         f"{wtext} Every parameter is frozen and `{ARCHS[ref.arch]['head']}` is replaced by "
         f"Linear({ARCHS[ref.arch]['in']} -> 10); only it trains ({m['trainable_params']:,} "
         f"parameters, checked before and after training). {m['epochs']} epochs on "
         f"{m['n_train']:,} training images at {m['image_size']} px, test accuracy on "
         f"{m['n_test']:,} images after each epoch.")
-    sec.tables.append(Table(
+
+
+def _params_table(ref: ModelRef, m: dict[str, Any]) -> Table:
+    r = REF[ref.arch]
+    return Table(
         ["", "ours", "reference"],
         [["total parameters (1000-class ImageNet model)", f"{m['total_params_imagenet']:,}",
           f"{r['total_params']:,}"],
          ["total parameters with the 10-class head", f"{m['total_params']:,}", "—"],
          ["trainable parameters (new head)", f"{m['trainable_params']:,}",
           f"{head_params(ref.arch):,}"]],
-        "Parameters"))
-    hist = tr.model_extra.get("history", [])
-    ref_acc = r["test/accuracy"]
+        "Parameters")
+
+
+def _add_epochs(sec: Section, ref: ModelRef, hist: list[dict]) -> None:
+    """The per-epoch table and curves, beside the reference's test accuracy."""
+    label = ARCHS[ref.arch]["label"]
+    ref_acc = REF[ref.arch]["test/accuracy"]
     sec.tables.append(Table(
         ["epoch", "train loss", "train acc", "test loss", "test acc", "reference test acc",
          "epoch time (s)"],
@@ -158,21 +184,24 @@ def _model_section(store: Store, ref: ModelRef, tr: Manifest | None, ft: Manifes
         reference={f"{label} test accuracy": ref_acc}),
         f"{label}: our loss and accuracy per epoch (train solid, test dotted) beside the "
         "original report's test accuracy (dash-dot)"))
+
+
+def _summary_section(store: Store, tr: Manifest, label: str, m: dict[str, Any],
+                     r: dict[str, Any]) -> Section:
+    """The torchsummary listing of the ImageNet model (or that the file is missing)."""
     try:
-        sec.subsections.append(Section("Model summary", [
+        return Section("Model summary", [
             f"The 1000-class ImageNet {label}, rows as torchsummary lists them (input "
             f"1x3x{m['image_size']}x{m['image_size']}; the reference used 96x96). Total "
             f"{m['total_params_imagenet']:,} parameters (reference {r['total_params']:,})."],
-            code=store.get_text(tr.output_key("summary"))))
+            code=store.get_text(tr.output_key("summary")))
     except MissingKeyError:
-        sec.subsections.append(Section("Model summary", ["The summary file is missing."]))
-    if ft is None:
-        sec.subsections.append(Section("Prediction grid and fine-tuning",
-                                       [f"The fine-tuning step did not finish ({ref.finetune})."]))
-        return sec, row
+        return Section("Model summary", ["The summary file is missing."])
+
+
+def _grid_section(store: Store, ref: ModelRef, ft: Manifest) -> Section:
+    label = ARCHS[ref.arch]["label"]
     f = ft.metrics
-    row.update(misclassified=f["misclassified"], fixed=f["fixed"], broken=f["broken"],
-               test_after=f["test/accuracy_after"])
     grid = Section("Prediction grid", [
         f"{len(f['grid/true'])} test images drawn with a fixed seed; {f['misclassified']} "
         f"misclassified (reference: 3 of 25). Red titles mark the misclassified."])
@@ -182,32 +211,38 @@ def _model_section(store: Store, ref: ModelRef, tr: Manifest | None, ft: Manifes
                                  f"{label}: {len(f['grid/true'])} test images with their true "
                                  "and predicted labels (red: misclassified)", photo=True,
                                  detail=True))
+    return grid
+
+
+def _finetune_section(store: Store, ref: ModelRef, ft: Manifest) -> Section:
+    label = ARCHS[ref.arch]["label"]
+    r = REF[ref.arch]
+    f = ft.metrics
     fine = Section("Fine-tuning every layer on the misclassified images")
-    if f["misclassified"]:
-        fine.paragraphs.append(
-            f"All layers unfrozen, trained on just the {f['misclassified']} misclassified "
-            f"images for {f['finetune/epochs']} epochs. Fixed: **{f['fixed']} of "
-            f"{f['misclassified']}** ({_pct(f['fixed_fraction'])}); reference: "
-            f"{fixed_text(*r['finetune_fixed'])}. Correct grid images broken by fine-tuning: "
-            f"{f['broken']}. "
-            f"Test accuracy {_pct(f['test/accuracy_before'])} before, "
-            f"{_pct(f['test/accuracy_after'])} after.")
-        fine.tables.append(Table(
-            ["epoch", "train loss", "accuracy on the misclassified"],
-            [[h["epoch"], h["train/loss"], h["misclassified/accuracy"]]
-             for h in ft.model_extra.get("history", [])],
-            "Fine-tuning (the reference printed 33.33 % every epoch for ResNet18, 0 % for "
-            "VGG16)"))
-        png = png_bytes(store, ft, "finetune_grid")
-        if png:
-            fine.images.append(Image(f"finetune-{ref.arch}.png", png,
-                                     f"{label}: the misclassified grid images, predictions "
-                                     "before and after fine-tuning every layer on them",
-                                     photo=True, detail=True))
-    else:
+    if not f["misclassified"]:
         fine.paragraphs.append("No image of the grid was misclassified: nothing to fine-tune.")
-    sec.subsections += [grid, fine]
-    return sec, row
+        return fine
+    fine.paragraphs.append(
+        f"All layers unfrozen, trained on just the {f['misclassified']} misclassified "
+        f"images for {f['finetune/epochs']} epochs. Fixed: **{f['fixed']} of "
+        f"{f['misclassified']}** ({_pct(f['fixed_fraction'])}); reference: "
+        f"{fixed_text(*r['finetune_fixed'])}. Correct grid images broken by fine-tuning: "
+        f"{f['broken']}. "
+        f"Test accuracy {_pct(f['test/accuracy_before'])} before, "
+        f"{_pct(f['test/accuracy_after'])} after.")
+    fine.tables.append(Table(
+        ["epoch", "train loss", "accuracy on the misclassified"],
+        [[h["epoch"], h["train/loss"], h["misclassified/accuracy"]]
+         for h in ft.model_extra.get("history", [])],
+        "Fine-tuning (the reference printed 33.33 % every epoch for ResNet18, 0 % for "
+        "VGG16)"))
+    png = png_bytes(store, ft, "finetune_grid")
+    if png:
+        fine.images.append(Image(f"finetune-{ref.arch}.png", png,
+                                 f"{label}: the misclassified grid images, predictions "
+                                 "before and after fine-tuning every layer on them",
+                                 photo=True, detail=True))
+    return fine
 
 
 def _comparison(rows: dict[str, dict], histories: dict[str, list]) -> tuple[Section, dict]:

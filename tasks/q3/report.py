@@ -118,120 +118,157 @@ def render(cfg: SegmentReportConfig, store: Store) -> Manifest:
         pre["resize_size"] = pre["resize_size"][0] if pre["resize_size"] else None
     with TaskRun("segment.report", cfg, store, cfg.out,
                  inputs={"segment": store.url(cfg.segment)}) as run:
-        intro = [
-            f"DeepLabV3 ({scfg.arch}, 21 Pascal VOC classes) on {len(images)} input image(s): "
-            f"{len(ok)} segmented, {len(rejected)} rejected. Run `{cfg.run_id}`, "
-            f"{cfg.profile or '?'} profile.",
-        ]
-        if weights.get("source") == "random":
-            intro.append("**Random weights** (pretrained=false, seed "
-                         f"{weights.get('seed')}): this run tests the pipeline end to end; "
-                         "its class maps are noise, not predictions.")
-        else:
-            intro.append(f"Weights {scfg.arch} COCO_WITH_VOC_LABELS_V1 from "
-                         f"{weights.get('source')}: `{weights.get('location')}` (sha256 "
-                         f"{str(weights.get('sha256', ''))[:12]}...).")
+        intro = _intro(cfg, scfg, weights, len(images), len(ok), len(rejected))
         meta = {"run": cfg.run_id, "profile": cfg.profile, "arch": scfg.arch,
                 "weights": weights.get("source"), "device": seg.metrics.get("device"),
                 "model input (shorter side)": pre.get("resize_size"),
                 "images ok / rejected": f"{len(ok)} / {len(rejected)}",
                 "inference total (s)": seg.metrics.get("infer/total_s")}
-
-        summary = Table(
-            columns=["image", "source", "size (WxH)", "file", "status", "top classes",
-                     "inference (s)"],
-            rows=[[e["name"], e["source"],
-                   "x".join(map(str, e["size"])) if e.get("size") else None,
-                   f"{e.get('format', '?')} {e.get('mode', '')}".strip()
-                   if e.get("format") else None,
-                   e["status"] if e["status"] == "ok" else f"rejected ({e['stage']})",
-                   ", ".join(f"{r['name']} {100 * r['share']:.1f}%"
-                             for r in e.get("legend", [])[:3]) or None,
-                   e.get("infer_s")] for e in images],
-            caption="Every input, in the order given")
-        per_image: list[Section] = []
-        for e in ok:
-            outs = e["outputs"]
-            labels = _load_labels(store, outs["labels"])
-            photo = decode_image(store.get_bytes(e["key"]), min_size=1,
-                                 max_pixels=scfg.max_pixels, max_aspect=float("inf")).rgb
-            over = np.asarray(PILImage.open(io.BytesIO(store.get_bytes(outs["overlay"]))))
-            rows = store.get_json(outs["legend_json"])["classes"]
-            sec = Section(title=f"{e['name']} ({e['size'][0]}x{e['size'][1]})")
-            sec.paragraphs.append(f"Source: `{e['source']}`. Outputs: "
-                                  + ", ".join(f"`{store.url(outs[k])}`"
-                                              for k in ("classes", "overlay", "labels")) + ".")
-            if e.get("notes"):
-                sec.paragraphs.append("Input conversions: " + "; ".join(e["notes"]) + ".")
-            sec.images.append(Image(f"{e['name']}-panel.png",
-                                    panel_png(photo, labels, over, rows, cfg.panel_width,
-                                              e["name"]),
-                                    f"{e['name']}: the photo, its class map (Pascal VOC "
-                                    "colours, legend below) and the map over the photo",
-                                    photo=True))
-            sec.tables.append(Table(
-                columns=["class", "index", "colour", "pixels", "share"],
-                rows=[[r["name"], r["index"], r["hex"], r["pixels"],
-                       f"{100 * r['share']:.2f}%"] for r in rows],
-                caption="Legend: classes present, by pixel share (shares sum to 100%)"))
-            per_image.append(sec)
+        results = _results_section(cfg, store, scfg, images, ok)
         sections = [Section(title="DeepLab in brief", paragraphs=list(DEEPLAB_TEXT))]
         if cfg.comparison is not None:
             sections.insert(0, link_section(cfg.comparison, store))
-        sections.append(Section(
-            title="Results", tables=[summary], subsections=per_image,
-            paragraphs=[] if ok else ["No image could be segmented."]))
+        sections.append(results)
         if rejected:
-            sections.append(Section(
-                title="Rejected inputs",
-                paragraphs=["These inputs produced no output; the others were processed."],
-                tables=[Table(columns=["image", "source", "stage", "reason"],
-                              rows=[[e["name"], e["source"], e["stage"], e["error"]]
-                                    for e in rejected])]))
-        sections.append(Section(title="How it was run", paragraphs=[
-            f"Preprocessing: the weights' own transform: shorter side resized to "
-            f"{pre.get('resize_size')} ({pre.get('interpolation')}, antialias), pixels scaled "
-            f"to [0, 1] and normalised with mean {pre.get('mean')} / std {pre.get('std')}.",
-            f"Batching: images whose preprocessed sizes match run together, up to "
-            f"{scfg.batch_size} per batch; differently shaped images are not padded together "
-            "(padding would change the ASPP image-pooling branch). The logits are upsampled "
-            "bilinearly to each photo's own size before the per-pixel argmax.",
-            "Each image's outputs: `classes.png` (palette PNG, pixel value = class index), "
-            "`labels.npy` (uint8 label map), `overlay.png`, `legend.json`, `legend.png`.",
-        ], tables=[Table(columns=["step", "seconds"], rows=[
-            ["weights resolution", seg.metrics.get("weights/resolve_s")],
-            ["model build", seg.metrics.get("model/build_s")],
-            ["inference (all images)", seg.metrics.get("infer/total_s")],
-            ["inference per image (mean)", seg.metrics.get("infer/mean_s")],
-            ["segment task total", seg.duration_s]])]))
-        if weights.get("source") == "random":
-            wtext = (f"seeded random weights (pretrained: false, seed {weights.get('seed')}): "
-                     "the class maps are noise, a test of the pipeline")
-        else:
-            wtext = f"the published COCO_WITH_VOC_LABELS_V1 weights ({weights.get('source')})"
-        why = (f"Why there is nothing to compare numerically: the original report explains "
-               "DeepLab (v1: atrous convolution, ASPP, CRF) and prints no segmentation "
-               f"numbers, and its photos are lost. Ours: torchvision's DeepLabV3 ({scfg.arch}) "
-               f"with {wtext}, on {len(images)} photo(s) of our choosing ({len(ok)} segmented"
-               f", {len(rejected)} rejected), shorter side resized to "
-               f"{pre.get('resize_size')} px. Nothing is trained.")
+            sections.append(_rejected_section(rejected))
+        sections.append(_how_section(seg, scfg, pre))
+        why = _why(scfg, weights, pre, len(images), len(ok), len(rejected))
         sections.append(Section(title="Why there is nothing to compare numerically",
                                 paragraphs=[why]))
         report = Report(title=cfg.title, intro=intro, sections=sections, meta=meta, why=why)
         keys = write_report(report, store, cfg.out)
         run.outputs.update(keys)
-        summary = [{"question": cfg.question, "variant": f"image={e['name']}", "status": "ok",
-                    "metric": "top class share",
-                    "value": max((r["share"] for r in e.get("legend", [])), default=None),
-                    "time_s": seg.metrics.get("infer/mean_s"), "run": cfg.segment}
-                   for e in ok]
-        summary += [{"question": cfg.question, "variant": f"image={e['name']}",
-                     "status": f"rejected: {e['error']}", "metric": None, "value": None,
-                     "time_s": None, "run": cfg.segment} for e in rejected]
-        comparison = [{"question": cfg.question, "item": "model",
-                       "ours": f"{scfg.arch} ({'pretrained' if scfg.pretrained else 'random'}"
-                               " weights)",
-                       "reference": "DeepLab (v1 explained: atrous conv, ASPP, CRF); no "
-                                    "numbers printed", "kind": "text"}]
-        return run.finish({"images/ok": len(ok), "images/rejected": len(rejected),
-                           "summary": summary, "comparison": comparison})
+        return run.finish(_records(cfg, seg, scfg, ok, rejected))
+
+
+def _intro(cfg: SegmentReportConfig, scfg: SegmentConfig, weights: dict, n_images: int,
+           n_ok: int, n_rejected: int) -> list[str]:
+    """What ran on how many images, and which weights."""
+    intro = [
+        f"DeepLabV3 ({scfg.arch}, 21 Pascal VOC classes) on {n_images} input image(s): "
+        f"{n_ok} segmented, {n_rejected} rejected. Run `{cfg.run_id}`, "
+        f"{cfg.profile or '?'} profile.",
+    ]
+    if weights.get("source") == "random":
+        intro.append("**Random weights** (pretrained=false, seed "
+                     f"{weights.get('seed')}): this run tests the pipeline end to end; "
+                     "its class maps are noise, not predictions.")
+    else:
+        intro.append(f"Weights {scfg.arch} COCO_WITH_VOC_LABELS_V1 from "
+                     f"{weights.get('source')}: `{weights.get('location')}` (sha256 "
+                     f"{str(weights.get('sha256', ''))[:12]}...).")
+    return intro
+
+
+def _results_section(cfg: SegmentReportConfig, store: Store, scfg: SegmentConfig,
+                     images: list[dict], ok: list[dict]) -> Section:
+    """Every input in a table, then a subsection per segmented image."""
+    summary = Table(
+        columns=["image", "source", "size (WxH)", "file", "status", "top classes",
+                 "inference (s)"],
+        rows=[[e["name"], e["source"],
+               "x".join(map(str, e["size"])) if e.get("size") else None,
+               f"{e.get('format', '?')} {e.get('mode', '')}".strip()
+               if e.get("format") else None,
+               e["status"] if e["status"] == "ok" else f"rejected ({e['stage']})",
+               ", ".join(f"{r['name']} {100 * r['share']:.1f}%"
+                         for r in e.get("legend", [])[:3]) or None,
+               e.get("infer_s")] for e in images],
+        caption="Every input, in the order given")
+    per_image = [_image_section(cfg, store, scfg, e) for e in ok]
+    return Section(title="Results", tables=[summary], subsections=per_image,
+                   paragraphs=[] if ok else ["No image could be segmented."])
+
+
+def _image_section(cfg: SegmentReportConfig, store: Store, scfg: SegmentConfig,
+                   e: dict) -> Section:
+    """One segmented image: its outputs, the photo / class map / overlay panel, the legend."""
+    outs = e["outputs"]
+    labels = _load_labels(store, outs["labels"])
+    photo = decode_image(store.get_bytes(e["key"]), min_size=1,
+                         max_pixels=scfg.max_pixels, max_aspect=float("inf")).rgb
+    over = np.asarray(PILImage.open(io.BytesIO(store.get_bytes(outs["overlay"]))))
+    rows = store.get_json(outs["legend_json"])["classes"]
+    sec = Section(title=f"{e['name']} ({e['size'][0]}x{e['size'][1]})")
+    sec.paragraphs.append(f"Source: `{e['source']}`. Outputs: "
+                          + ", ".join(f"`{store.url(outs[k])}`"
+                                      for k in ("classes", "overlay", "labels")) + ".")
+    if e.get("notes"):
+        sec.paragraphs.append("Input conversions: " + "; ".join(e["notes"]) + ".")
+    sec.images.append(Image(f"{e['name']}-panel.png",
+                            panel_png(photo, labels, over, rows, cfg.panel_width,
+                                      e["name"]),
+                            f"{e['name']}: the photo, its class map (Pascal VOC "
+                            "colours, legend below) and the map over the photo",
+                            photo=True))
+    sec.tables.append(Table(
+        columns=["class", "index", "colour", "pixels", "share"],
+        rows=[[r["name"], r["index"], r["hex"], r["pixels"],
+               f"{100 * r['share']:.2f}%"] for r in rows],
+        caption="Legend: classes present, by pixel share (shares sum to 100%)"))
+    return sec
+
+
+def _rejected_section(rejected: list[dict]) -> Section:
+    return Section(
+        title="Rejected inputs",
+        paragraphs=["These inputs produced no output; the others were processed."],
+        tables=[Table(columns=["image", "source", "stage", "reason"],
+                      rows=[[e["name"], e["source"], e["stage"], e["error"]]
+                            for e in rejected])])
+
+
+def _how_section(seg: Manifest, scfg: SegmentConfig, pre: dict) -> Section:
+    """Preprocessing, batching, the outputs of each image and the step timings."""
+    return Section(title="How it was run", paragraphs=[
+        f"Preprocessing: the weights' own transform: shorter side resized to "
+        f"{pre.get('resize_size')} ({pre.get('interpolation')}, antialias), pixels scaled "
+        f"to [0, 1] and normalised with mean {pre.get('mean')} / std {pre.get('std')}.",
+        f"Batching: images whose preprocessed sizes match run together, up to "
+        f"{scfg.batch_size} per batch; differently shaped images are not padded together "
+        "(padding would change the ASPP image-pooling branch). The logits are upsampled "
+        "bilinearly to each photo's own size before the per-pixel argmax.",
+        "Each image's outputs: `classes.png` (palette PNG, pixel value = class index), "
+        "`labels.npy` (uint8 label map), `overlay.png`, `legend.json`, `legend.png`.",
+    ], tables=[Table(columns=["step", "seconds"], rows=[
+        ["weights resolution", seg.metrics.get("weights/resolve_s")],
+        ["model build", seg.metrics.get("model/build_s")],
+        ["inference (all images)", seg.metrics.get("infer/total_s")],
+        ["inference per image (mean)", seg.metrics.get("infer/mean_s")],
+        ["segment task total", seg.duration_s]])])
+
+
+def _why(scfg: SegmentConfig, weights: dict, pre: dict, n_images: int, n_ok: int,
+         n_rejected: int) -> str:
+    """Why there is nothing to compare numerically with the original report."""
+    if weights.get("source") == "random":
+        wtext = (f"seeded random weights (pretrained: false, seed {weights.get('seed')}): "
+                 "the class maps are noise, a test of the pipeline")
+    else:
+        wtext = f"the published COCO_WITH_VOC_LABELS_V1 weights ({weights.get('source')})"
+    return (f"Why there is nothing to compare numerically: the original report explains "
+            "DeepLab (v1: atrous convolution, ASPP, CRF) and prints no segmentation "
+            f"numbers, and its photos are lost. Ours: torchvision's DeepLabV3 ({scfg.arch}) "
+            f"with {wtext}, on {n_images} photo(s) of our choosing ({n_ok} segmented"
+            f", {n_rejected} rejected), shorter side resized to "
+            f"{pre.get('resize_size')} px. Nothing is trained.")
+
+
+def _records(cfg: SegmentReportConfig, seg: Manifest, scfg: SegmentConfig, ok: list[dict],
+             rejected: list[dict]) -> dict[str, Any]:
+    """The manifest's metrics: image counts, summary rows and the comparison item."""
+    summary = [{"question": cfg.question, "variant": f"image={e['name']}", "status": "ok",
+                "metric": "top class share",
+                "value": max((r["share"] for r in e.get("legend", [])), default=None),
+                "time_s": seg.metrics.get("infer/mean_s"), "run": cfg.segment}
+               for e in ok]
+    summary += [{"question": cfg.question, "variant": f"image={e['name']}",
+                 "status": f"rejected: {e['error']}", "metric": None, "value": None,
+                 "time_s": None, "run": cfg.segment} for e in rejected]
+    comparison = [{"question": cfg.question, "item": "model",
+                   "ours": f"{scfg.arch} ({'pretrained' if scfg.pretrained else 'random'}"
+                           " weights)",
+                   "reference": "DeepLab (v1 explained: atrous conv, ASPP, CRF); no "
+                                "numbers printed", "kind": "text"}]
+    return {"images/ok": len(ok), "images/rejected": len(rejected),
+            "summary": summary, "comparison": comparison}

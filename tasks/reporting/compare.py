@@ -408,103 +408,28 @@ def _per_class(name: str, a: Cell, b: Cell, ra: RunInfo, rb: RunInfo
 def render(cfg: CompareConfig, store: Store, comparer: Comparer, flows: Sequence[str]
            ) -> Manifest:
     """Write the comparison of runs ``cfg.a`` (A) and ``cfg.b`` (B) under ``cfg.out``."""
-    from tasks.ml import plots
-
     a, b = resolve_refs(store, cfg.a, cfg.b, flows=flows, question=cfg.question)
     a.ref, b.ref = cfg.a_ref or cfg.a, cfg.b_ref or cfg.b
     with TaskRun("report.compare", cfg, store, cfg.out) as run:
         cells_a, cells_b = comparer.cells(store, a), comparer.cells(store, b)
         common = [c for c in cells_b if c in cells_a]
-        named = {ref: (f" ({ref})" if ref != rid else "") for ref, rid in
-                 ((a.ref, a.run_id), (b.ref, b.run_id))}
-        report = Report(f"Compare {cfg.question}: A {a.run_id} .. B {b.run_id}", [
-            f"A = run {a.run_id}{named[a.ref]}, profile {a.profile}, finished "
-            f"{a.manifest.get('finished_at', '?')}. B = run {b.run_id}{named[b.ref]}, profile "
-            f"{b.profile}, finished {b.manifest.get('finished_at', '?')}. Every difference is "
-            "B minus A."], meta={
-                "question": cfg.question, "A": f"{a.run_id}{named[a.ref]}",
-                "B": f"{b.run_id}{named[b.ref]}", "store": store.uri,
-                "generated": datetime.now(UTC).isoformat(timespec="seconds")})
+        report = _new_report(cfg, store, a, b)
         v = verdict(a, b, comparer.mode, cfg.tolerance)
         report.sections.append(Section("Verdict", [v["text"]]))
-
-        cdiff = config_diff(a.manifest.get("config") or {}, b.manifest.get("config") or {})
-        ida = identity(store, a, cells_a, comparer)
-        idb = identity(store, b, cells_b, comparer)
-        drows, same = identity_diff(ida, idb)
-        differs = Section("What differs", [
-            ("Resolved config: " + ", ".join(f"{d['key']} {d['a']!r} -> {d['b']!r}"
-                                             for d in cdiff) + "."
-             if cdiff else "Resolved config: identical."),
-            "Same in both: " + (", ".join(same) if same else "nothing else") + "."])
-        if cdiff:
-            differs.tables.append(Table(["config key", "A", "B"],
-                                        [[d["key"], d["a"], d["b"]] for d in cdiff],
-                                        "Config keys that differ (dotted for nested keys)"))
-        if drows:
-            differs.tables.append(Table(["aspect", "what", "A", "B"],
-                                        [[r["aspect"], r["key"], r["a"], r["b"]] for r in drows],
-                                        "Code, data, libraries, image, device, machine: only "
-                                        "what differs"))
+        differs, cdiff, drows, same = _differs_section(store, comparer, a, b, cells_a, cells_b)
         report.sections.append(differs)
-
-        table, cell_data = _cell_table(comparer, cells_a, cells_b)
-        cells_sec = Section(f"Metrics per {comparer.cell_label}", tables=[table] if table.rows
-                            else [])
-        only_a = [c for c in cells_a if c not in cells_b]
-        only_b = [c for c in cells_b if c not in cells_a]
-        if only_a or only_b:
-            cells_sec.paragraphs.append(
-                f"Only in A: {', '.join(only_a) or 'none'}. Only in B: "
-                f"{', '.join(only_b) or 'none'}.")
-        if not common:
-            cells_sec.paragraphs.append(f"No {comparer.cell_label} is in both runs.")
+        cells_sec, cell_data, only_a, only_b = _cells_section(comparer, cells_a, cells_b,
+                                                              common)
         report.sections.append(cells_sec)
-
-        curves: dict[str, dict[str, int]] = {}
-        curve_sec = Section("Per-epoch curves", [
-            f"A ({a.run_id}) in the first colour, B ({b.run_id}) in the second; train solid, "
-            "dev dashed, test/val dotted."])
-        for name in common:
-            ha, hb = cells_a[name].history, cells_b[name].history
-            if not ha and not hb:
-                continue
-            curves[name] = {"a_epochs": len(ha), "b_epochs": len(hb)}
-            shown = [k for k in comparer.curve_metrics if any(
-                f"{s}/{k}" in h for h in ha + hb for s in comparer.curve_splits)]
-            curve_sec.images.append(Image(f"curves-{slug(name)}.png", plots.curves(
-                {"A": ha, "B": hb}, metrics=shown or comparer.curve_metrics,
-                splits=comparer.curve_splits, title=f"{name}: A vs B"),
-                f"{name}: A {len(ha)} epochs, B {len(hb)} epochs"))
+        curve_sec, curves = _curves_section(comparer, a, b, cells_a, cells_b, common)
         if curves:
             report.sections.append(curve_sec)
-
-        per_class: dict[str, Any] = {}
-        pc_sec = Section("Per-class differences")
-        for name in common:
-            sec, data = _per_class(name, cells_a[name], cells_b[name], a, b)
-            if sec is not None:
-                pc_sec.subsections.append(sec)
-                per_class[name] = data
+        pc_sec, per_class = _per_class_section(a, b, cells_a, cells_b, common)
         if pc_sec.subsections:
             report.sections.append(pc_sec)
-
-        pairs = comparer.images(store, a, b, cells_a, cells_b)
-        img_sec = Section("Images side by side", [
-            f"Left: A ({a.run_id}); right: B ({b.run_id})."])
-        images = []
-        for i, pair in enumerate(pairs):
-            left = store.get_bytes(pair.a) if pair.a and store.exists(pair.a) else None
-            right = store.get_bytes(pair.b) if pair.b and store.exists(pair.b) else None
-            img_sec.images.append(Image(f"pair-{i:02d}-{slug(pair.title)}.png",
-                                        plots.side_by_side(left, right, [f"A {a.run_id}",
-                                                                         f"B {b.run_id}"]),
-                                        f"{pair.title}. {pair.caption}".strip()))
-            images.append({"title": pair.title, "a": pair.a if left else None,
-                           "b": pair.b if right else None, "caption": pair.caption})
-        if pairs:
+        img_sec, images = _images_section(store, comparer, a, b, cells_a, cells_b)
+        if images:
             report.sections.append(img_sec)
-
         extra, extra_data = comparer.sections(store, a, b, cells_a, cells_b)
         report.sections.extend(extra)
         run.outputs.update(write_report(report, store, cfg.out))
@@ -514,6 +439,123 @@ def render(cfg: CompareConfig, store: Store, comparer: Comparer, flows: Sequence
             "config_diff": cdiff, "differs": drows, "same": same, "cells": cell_data,
             "only_a": only_a, "only_b": only_b, "curves": curves, "per_class": per_class,
             "images": images, **extra_data})
+
+
+def _new_report(cfg: CompareConfig, store: Store, a: RunInfo, b: RunInfo) -> Report:
+    """The comparison's title, the two runs it compares, and its meta."""
+    named = {ref: (f" ({ref})" if ref != rid else "") for ref, rid in
+             ((a.ref, a.run_id), (b.ref, b.run_id))}
+    return Report(f"Compare {cfg.question}: A {a.run_id} .. B {b.run_id}", [
+        f"A = run {a.run_id}{named[a.ref]}, profile {a.profile}, finished "
+        f"{a.manifest.get('finished_at', '?')}. B = run {b.run_id}{named[b.ref]}, profile "
+        f"{b.profile}, finished {b.manifest.get('finished_at', '?')}. Every difference is "
+        "B minus A."], meta={
+            "question": cfg.question, "A": f"{a.run_id}{named[a.ref]}",
+            "B": f"{b.run_id}{named[b.ref]}", "store": store.uri,
+            "generated": datetime.now(UTC).isoformat(timespec="seconds")})
+
+
+def _differs_section(store: Store, comparer: Comparer, a: RunInfo, b: RunInfo,
+                     cells_a: dict[str, Cell], cells_b: dict[str, Cell]
+                     ) -> tuple[Section, list[dict], list[dict], list[str]]:
+    """What differs between the runs (config, then code, data, libraries, ...), with the
+    config differences, the identity rows that differ and what is the same."""
+    cdiff = config_diff(a.manifest.get("config") or {}, b.manifest.get("config") or {})
+    ida = identity(store, a, cells_a, comparer)
+    idb = identity(store, b, cells_b, comparer)
+    drows, same = identity_diff(ida, idb)
+    differs = Section("What differs", [
+        ("Resolved config: " + ", ".join(f"{d['key']} {d['a']!r} -> {d['b']!r}"
+                                         for d in cdiff) + "."
+         if cdiff else "Resolved config: identical."),
+        "Same in both: " + (", ".join(same) if same else "nothing else") + "."])
+    if cdiff:
+        differs.tables.append(Table(["config key", "A", "B"],
+                                    [[d["key"], d["a"], d["b"]] for d in cdiff],
+                                    "Config keys that differ (dotted for nested keys)"))
+    if drows:
+        differs.tables.append(Table(["aspect", "what", "A", "B"],
+                                    [[r["aspect"], r["key"], r["a"], r["b"]] for r in drows],
+                                    "Code, data, libraries, image, device, machine: only "
+                                    "what differs"))
+    return differs, cdiff, drows, same
+
+
+def _cells_section(comparer: Comparer, cells_a: dict[str, Cell], cells_b: dict[str, Cell],
+                   common: list[str]) -> tuple[Section, Any, list[str], list[str]]:
+    """The metrics of every cell in both runs, and the cells only one run has."""
+    table, cell_data = _cell_table(comparer, cells_a, cells_b)
+    cells_sec = Section(f"Metrics per {comparer.cell_label}", tables=[table] if table.rows
+                        else [])
+    only_a = [c for c in cells_a if c not in cells_b]
+    only_b = [c for c in cells_b if c not in cells_a]
+    if only_a or only_b:
+        cells_sec.paragraphs.append(
+            f"Only in A: {', '.join(only_a) or 'none'}. Only in B: "
+            f"{', '.join(only_b) or 'none'}.")
+    if not common:
+        cells_sec.paragraphs.append(f"No {comparer.cell_label} is in both runs.")
+    return cells_sec, cell_data, only_a, only_b
+
+
+def _curves_section(comparer: Comparer, a: RunInfo, b: RunInfo, cells_a: dict[str, Cell],
+                    cells_b: dict[str, Cell], common: list[str]
+                    ) -> tuple[Section, dict[str, dict[str, int]]]:
+    """A and B's per-epoch curves of every common cell that has a history."""
+    from tasks.ml import plots
+
+    curves: dict[str, dict[str, int]] = {}
+    curve_sec = Section("Per-epoch curves", [
+        f"A ({a.run_id}) in the first colour, B ({b.run_id}) in the second; train solid, "
+        "dev dashed, test/val dotted."])
+    for name in common:
+        ha, hb = cells_a[name].history, cells_b[name].history
+        if not ha and not hb:
+            continue
+        curves[name] = {"a_epochs": len(ha), "b_epochs": len(hb)}
+        shown = [k for k in comparer.curve_metrics if any(
+            f"{s}/{k}" in h for h in ha + hb for s in comparer.curve_splits)]
+        curve_sec.images.append(Image(f"curves-{slug(name)}.png", plots.curves(
+            {"A": ha, "B": hb}, metrics=shown or comparer.curve_metrics,
+            splits=comparer.curve_splits, title=f"{name}: A vs B"),
+            f"{name}: A {len(ha)} epochs, B {len(hb)} epochs"))
+    return curve_sec, curves
+
+
+def _per_class_section(a: RunInfo, b: RunInfo, cells_a: dict[str, Cell],
+                       cells_b: dict[str, Cell], common: list[str]
+                       ) -> tuple[Section, dict[str, Any]]:
+    """The per-class differences of every common cell that has per-class metrics."""
+    per_class: dict[str, Any] = {}
+    pc_sec = Section("Per-class differences")
+    for name in common:
+        sec, data = _per_class(name, cells_a[name], cells_b[name], a, b)
+        if sec is not None:
+            pc_sec.subsections.append(sec)
+            per_class[name] = data
+    return pc_sec, per_class
+
+
+def _images_section(store: Store, comparer: Comparer, a: RunInfo, b: RunInfo,
+                    cells_a: dict[str, Cell], cells_b: dict[str, Cell]
+                    ) -> tuple[Section, list[dict[str, Any]]]:
+    """The comparer's image pairs, A beside B (a missing side is drawn as missing)."""
+    from tasks.ml import plots
+
+    pairs = comparer.images(store, a, b, cells_a, cells_b)
+    img_sec = Section("Images side by side", [
+        f"Left: A ({a.run_id}); right: B ({b.run_id})."])
+    images = []
+    for i, pair in enumerate(pairs):
+        left = store.get_bytes(pair.a) if pair.a and store.exists(pair.a) else None
+        right = store.get_bytes(pair.b) if pair.b and store.exists(pair.b) else None
+        img_sec.images.append(Image(f"pair-{i:02d}-{slug(pair.title)}.png",
+                                    plots.side_by_side(left, right, [f"A {a.run_id}",
+                                                                     f"B {b.run_id}"]),
+                                    f"{pair.title}. {pair.caption}".strip()))
+        images.append({"title": pair.title, "a": pair.a if left else None,
+                       "b": pair.b if right else None, "caption": pair.caption})
+    return img_sec, images
 
 
 def summary_lines(metrics: dict[str, Any], primary: str | None, limit: int = 12) -> list[str]:

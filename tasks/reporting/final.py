@@ -23,6 +23,7 @@ for a local store, a presigned URL for S3 (valid ``link_expiry_s``, stated in th
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -241,6 +242,17 @@ def _headline(rows: list[dict]) -> str:
     return f"{best.get('variant')}: {metric} {fmt(best['value'], metric_kind(metric))}"
 
 
+@dataclass
+class _Parts:
+    """What the per-question passes collect: the tables' rows, the question sections and
+    each question's status."""
+    glance: list[list[Any]] = field(default_factory=list)
+    summary: list[list[Any]] = field(default_factory=list)
+    comparison: list[list[Any]] = field(default_factory=list)
+    sections: list[Section] = field(default_factory=list)
+    status: dict[str, str] = field(default_factory=dict)
+
+
 def render(cfg: FinalReportConfig, store: Store,
            cells_of: Callable[[str], CellsOf | None] | None = None,
            titles: dict[str, str] | None = None) -> Manifest:
@@ -254,110 +266,151 @@ def render(cfg: FinalReportConfig, store: Store,
     with TaskRun("report.final", cfg, store, cfg.out) as run:
         now = datetime.now(UTC)
         loaded = {q: _load_question(store, q, cfg.run_ids.get(q)) for q in cfg.questions}
-        profiles = {q["flow"]["profile"] for q in loaded.values() if q and q.get("flow")}
-        title = cfg.title
-        if profiles - {"full"}:
-            title += f" ({', '.join(sorted(profiles))} profile runs: not comparable to the " \
-                     "reference)"
-        meta: dict[str, Any] = {"store": store.uri,
-                                "generated": now.isoformat(timespec="seconds"),
-                                "questions": ", ".join(cfg.questions)}
-        presigned = store.uri.startswith("s3://")
-        if presigned:
-            until = (now + timedelta(seconds=expires)).strftime("%Y-%m-%d %H:%M UTC")
-            meta["links to the question reports"] = \
-                f"presigned, valid {fmt(expires, 'time')} (until {until})"
-        report = Report(title, [
-            "Each question's latest run (or the runs named), with our numbers beside the "
-            "original report's (reference). Missing or failed runs are listed as such. Each "
-            "question's section links its own, complete report; the figures here are its "
-            "main ones, the per-cell detail sits in a collapsed section below them.",
-        ], meta=meta, compact=True)
-        glance: list[list[Any]] = []
-        summary: list[list[Any]] = []
-        comparison: list[list[Any]] = []
-        sections: list[Section] = []
-        status: dict[str, str] = {}
-        links: dict[str, dict[str, str | None]] = {}
+        report = _new_report(cfg, store, loaded, now, expires)
+        parts = _Parts()
         for q, info in loaded.items():
-            if q in cfg.failures:
-                status[q] = "failed"
-                summary.append([q, "(flow run)", "failed: " + cfg.failures[q][:200], None, None,
-                                None, None, None])
-                sections.append(Section(titles.get(q, q), [
-                    f"The latest flow run failed: {cfg.failures[q]}"]))
-                if info is None or info.get("missing"):
-                    glance.append([q, "failed", "—", "—", "—", "—", "—"])
-                    continue
-            if info is None or info.get("missing"):
-                status[q] = ("not run" if info is None else f"damaged: {info['damaged']}"
-                             if info.get("damaged") else "failed (no flow manifest)")
-                summary.append([q, "—", status[q], None, None, None, None, None])
-                glance.append([q, status[q], "—", "—", "—", "—", "—"])
-                sections.append(Section(titles.get(q, q), [
-                    f"No finished run of {q} in this store ({status[q]}): run "
-                    f"`visionflows run {q}`."]))
-                continue
-            status.setdefault(q, "ok")
-            flow, rep = info["flow"], info["report"]
-            profile = flow.get("profile", "?")
-            rows = rep.metrics.get("summary", []) if rep else []
-            for r in rows:
-                kind = metric_kind(r.get("metric"))
-                summary.append([q, r.get("variant"), r.get("status"), r.get("metric"),
-                                ours_text(r.get("value"), r.get("std"), r.get("seeds"), kind)
-                                + (" (best)" if r.get("best") else ""),
-                                fmt(r.get("time_s"), "time"), info["run_id"],
-                                per_seed(r.get("values"), kind)])
-            if not rows:
-                summary.append([q, "—", "no report manifest", None, None, None, info["run_id"],
-                                None])
-            for c in rep.metrics.get("comparison", []) if rep else []:
-                kind = comparison_kind(c)
-                where = c.get("position") or "—"
-                if kind in MEASURED and profile != "full" and "position" in c:
-                    where = "not comparable (generated data)"
-                comparison.append([q, c["item"],
-                                   ours_text(c["ours"], c.get("std"), c.get("n"), kind),
-                                   fmt(c["reference"], kind),
-                                   difference(c["ours"], c["reference"], kind,
-                                              profile == "full"), where])
-            keys = flow["report"]
-            links[q] = {n: store.presign(keys[n], expires) for n in ("report.html", "report.md")
-                        if n in keys}
-            html_link = links[q].get("report.html")
-            ok_rows = sum(1 for r in rows if r.get("status") == "ok")
-            glance.append([Link(q, html_link) if html_link else q, status[q], profile,
-                           f"{ok_rows} of {len(rows)}", _headline(rows),
-                           fmt(flow.get("duration_s"), "time"), info["run_id"]])
-            parts = [f"[{label}]({links[q][n]})" for n, label in
-                     (("report.html", "HTML"), ("report.md", "Markdown")) if links[q].get(n)]
-            where = f"In the store: `{store.url(keys['report.html'])}`."
-            sec = Section(titles.get(q, q), [
-                ("Its own report: " + " · ".join(parts) + ". " if parts else "") + where,
-                _why(info)])
-            sec.tables.append(Table(["field", "value"], _provenance(store, info), "Provenance"))
-            main, detail = _figures(store, q, info)
-            sec.images.extend(main)
-            sec.grid = True
-            if detail:
-                sec.subsections.append(Section(
-                    f"{q}: {len(detail)} more figure{'s' if len(detail) > 1 else ''} "
-                    "(per cell, per model)", images=detail, collapsed=True, grid=True))
-            if (trend := _trend(store, q, profile,
-                                cells_of(q) if cells_of else None)) is not None:
-                sec.subsections.append(trend)
-            sections.append(sec)
-        report.sections.append(Section("At a glance", tables=[Table(
+            _add_question(parts, store, cfg, q, info, titles.get(q, q), expires, cells_of)
+        report.sections.extend(_overview_sections(parts))
+        report.sections.extend(parts.sections)
+        keys = write_report(report, store, cfg.out)
+        run.outputs.update(keys)
+        n_ok = sum(1 for s in parts.status.values() if s == "ok")
+        return run.finish({"questions": parts.status, "experiments": len(parts.summary),
+                           "comparisons": len(parts.comparison), "ok": n_ok})
+
+
+def _new_report(cfg: FinalReportConfig, store: Store, loaded: dict[str, dict | None],
+                now: datetime, expires: int) -> Report:
+    """The report's title (naming the profiles that are not full), meta and intro."""
+    profiles = {q["flow"]["profile"] for q in loaded.values() if q and q.get("flow")}
+    title = cfg.title
+    if profiles - {"full"}:
+        title += f" ({', '.join(sorted(profiles))} profile runs: not comparable to the " \
+                 "reference)"
+    meta: dict[str, Any] = {"store": store.uri,
+                            "generated": now.isoformat(timespec="seconds"),
+                            "questions": ", ".join(cfg.questions)}
+    presigned = store.uri.startswith("s3://")
+    if presigned:
+        until = (now + timedelta(seconds=expires)).strftime("%Y-%m-%d %H:%M UTC")
+        meta["links to the question reports"] = \
+            f"presigned, valid {fmt(expires, 'time')} (until {until})"
+    return Report(title, [
+        "Each question's latest run (or the runs named), with our numbers beside the "
+        "original report's (reference). Missing or failed runs are listed as such. Each "
+        "question's section links its own, complete report; the figures here are its "
+        "main ones, the per-cell detail sits in a collapsed section below them.",
+    ], meta=meta, compact=True)
+
+
+def _add_question(parts: _Parts, store: Store, cfg: FinalReportConfig, q: str,
+                  info: dict | None, title: str, expires: int,
+                  cells_of: Callable[[str], CellsOf | None] | None) -> None:
+    """One question's rows in the overview tables, and its section."""
+    if q in cfg.failures:
+        parts.status[q] = "failed"
+        parts.summary.append([q, "(flow run)", "failed: " + cfg.failures[q][:200], None, None,
+                              None, None, None])
+        parts.sections.append(Section(title, [
+            f"The latest flow run failed: {cfg.failures[q]}"]))
+        if info is None or info.get("missing"):
+            parts.glance.append([q, "failed", "—", "—", "—", "—", "—"])
+            return
+    if info is None or info.get("missing"):
+        status = parts.status[q] = (
+            "not run" if info is None else f"damaged: {info['damaged']}"
+            if info.get("damaged") else "failed (no flow manifest)")
+        parts.summary.append([q, "—", status, None, None, None, None, None])
+        parts.glance.append([q, status, "—", "—", "—", "—", "—"])
+        parts.sections.append(Section(title, [
+            f"No finished run of {q} in this store ({status}): run "
+            f"`visionflows run {q}`."]))
+        return
+    parts.status.setdefault(q, "ok")
+    flow, rep = info["flow"], info["report"]
+    profile = flow.get("profile", "?")
+    rows = rep.metrics.get("summary", []) if rep else []
+    parts.summary.extend(_summary_rows(q, info, rows))
+    parts.comparison.extend(_comparison_rows(q, rep, profile))
+    keys = flow["report"]
+    links = {n: store.presign(keys[n], expires) for n in ("report.html", "report.md")
+             if n in keys}
+    html_link = links.get("report.html")
+    ok_rows = sum(1 for r in rows if r.get("status") == "ok")
+    parts.glance.append([Link(q, html_link) if html_link else q, parts.status[q], profile,
+                         f"{ok_rows} of {len(rows)}", _headline(rows),
+                         fmt(flow.get("duration_s"), "time"), info["run_id"]])
+    parts.sections.append(_question_section(store, q, info, title, links, profile, cells_of))
+
+
+def _summary_rows(q: str, info: dict, rows: list[dict]) -> list[list[Any]]:
+    """A summary row per experiment run of the question's report."""
+    out = []
+    for r in rows:
+        kind = metric_kind(r.get("metric"))
+        out.append([q, r.get("variant"), r.get("status"), r.get("metric"),
+                    ours_text(r.get("value"), r.get("std"), r.get("seeds"), kind)
+                    + (" (best)" if r.get("best") else ""),
+                    fmt(r.get("time_s"), "time"), info["run_id"],
+                    per_seed(r.get("values"), kind)])
+    if not rows:
+        out.append([q, "—", "no report manifest", None, None, None, info["run_id"], None])
+    return out
+
+
+def _comparison_rows(q: str, rep: Manifest | None, profile: str) -> list[list[Any]]:
+    """Ours beside the reference, a row per item of the question report's comparison."""
+    out = []
+    for c in rep.metrics.get("comparison", []) if rep else []:
+        kind = comparison_kind(c)
+        where = c.get("position") or "—"
+        if kind in MEASURED and profile != "full" and "position" in c:
+            where = "not comparable (generated data)"
+        out.append([q, c["item"], ours_text(c["ours"], c.get("std"), c.get("n"), kind),
+                    fmt(c["reference"], kind),
+                    difference(c["ours"], c["reference"], kind, profile == "full"), where])
+    return out
+
+
+def _question_section(store: Store, q: str, info: dict, title: str,
+                      links: dict[str, str | None], profile: str,
+                      cells_of: Callable[[str], CellsOf | None] | None) -> Section:
+    """A question's section: links to its own report, why ours differ, provenance, its main
+    figures (the rest collapsed) and its trend."""
+    keys = info["flow"]["report"]
+    parts = [f"[{label}]({links[n]})" for n, label in
+             (("report.html", "HTML"), ("report.md", "Markdown")) if links.get(n)]
+    where = f"In the store: `{store.url(keys['report.html'])}`."
+    sec = Section(title, [
+        ("Its own report: " + " · ".join(parts) + ". " if parts else "") + where,
+        _why(info)])
+    sec.tables.append(Table(["field", "value"], _provenance(store, info), "Provenance"))
+    main, detail = _figures(store, q, info)
+    sec.images.extend(main)
+    sec.grid = True
+    if detail:
+        sec.subsections.append(Section(
+            f"{q}: {len(detail)} more figure{'s' if len(detail) > 1 else ''} "
+            "(per cell, per model)", images=detail, collapsed=True, grid=True))
+    if (trend := _trend(store, q, profile,
+                        cells_of(q) if cells_of else None)) is not None:
+        sec.subsections.append(trend)
+    return sec
+
+
+def _overview_sections(parts: _Parts) -> list[Section]:
+    """At a glance, every experiment run, and ours beside the reference."""
+    return [
+        Section("At a glance", tables=[Table(
             ["question", "status", "profile", "runs ok", "best run (primary metric)",
-             "flow run time", "run id"], glance,
-            "One row per question; the question links its own report")]))
-        report.sections.append(Section("Summary: every experiment run", tables=[Table(
+             "flow run time", "run id"], parts.glance,
+            "One row per question; the question links its own report")]),
+        Section("Summary: every experiment run", tables=[Table(
             ["question", "variant", "status", "metric", "ours", "time", "run id", "per seed"],
-            summary, "One row per experiment run (missing and failed ones included); a "
+            parts.summary, "One row per experiment run (missing and failed ones included); a "
             "repeated cell shows its mean ± standard deviation over n seeds, every seed's "
-            "value, and (best) on the best setting of its sweep by the mean")]))
-        report.sections.append(Section("Ours beside the reference", [
+            "value, and (best) on the best setting of its sweep by the mean")]),
+        Section("Ours beside the reference", [
             "Reference = the original report's printed numbers (SPEC.md). Accuracies are in "
             "%, P/R/mAP as fractions, times as durations. Difference: percentage points for "
             "accuracies, ours minus reference for scores and counts, ours / reference for "
@@ -368,10 +421,5 @@ def render(cfg: FinalReportConfig, store: Store,
             f"reference lies inside the {100 * CONFIDENCE:g} % t-interval of our mean, above "
             "or below it, and by how many points (one run: no interval)."], [Table(
                 ["question", "item", "ours", "reference", "difference",
-                 f"reference vs our {100 * CONFIDENCE:g} % interval"], comparison)]))
-        report.sections.extend(sections)
-        keys = write_report(report, store, cfg.out)
-        run.outputs.update(keys)
-        n_ok = sum(1 for s in status.values() if s == "ok")
-        return run.finish({"questions": status, "experiments": len(summary),
-                           "comparisons": len(comparison), "ok": n_ok})
+                 f"reference vs our {100 * CONFIDENCE:g} % interval"], parts.comparison)]),
+    ]
