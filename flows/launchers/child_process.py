@@ -43,7 +43,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from flows.launchers import tracking
+import flows.launchers.tracking as tracking
 from flows.launchers.output import iter_lines, quote_tail, relay
 from tasks.core.config import Config, validate
 from tasks.core.errors import (

@@ -50,7 +50,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 import flows.launchers.images as images
-from flows.launchers import tracking
+import flows.launchers.tracking as tracking
 from flows.launchers.output import iter_lines, quote_tail, relay
 from tasks.core.config import Config, validate
 from tasks.core.errors import VisionflowsError, error_from_record
