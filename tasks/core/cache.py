@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tasks.core.errors import MissingKeyError
 from tasks.core.identity import Identity, explain, of_step
 from tasks.core.log import get_logger
 from tasks.core.runtime import Manifest, find_manifest
@@ -70,10 +71,10 @@ def _read_entry(store: Store, key: str) -> dict[str, Any] | None:
     """A cache entry, or None when absent or unreadable: entries are written without waiting
     for the disk (:meth:`Store.put_index`), so a crash may leave one empty; the step is then
     recomputed and the entry rewritten, with a warning naming it."""
-    if not store.exists(key):
-        return None
     try:
         entry = store.get_json(key)
+    except MissingKeyError:
+        return None
     except (ValueError, UnicodeDecodeError):
         entry = None
     if isinstance(entry, dict) and isinstance(entry.get("prefix"), str) \

@@ -86,6 +86,11 @@ def join(*parts: str) -> str:
     return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
 
 
+def json_bytes(obj: Any) -> bytes:
+    """How the store writes JSON (indented, keys sorted: stable bytes, readable diffs)."""
+    return json.dumps(obj, indent=2, sort_keys=True).encode()
+
+
 class Store(ABC):
     """An artifact store rooted at ``uri``."""
 
@@ -168,7 +173,7 @@ class Store(ABC):
         """
 
     def put_json(self, key: str, obj: Any) -> str:
-        return self.put_bytes(key, json.dumps(obj, indent=2, sort_keys=True).encode())
+        return self.put_bytes(key, json_bytes(obj))
 
     def put_index(self, key: str, obj: Any) -> str:
         """Write a JSON entry of an index that can be rebuilt (the step cache's entries):
@@ -234,7 +239,7 @@ class LocalStore(Store):
         return self.url(key)
 
     def put_index(self, key: str, obj: Any) -> str:
-        data = json.dumps(obj, indent=2, sort_keys=True).encode()
+        data = json_bytes(obj)
         self._atomic_write(self._path(key), lambda fh: fh.write(data), durable=False)
         return self.url(key)
 
