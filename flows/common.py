@@ -109,30 +109,35 @@ def run_step_fn(name: str, task_name: str, cfg: dict[str, Any], store: str,
     return manifest.model_dump(mode="json")
 
 
-# When each progress artifact was last updated (artifact id -> monotonic seconds): a step's
-# own updates and the flow's advance after it share one 2 s throttle (each update is an API
-# call: one per step is what a flow can afford, not three).
+# When each progress artifact was last updated (artifact id -> monotonic seconds). Each
+# update is an API call, made in the step's thread while it trains: a step's own updates and
+# the flow's advances share one throttle, so a flow of many short steps makes a few calls,
+# not one or two per step (the flow's end always moves the bar to where it is).
 _LAST_UPDATE: dict[str, float] = {}
 PROGRESS_EVERY_S = 2.0
 
 
+def move_progress(ident: str, pct: float, force: bool = False) -> None:
+    """Move progress artifact ``ident`` to ``pct`` unless it moved less than
+    ``PROGRESS_EVERY_S`` ago (``force``: move it now)."""
+    now = time.monotonic()
+    if force or now - _LAST_UPDATE.get(ident, float("-inf")) >= PROGRESS_EVERY_S:
+        update_progress_artifact(ident, min(100.0, pct))
+        _LAST_UPDATE[ident] = now
+
+
 def step_sink(artifact: dict | None):
     """Where a step's progress updates go: the terminal's bars, and its task-level updates
-    (epochs, images) onto the flow's Prefect progress artifact as they happen (at most
-    every 2 s, the last one always)."""
-    last = [0.0]
+    (epochs, images) onto the flow's Prefect progress artifact as they happen (throttled
+    with the flow's own updates; the flow moves the bar past the step when it ends)."""
 
     def sink(update: dict) -> None:
         if BARS:
             BARS[0].update(update)
         if artifact and update.get("unit") != "batch" and update.get("unit") != "B" \
                 and update.get("total"):
-            now = time.monotonic()
-            if update.get("final") or now - last[0] >= 2.0:
-                last[0] = now
-                pct = artifact["start"] + artifact["width"] * update["done"] / update["total"]
-                update_progress_artifact(artifact["id"], min(100.0, pct))
-                _LAST_UPDATE[artifact["id"]] = now
+            move_progress(artifact["id"], artifact["start"]
+                          + artifact["width"] * update["done"] / update["total"])
 
     return sink
 
@@ -201,11 +206,8 @@ class Progress:
         """Count ``weight`` units done; the artifact moves at most every 2 s (a step's own
         updates included), and always at the end."""
         self.done = min(self.total, self.done + weight)
-        now = time.monotonic()
-        if self.done >= self.total or now - _LAST_UPDATE.get(str(self.id), 0.0) \
-                >= PROGRESS_EVERY_S:
-            update_progress_artifact(self.id, 100.0 * self.done / self.total)
-            _LAST_UPDATE[str(self.id)] = now
+        move_progress(str(self.id), 100.0 * self.done / self.total,
+                      force=self.done >= self.total)
 
 
 def report_links(store: Store, keys: dict[str, str]) -> dict[str, Any]:

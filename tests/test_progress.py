@@ -114,13 +114,27 @@ def test_the_prefect_progress_artifact_moves_during_a_step(monkeypatch):
     calls: list[tuple[str, float]] = []
     monkeypatch.setattr(common, "update_progress_artifact",
                         lambda ident, pct: calls.append((ident, pct)))
+    monkeypatch.setattr(common, "_LAST_UPDATE", {})
+    clock = [100.0]
+    monkeypatch.setattr(common.time, "monotonic", lambda: clock[0])
     sink = common.step_sink({"id": "A", "start": 10.0, "width": 40.0})
     for epoch in (1, 2, 3, 4):
         sink({"id": "t", "done": epoch, "total": 4, "unit": "epoch", "final": epoch == 4})
+        clock[0] += 1.5
     sink({"id": "b", "done": 5, "total": 9, "unit": "batch"})  # batches: the bars only
-    # the first epoch at once, the rest throttled to every 2 s, the last one always
-    assert calls[0] == ("A", 20.0) and calls[-1] == ("A", 50.0)
-    assert all(pct <= 50.0 for _, pct in calls)
+    # the first epoch at once, then at most every 2 s: epochs 3 (3 s later), not 2 or 4
+    assert calls == [("A", 20.0), ("A", 40.0)]
+    # a step's updates and the flow's share the throttle: the flow's advance 1 s after the
+    # step's last update waits, its end does not
+    monkeypatch.setattr(common, "create_progress_artifact", lambda *a, **k: "A")
+    bar = common.Progress(2, "test")
+    clock[0] = 200.0
+    common.move_progress("A", 50.0)
+    clock[0] += 1.0
+    bar.advance()
+    assert calls[-1] == ("A", 50.0)
+    bar.advance()
+    assert calls[-1] == ("A", 100.0)
 
 
 @pytest.mark.parametrize("unit", ["B", "epoch"])
