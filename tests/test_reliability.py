@@ -223,7 +223,7 @@ def test_killed_training_resumes_to_the_same_result(tmp_path):
     uri = f"file://{tmp_path}/store"
     data = run_task("fashion-mnist.fetch", {"source": "generate", "n_train": 1500,
                                             "n_test": 300}, uri).prefix
-    cfg = {"data": data, "model": "cnn", "epochs": 5, "batch_size": 32, "device": "cpu",
+    cfg = {"data": data, "model": "cnn_pool_bn", "epochs": 5, "batch_size": 32, "device": "cpu",
            "seed": 11, "dropout": 0.2}
     reference = run_task("classifier.train", {**cfg, "out": "runs/ref/train"}, uri)
     st = open_store(uri)
@@ -359,12 +359,13 @@ def test_limit_settings_are_validated():
         SubprocessOptions.from_env({"VF_TASK_TIMEOUT_S": "-3"})
 
 
-def test_cli_flow_reports_a_task_past_its_budget(tmp_path):
+def test_cli_flow_reports_a_task_past_its_budget(tmp_path, prefect_harness):
     """End to end: ``visionflows run --launcher subprocess`` with ``VF_TASK_TIMEOUT_S``; the
     training that cannot finish in time fails the flow with exit code 2 and one clear line,
     and leaves no manifest (of the training, nor of the flow)."""
     store = tmp_path / "store"
-    env = {**os.environ, "VF_TASK_TIMEOUT_S": "25", "PREFECT_HOME": str(tmp_path / "ph")}
+    env = {**os.environ, "VF_TASK_TIMEOUT_S": "25", "PREFECT_HOME": str(tmp_path / "ph"),
+           "PREFECT_API_URL": prefect_harness}
     res = subprocess.run([sys.executable, "-m", "flows.cli", "run", "q1-cnn", "--launcher",
                           "subprocess", "--store", f"file://{store}", "--set",
                           "data.n_train=400", "--set", "data.n_test=100", "--set",
@@ -521,9 +522,11 @@ def _manifests(uri: str) -> set[str]:
 
 
 @pytest.mark.parametrize("case", BAD_INPUT, ids=[c.id for c in BAD_INPUT])
-def test_bad_input_fails_clearly(case: Case, tmp_path, s3_endpoint, request):
+def test_bad_input_fails_clearly(case: Case, tmp_path, s3_endpoint, prefect_harness, request):
     """Exit code 2, a last ``error:`` line naming the problem and the fix, and no manifest
-    of a step that read the bad input (nor of the flow); odd-but-valid inputs just work."""
+    of a step that read the bad input (nor of the flow); odd-but-valid inputs just work.
+    The CLI uses the session's Prefect server (as ``shared_prefect``), unless the case sets
+    its own ``PREFECT_API_URL``."""
     from tests.conftest import make_bucket
 
     kind, _, sub = case.store.partition(":")
@@ -538,7 +541,8 @@ def test_bad_input_fails_clearly(case: Case, tmp_path, s3_endpoint, request):
         store_uri = f"file://{tmp_path / (sub or 'store')}"
     # a cache of its own: a verified copy cached by another test must not hide a corrupt one
     env = {**os.environ, "VF_STORE": store_uri, "VF_OFFLINE": "1",
-           "VF_CACHE_DIR": str(tmp_path / "cache"), **endpoint, **case.env}
+           "VF_CACHE_DIR": str(tmp_path / "cache"), "PREFECT_API_URL": prefect_harness,
+           **endpoint, **case.env}
     if env.get("PREFECT_API_URL") == "<free port>":
         env["PREFECT_API_URL"] = f"http://127.0.0.1:{free_port()}/api"
     if case.setup is not None:
