@@ -22,7 +22,7 @@ run: install
 
 test: install-dev
 	$(PYTHON) -m ruff check .
-	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 lint:
 	$(PYTHON) -m ruff check .

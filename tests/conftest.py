@@ -3,11 +3,9 @@ a Prefect test harness, an isolated cache, and a guard that refuses non-loopback
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -17,8 +15,6 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "visionflows")
 # Tasks called directly (outside a flow) log too; Prefect's API handler need not warn.
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
-
-DURATIONS = Path(__file__).with_name("durations.json")
 
 _real_connect = socket.socket.connect
 
@@ -208,39 +204,3 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def pytest_addoption(parser):
-    parser.addoption("--record-durations", action="store_true",
-                     help=f"write each test file's seconds to {DURATIONS.name} (the order "
-                          "in which files are handed to the workers: longest first)")
-
-
-def pytest_collection_modifyitems(config, items):
-    """Longest test files first (by ``tests/durations.json``; a file not in it counts as the
-    median): xdist's ``--dist loadfile`` hands out files in this order, so no long file
-    starts last and runs alone at the end. Within a file the order stays as written."""
-    weights = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
-    if not weights:
-        return
-    default = sorted(weights.values())[len(weights) // 2]
-    first = {}
-    for i, item in enumerate(items):
-        first.setdefault(item.nodeid.split("::")[0], i)
-    items.sort(key=lambda it: (-weights.get(it.nodeid.split("::")[0], default),
-                               first[it.nodeid.split("::")[0]]))
-
-
-_SPENT: dict[str, float] = {}
-
-
-def pytest_runtest_logreport(report):
-    _SPENT[report.nodeid.split("::")[0]] = _SPENT.get(report.nodeid.split("::")[0], 0.0) \
-        + report.duration
-
-
-def pytest_sessionfinish(session):
-    if session.config.getoption("--record-durations") and _SPENT and not hasattr(
-            session.config, "workerinput"):  # the xdist controller (or a plain run)
-        DURATIONS.write_text(json.dumps({k: round(v, 1) for k, v in sorted(_SPENT.items())},
-                                        indent=1) + "\n")

@@ -347,3 +347,22 @@ def test_cache_record_refuses_a_manifest_of_another_key(small, caplog):
     edited["code"]["tasks/q1/train.py"] = "f" * 16  # the flow saw other code
     assert cache.record(st, "classifier.train", "q/b", edited, m) is None
     assert "tasks/q1/train.py changed" in caplog.text
+
+
+def test_a_miss_against_an_older_entry_is_a_few_reasons_not_one_per_package():
+    code = {f"tasks/q1/m{i}.py": f"h{i}" for i in range(30)}
+    packages = {f"pkg{i}": "1.0" for i in range(200)}
+    new = {"config": {"lr": 1}, "code": code,
+           "environment": {"python": "CPython 3.11.7", "packages": packages}, "device": "cpu"}
+    old = {"config": {"lr": 1}, "code": code, "environment": {"python": "CPython 3.11.7"},
+           "device": "cpu"}
+    assert identity.explain(old, new) == [
+        "package versions not recorded by the earlier result"]
+    assert identity.explain({"config": {"lr": 1}}, new) == [
+        "code not recorded by the earlier result (an older visionflows)",
+        "environment not recorded by the earlier result (an older visionflows)",
+        "device changed: None -> cpu"]
+    changed = {**new, "code": {k: v + "x" for k, v in code.items()}}
+    reasons = identity.explain(new, changed)
+    assert len(reasons) == identity.REASONS_SHOWN + 1 and reasons[-1] == "and 20 more"
+    assert reasons[0] == "tasks/q1/m0.py changed"

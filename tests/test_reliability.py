@@ -606,3 +606,12 @@ def test_redaction_of_messages(monkeypatch):
                                "token %s", ("abcd-secret-1234",), None)
     RedactingFilter().filter(record)
     assert record.getMessage() == "token ***"
+
+
+@pytest.mark.parametrize("waited, said", [(6.29, "6.2"), (9.99, "9.9"), (24.6, "24"),
+                                          (0.04, "0.0")])
+def test_the_stated_wait_is_never_more_than_the_real_one(waited, said):
+    from tasks.core.store import gave_up
+
+    assert gave_up(waited) == f"gave up after {said}s of retries"
+    assert stated_wait(gave_up(waited)) <= waited

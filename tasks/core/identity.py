@@ -562,11 +562,32 @@ def of_step(task: str, cfg: dict[str, Any], store, image_id: str | None = None,
     return Identity(parts)
 
 
+REASONS_SHOWN = 10
+
+
 def explain(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
     """Why the parts ``new`` differ from ``old``, one reason per change (empty when
-    equal); ``old`` None: never computed before."""
+    equal), at most ``REASONS_SHOWN`` and then how many more; ``old`` None: never computed
+    before. A part ``old`` has no record of at all (an entry from an older visionflows) is
+    one reason, not one per file or package."""
     if old is None:
         return ["never run before"]
+    reasons = []
+    for part, what in (("code", "code"), ("environment", "environment")):
+        if new.get(part) and not old.get(part):
+            reasons.append(f"{what} not recorded by the earlier result (an older visionflows)")
+            old = {**old, part: new[part]}
+    oe, ne = old.get("environment") or {}, new.get("environment") or {}
+    if ne.get("packages") and not oe.get("packages"):
+        reasons.append("package versions not recorded by the earlier result")
+        old = {**old, "environment": {**oe, "packages": ne["packages"]}}
+    reasons += _changes(old, new)
+    if len(reasons) > REASONS_SHOWN + 1:
+        reasons = [*reasons[:REASONS_SHOWN], f"and {len(reasons) - REASONS_SHOWN} more"]
+    return reasons
+
+
+def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     reasons = []
     oc, nc = old.get("config", {}), new.get("config", {})
     for k in sorted(set(oc) | set(nc)):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -67,11 +68,12 @@ def _check_key(key: str) -> str:
 
 
 def gave_up(waited_s: float | None) -> str:
-    """``gave up after 6.2s of retries``: the time really spent, as measured by the caller."""
+    """``gave up after 6.2s of retries``: the time really spent, as measured by the caller,
+    rounded down (to 0.1 s, from 10 s on to whole seconds): never more than it was."""
     if waited_s is None:
         return "gave up"
-    return f"gave up after {waited_s:.1f}s of retries" if waited_s < 10 else \
-        f"gave up after {waited_s:.0f}s of retries"
+    return f"gave up after {math.floor(waited_s * 10) / 10:.1f}s of retries" if waited_s < 10 \
+        else f"gave up after {math.floor(waited_s)}s of retries"
 
 
 def _s3_client(endpoint_url: str | None, region: str, config):
