@@ -214,8 +214,9 @@ def test_doctor_states_the_time_it_really_waited(monkeypatch):
     store_line = next(ln for ln in lines if ln.startswith("FAIL store:"))
     assert code == 1 and "unreachable" in store_line
     waited = stated_wait(store_line)
-    # the budget was spent, and the message says how long (rounded to 0.1 s)
-    assert 3 <= waited <= elapsed + 0.05
+    # the budget was spent, no more than one back-off step past it (botocore's own retries
+    # inside one call once made it 25 s), and the message says how long (rounded down)
+    assert 3 <= waited <= elapsed and waited <= 4 + 2.5, store_line
     assert "VF_S3_RETRY_SECONDS" in store_line  # and how to change it
 
 

@@ -400,6 +400,7 @@ class S3Store(Store):
         self._presigner = None
         self._client = boto3.session.Session().client(
             "s3", endpoint_url=self.endpoint_url, region_name=region, config=cfg)
+        self._config, self._probe = cfg, None
         self._transfer = TransferConfig(multipart_threshold=16 << 20,
                                         multipart_chunksize=16 << 20, max_concurrency=8)
 
@@ -592,9 +593,19 @@ class S3Store(Store):
         endpoint that is restarting is waited for within the retry budget."""
         from botocore.exceptions import ClientError
 
+        if self._probe is None:
+            # one attempt per call, so that the waiting is ours alone and stays within
+            # retry_seconds (botocore's own back-off on a refused connection took 15-25 s
+            # in one call)
+            from botocore.config import Config
+
+            self._probe = _s3_client(self.endpoint_url, self.region, self._config.merge(
+                Config(retries={"total_max_attempts": 1, "mode": "standard"},
+                       connect_timeout=min(5.0, max(1.0, self.retry_seconds)))))
+
         def head() -> None:
             try:
-                self._client.head_bucket(Bucket=self.bucket)
+                self._probe.head_bucket(Bucket=self.bucket)
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code", "")
                 if code in ("404", "NoSuchBucket", "NotFound"):
