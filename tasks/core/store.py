@@ -379,7 +379,6 @@ class S3Store(Store):
 
     def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
                  region: str | None = None, max_attempts: int | None = None):
-        import boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
 
@@ -398,8 +397,7 @@ class S3Store(Store):
         )
         self.region = region
         self._presigner = None
-        self._client = boto3.session.Session().client(
-            "s3", endpoint_url=self.endpoint_url, region_name=region, config=cfg)
+        self._client = _s3_client(self.endpoint_url, region, cfg)
         self._config, self._probe = cfg, None
         self._transfer = TransferConfig(multipart_threshold=16 << 20,
                                         multipart_chunksize=16 << 20, max_concurrency=8)
