@@ -128,3 +128,41 @@ def test_sigkill_takes_the_server_tasks_and_work_folder_with_it(tmp_path):
     assert not alive(server), "the temporary Prefect server outlived the CLI"
     assert not alive(task_pid), "the task outlived the CLI"
     assert not root.exists(), "the work folder outlived the CLI"
+
+
+class _FakeServer:
+    """Stands in for flows.server.TemporaryServer: what Session asks of it, no process."""
+
+    api_url = "http://127.0.0.1:9/api"
+    pid = 2**22 + 1  # no such process here: tracked and untracked, never signalled
+
+    def start(self) -> str:
+        return self.api_url
+
+    def stop(self) -> None:
+        pass
+
+
+def test_flow_runs_on_the_temporary_server_send_no_heartbeats(monkeypatch):
+    """A temporary server dies with its command, so nothing reads heartbeats there, and
+    Prefect's heartbeat thread makes every flow run end on a whole second: off for it, and
+    Prefect's own default where PREFECT_API_URL names a server (its operator may watch)."""
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    import flows.server
+    from flows.session import Session
+
+    default = get_current_settings().flows.heartbeat_frequency
+    assert default is not None  # Prefect's default sends them (every 180 s in 3.9)
+    monkeypatch.setattr(flows.server, "TemporaryServer", _FakeServer)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    # no API set in this process either (another test file's harness may have set one)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}), Session() as session:
+        assert session.server is not None
+        assert os.environ["PREFECT_API_URL"] == _FakeServer.api_url
+        assert get_current_settings().flows.heartbeat_frequency is None
+    assert get_current_settings().flows.heartbeat_frequency == default
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    with Session() as session:
+        assert session.server is None
+        assert get_current_settings().flows.heartbeat_frequency == default
