@@ -113,6 +113,7 @@ def prefect_harness(tmp_path_factory):
     one drains with the CLI's time limit, then stops the server by its pid."""
     from prefect.settings import (
         PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
         PREFECT_SERVER_DATABASE_CONNECTION_URL,
         temporary_settings,
     )
@@ -132,7 +133,9 @@ def prefect_harness(tmp_path_factory):
 
     EventsWorker.set_client_override(NullEventsClient)
     try:
-        with temporary_settings(updates={PREFECT_API_URL: url}):
+        # no heartbeats, as on the CLI's own temporary server (flows.session)
+        with temporary_settings(updates={PREFECT_API_URL: url,
+                                         PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             yield url
             Session._drain_prefect()
     finally:

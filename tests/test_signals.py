@@ -147,22 +147,30 @@ def test_flow_runs_on_the_temporary_server_send_no_heartbeats(monkeypatch):
     """A temporary server dies with its command, so nothing reads heartbeats there, and
     Prefect's heartbeat thread makes every flow run end on a whole second: off for it, and
     Prefect's own default where PREFECT_API_URL names a server (its operator may watch)."""
-    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        get_current_settings,
+        temporary_settings,
+    )
 
     import flows.server
     from flows.session import Session
 
-    default = get_current_settings().flows.heartbeat_frequency
-    assert default is not None  # Prefect's default sends them (every 180 s in 3.9)
     monkeypatch.setattr(flows.server, "TemporaryServer", _FakeServer)
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    # no API set in this process either (another test file's harness may have set one)
-    with temporary_settings(restore_defaults={PREFECT_API_URL}), Session() as session:
-        assert session.server is not None
-        assert os.environ["PREFECT_API_URL"] == _FakeServer.api_url
-        assert get_current_settings().flows.heartbeat_frequency is None
-    assert get_current_settings().flows.heartbeat_frequency == default
-    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
-    with Session() as session:
-        assert session.server is None
+    # Prefect's defaults: no API set in this process (another test file's harness may have
+    # set one, without heartbeats)
+    with temporary_settings(restore_defaults={PREFECT_API_URL,
+                                              PREFECT_FLOWS_HEARTBEAT_FREQUENCY}):
+        default = get_current_settings().flows.heartbeat_frequency
+        assert default is not None  # Prefect's default sends them (every 180 s in 3.9)
+        with Session() as session:
+            assert session.server is not None
+            assert os.environ["PREFECT_API_URL"] == _FakeServer.api_url
+            assert get_current_settings().flows.heartbeat_frequency is None
         assert get_current_settings().flows.heartbeat_frequency == default
+        monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+        with Session() as session:
+            assert session.server is None
+            assert get_current_settings().flows.heartbeat_frequency == default
