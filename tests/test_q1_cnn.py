@@ -96,3 +96,29 @@ def test_smoke_flow_is_deterministic(cnn_run, s3_endpoint):
         return [{k: v for k, v in r.items() if "time" not in k} for r in rows]
 
     assert strip(first["metrics"]) == strip(second["metrics"])
+
+
+def test_report_block_order_pools_before_batchnorm():
+    """The original report's (d) blocks (conv, max-pool, BatchNorm, ReLU): the same shapes
+    and parameters as ours, BatchNorm after the pool; the flow option picks its cells."""
+    import torch
+
+    ours, report = build_classifier("cnn_pool_bn"), build_classifier("cnn_pool_first")
+    kinds = [type(m).__name__ for m in report.features]
+    assert kinds == ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"] * 2
+    assert [type(m).__name__ for m in ours.features] == ["Conv2d", "BatchNorm2d", "ReLU",
+                                                         "MaxPool2d"] * 2
+    a, b = (summarize(m, [32, 1, 28, 28]) for m in (ours, report))
+    assert a["total_params"] == b["total_params"] == 81_098
+    assert a["output_shape"] == b["output_shape"] == [32, 10]
+    torch.manual_seed(0)
+    x = torch.randn(8, 1, 28, 28)
+    report.train()
+    pooled = report.features[1](report.features[0](x))
+    normed = report.features[2](pooled)  # batch statistics of the 2x2 maxima
+    assert abs(float(normed.mean())) < 1e-5
+    cells, groups = q1_cnn_cells(resolve_config("q1-cnn", "full", {
+        "repeats": 1, "block_order": "pool_bn_relu"}))
+    assert sorted(cells) == ["cnn-d0"] + [f"cnn_pool_first-d{d:g}"
+                                          for d in (0, 0.1, 0.2, 0.3, 0.4, 0.5)]
+    assert all(cells[c]["model"] == "cnn_pool_first" for c in cells if c != "cnn-d0")

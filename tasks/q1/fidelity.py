@@ -91,7 +91,7 @@ def _pct(st: dict[str, Any]) -> str:
 def _reference(flow: str, cell: str) -> dict[str, float]:
     """The reference's printed numbers for this cell (Q1-CNN (e) at dropout 0.4 only)."""
     ref = REFERENCE.get(flow, {}).get("dropout")
-    if ref and cell == f"cnn_pool_bn-d{ref['best']:g}":
+    if ref and cell in (f"cnn_pool_bn-d{ref['best']:g}", f"cnn_pool_first-d{ref['best']:g}"):
         return {k: v for k, v in ref.items() if "/" in k}
     return {}
 

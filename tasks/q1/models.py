@@ -34,18 +34,26 @@ class CNN(nn.Module):
     """SPEC Q1-CNN: two 3x3 conv blocks, then fc 64 -> 32 -> classes.
 
     ``pool=False`` (c): conv(1->16, p1) -> ReLU -> conv(16->32) -> ReLU -> 21,632 features.
-    ``pool=True`` (d): each conv followed by BatchNorm, ReLU, MaxPool(2) -> 1,152 features.
+    ``pool=True`` (d): each conv followed by BatchNorm, ReLU, MaxPool(2) -> 1,152 features
+    (SPEC.md's order); ``pool_first=True``: conv, MaxPool(2), BatchNorm, ReLU, the original
+    report's blocks ("CPR", BatchNorm "at the output of the pooling layer"): the same
+    shapes and parameters, BatchNorm normalising the 2x2 maxima.
     ``dropout`` applies to the fully connected layers only (e).
     """
 
     def __init__(self, pool: bool = False, num_classes: int = 10, dropout: float = 0.0,
-                 activation: str = "relu"):
+                 activation: str = "relu", pool_first: bool = False):
         super().__init__()
         act = ACTIVATIONS[activation]
         if pool:
-            self.features = nn.Sequential(
-                nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), act(), nn.MaxPool2d(2),
-                nn.Conv2d(16, 32, 3), nn.BatchNorm2d(32), act(), nn.MaxPool2d(2))
+            def block(conv: nn.Conv2d) -> list[nn.Module]:
+                bn = nn.BatchNorm2d(conv.out_channels)
+                if pool_first:
+                    return [conv, nn.MaxPool2d(2), bn, act()]
+                return [conv, bn, act(), nn.MaxPool2d(2)]
+
+            self.features = nn.Sequential(*block(nn.Conv2d(1, 16, 3, padding=1)),
+                                          *block(nn.Conv2d(16, 32, 3)))
             flat = 6 * 6 * 32
         else:
             self.features = nn.Sequential(
@@ -64,11 +72,11 @@ class CNN(nn.Module):
 
 def build_classifier(kind: str, *, activation: str = "relu", hidden: Sequence[int] = (256, 128),
                      dropout: float = 0.0, num_classes: int = 10) -> nn.Module:
-    """Build a Q1 classifier by name: ``mlp``, ``cnn`` (no pooling) or ``cnn_pool_bn``."""
+    """Build a Q1 classifier by name: ``mlp``, ``cnn`` (no pooling), ``cnn_pool_bn`` (d) or
+    ``cnn_pool_first`` ((d) with the report's block order)."""
     if kind == "mlp":
         return MLP(784, hidden, num_classes, activation, dropout)
-    if kind == "cnn":
-        return CNN(pool=False, num_classes=num_classes, dropout=dropout, activation=activation)
-    if kind == "cnn_pool_bn":
-        return CNN(pool=True, num_classes=num_classes, dropout=dropout, activation=activation)
-    raise ValueError(f"unknown model {kind!r}; use mlp, cnn or cnn_pool_bn")
+    if kind in ("cnn", "cnn_pool_bn", "cnn_pool_first"):
+        return CNN(pool=kind != "cnn", num_classes=num_classes, dropout=dropout,
+                   activation=activation, pool_first=kind == "cnn_pool_first")
+    raise ValueError(f"unknown model {kind!r}; use mlp, cnn, cnn_pool_bn or cnn_pool_first")

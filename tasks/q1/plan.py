@@ -108,6 +108,10 @@ class Q1CnnConfig(TrainOptions, RegressionOptions):
     # bf16 is faster (0.73x) but costs accuracy on (c), compile does not pay on CPU: off.
     channels_last: bool = like(TrainOptions, "channels_last", default=True)
     repeats: int = Field(1, ge=1, le=20, description="seeds per cell (seed, seed+1, ...)")
+    block_order: Literal["bn_relu_pool", "pool_bn_relu"] = Field(
+        "bn_relu_pool", description="the blocks of (d) and the dropout sweep: conv, "
+        "BatchNorm, ReLU, max-pool (SPEC.md; cells `cnn_pool_bn-d<rate>`) or conv, max-pool, "
+        "BatchNorm, ReLU (the original report's; cells `cnn_pool_first-d<rate>`)")
     parallel: int = parallel_field("sweep cells")
     eval: EvalOptions = Field(default_factory=lambda: EvalOptions(),
                               description="the final evaluation of every cell")
@@ -187,6 +191,7 @@ def q1_cnn_cells(cfg: Q1CnnConfig) -> tuple[dict[str, dict], list[dict]]:
     """
     common = {**_common(cfg), "batch_size": cfg.batch_size}
     cells: dict[str, dict] = {}
+    pooled = "cnn_pool_bn" if cfg.block_order == "bn_relu_pool" else "cnn_pool_first"
 
     def cell(model: str, dropout: float) -> str:
         cid = f"{model}-d{dropout:g}"
@@ -197,10 +202,10 @@ def q1_cnn_cells(cfg: Q1CnnConfig) -> tuple[dict[str, dict], list[dict]]:
         {"key": "model", "title": "(c) No pooling vs (d) max-pooling + BatchNorm",
          "select_by": "dev/accuracy",
          "runs": [("(c) no pooling", "cnn", cell("cnn", cfg.dropout)),
-                  ("(d) max-pool + BN", "cnn_pool_bn", cell("cnn_pool_bn", cfg.dropout))]},
+                  ("(d) max-pool + BN", pooled, cell(pooled, cfg.dropout))]},
         {"key": "dropout", "title": "(e) Dropout sweep on the fully connected layers of (d)",
          "select_by": "dev/accuracy", "numeric": True,
-         "runs": [(f"dropout {d:g}", d, cell("cnn_pool_bn", d)) for d in cfg.dropouts]},
+         "runs": [(f"dropout {d:g}", d, cell(pooled, d)) for d in cfg.dropouts]},
     ]
     add_repeats(cells, groups, cfg.repeats)
     return cells, groups

@@ -73,7 +73,7 @@ class TrainConfig(TrainOptions):
 
     out: str = Field(description="store prefix for this run's outputs and manifest")
     data: str = Field(description="store prefix of the fetched dataset (its manifest)")
-    model: Literal["mlp", "cnn", "cnn_pool_bn"] = "mlp"
+    model: Literal["mlp", "cnn", "cnn_pool_bn", "cnn_pool_first"] = "mlp"
     hidden: tuple[int, ...] = DEFAULT_HIDDEN
     activation: Literal["relu", "tanh", "sigmoid"] = "relu"
     loss: Literal["cross_entropy", "mse"] = "cross_entropy"
