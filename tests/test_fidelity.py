@@ -369,6 +369,19 @@ def test_fidelity_table_from_step_manifests_with_pending_cells(store, capsys):
     assert "(d) max-pool + BN = dropout 0 (`cnn_pool_bn-d0`)" in out
     assert fidelity(["--store", f"file://{store.root}-empty", "--flow", "q1-mlp"]) == 2
     assert "no q1-mlp run in" in capsys.readouterr().err
+    # a finished run is tabulated by its own config (here one rate, the report's blocks)
+    other = "runs/q1-cnn/20260102T000000Z-def456"
+    for cid in ("cnn-d0.4", "cnn_pool_first-d0.4"):
+        put_manifest(store, "classifier.train", f"{other}/train-{cid}", {"seed": 0},
+                     {"dev/accuracy": 0.905, "test/accuracy": 0.9, "train/time_s": 50.0})
+    store.put_json(f"{other}/manifest.json", {"config": {
+        "dropouts": [0.4], "dropout": 0.4, "block_order": "pool_bn_relu", "repeats": 1}})
+    assert fidelity(["--store", store.uri, "--flow", "q1-cnn"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Run `20260102T000000Z-def456` (q1-cnn")
+    rows = [line for line in out.splitlines() if line.startswith("| (") or "`cnn" in line]
+    assert len(rows) == 2 and "`cnn-d0.4`) | 1 of 1 (" in rows[0], rows
+    assert "`cnn_pool_first-d0.4`) | 1 of 1 (" in rows[1] and "91.38 / 90.93" in rows[1]
 
 
 def test_split_spread_resamples_the_test_images_of_a_trained_cell(store):

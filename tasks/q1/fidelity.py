@@ -20,7 +20,13 @@ import sys
 from typing import Any
 
 from tasks.core.errors import ConfigError
-from tasks.core.layout import flow_runs_prefix, run_ids, run_prefix, step_prefix
+from tasks.core.layout import (
+    flow_manifest_key,
+    flow_runs_prefix,
+    run_ids,
+    run_prefix,
+    step_prefix,
+)
 from tasks.core.runtime import find_manifest
 from tasks.core.store import Store, join, open_store
 from tasks.q1.plan import q1_cnn_cells, q1_mlp_cells
@@ -40,15 +46,21 @@ def latest_run(store: Store, flow: str) -> str:
 
 
 def cell_rows(store: Store, flow: str, run_id: str) -> list[dict[str, Any]]:
-    """One row per planned cell of the ``full`` profile (seeds grouped), in plan order."""
+    """One row per planned cell (seeds grouped), in plan order: the cells of the run's own
+    config once it has finished (its flow manifest holds it), else of the ``full`` profile
+    (a run in progress: its pending cells too)."""
     # the question's own plan (tasks.plans sits above the questions: no import from here)
     from tasks.core.config import deep_merge, validate
     from tasks.q1.plan import PROFILES, Q1CnnConfig, Q1MlpConfig
 
     cls = {"q1-mlp": Q1MlpConfig, "q1-cnn": Q1CnnConfig}[flow]
-    full = validate(cls, deep_merge(cls().model_dump(mode="json"), PROFILES[flow]["full"]),
-                    what=f"{flow} (full profile)")
-    cells, groups = CELLS[flow](full)
+    key = flow_manifest_key(flow, run_id)
+    if store.exists(key):
+        planned = validate(cls, store.get_json(key)["config"], what=f"{flow} run {run_id}")
+    else:
+        planned = validate(cls, deep_merge(cls().model_dump(mode="json"),
+                                           PROFILES[flow]["full"]), what=f"{flow} (full profile)")
+    cells, groups = CELLS[flow](planned)
     base = run_prefix(flow, run_id)
     names: dict[str, str] = {}
     for g in groups:  # a cell shared by two sweeps: both names
