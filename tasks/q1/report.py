@@ -398,8 +398,11 @@ def why_different(store: Store, question: str, tcfgs: list[TrainConfig],
         parts.append(f"the test accuracy of one setting varies by up to "
                      f"{100 * max(stds):.2f} points (standard deviation) between our seeds")
     ref = ("Reference: the real 60,000 / 10,000 images (Q1-CNN: 6,000 dev / 4,000 test); the "
-           "original report does not print its MLP layer sizes, optimizer or learning rate, "
-           "and shows one run per setting.")
+           "original report does not print its MLP layer sizes, optimizer, learning rate or "
+           "Q1 epoch count, and shows one run per setting.")
+    if question == "q1-cnn":  # measured on the real data: docs/fidelity.md
+        ref += (" The epoch count matters most for the dropout sweep: its cells still "
+                "under-fit after 10 epochs (docs/fidelity.md, 'The CNN gap').")
     return "Why our numbers may differ: " + "; ".join(parts) + ". " + ref
 
 
