@@ -36,6 +36,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def client_settings(api_url: str) -> dict:
+    """Prefect settings for a process that runs flows against a temporary server at
+    ``api_url`` (for ``prefect.settings.temporary_settings``): its API, and no flow-run
+    heartbeats. The server lives and dies with the command, so nothing reads them, and
+    Prefect's heartbeat thread (sleeping in whole seconds, joined when a flow returns) makes
+    every flow run end on the next whole second after it began (bench/README.md, row 3).
+    A server set with ``PREFECT_API_URL`` keeps Prefect's heartbeats: its operator may
+    watch them."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+
+    return {PREFECT_API_URL: api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+
+
 class TemporaryServer:
     """``uvicorn`` serving Prefect's API on 127.0.0.1 (SQLite in ``PREFECT_HOME``)."""
 

@@ -164,25 +164,17 @@ class Session:
         os.environ[key] = value
 
     def _start_server(self) -> None:
-        """A temporary server for this command. Its flow runs send no heartbeats: the server
-        lives and dies with the command, so nothing reads them, and Prefect's heartbeat
-        thread (sleeping in whole seconds, joined when a flow returns) makes every flow run
-        end on the next whole second after it began (bench/README.md, row 3). A server set
-        with ``PREFECT_API_URL`` keeps Prefect's heartbeats: its operator may watch them."""
-        from prefect.settings import (
-            PREFECT_API_URL,
-            PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
-            temporary_settings,
-        )
+        """A temporary server for this command, and this process's Prefect settings for it
+        (:func:`flows.server.client_settings`: no heartbeats)."""
+        from prefect.settings import temporary_settings
 
-        from flows.server import TemporaryServer
+        from flows.server import TemporaryServer, client_settings
 
         self.server = TemporaryServer()
         url = self.server.start()
         tracking.track("server", self.server.pid)
         self._setenv("PREFECT_API_URL", url)
-        self._settings = temporary_settings(updates={
-            PREFECT_API_URL: url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+        self._settings = temporary_settings(updates=client_settings(url))
         self._settings.__enter__()
 
     # ------------------------------------------------------------ stopping

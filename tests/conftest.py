@@ -111,14 +111,9 @@ def prefect_harness(tmp_path_factory):
     Not ``prefect.testing.utilities.prefect_test_harness``: its teardown drains Prefect's
     log and event workers without a time limit and was seen to hang there for good; this
     one drains with the CLI's time limit, then stops the server by its pid."""
-    from prefect.settings import (
-        PREFECT_API_URL,
-        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
-        PREFECT_SERVER_DATABASE_CONNECTION_URL,
-        temporary_settings,
-    )
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings
 
-    from flows.server import TemporaryServer
+    from flows.server import TemporaryServer, client_settings
     from flows.session import Session
 
     db = tmp_path_factory.mktemp("prefect") / "prefect.db"
@@ -133,9 +128,7 @@ def prefect_harness(tmp_path_factory):
 
     EventsWorker.set_client_override(NullEventsClient)
     try:
-        # no heartbeats, as on the CLI's own temporary server (flows.session)
-        with temporary_settings(updates={PREFECT_API_URL: url,
-                                         PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        with temporary_settings(updates=client_settings(url)):  # as the CLI's own
             yield url
             Session._drain_prefect()
     finally:

@@ -573,9 +573,9 @@ def explain(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
     if old is None:
         return ["never run before"]
     reasons = []
-    for part, what in (("code", "code"), ("environment", "environment")):
+    for part in ("code", "environment"):
         if new.get(part) and not old.get(part):
-            reasons.append(f"{what} not recorded by the earlier result (an older visionflows)")
+            reasons.append(f"{part} not recorded by the earlier result (an older visionflows)")
             old = {**old, part: new[part]}
     oe, ne = old.get("environment") or {}, new.get("environment") or {}
     if ne.get("packages") and not oe.get("packages"):

@@ -29,7 +29,7 @@ from tasks.core.layout import (
 )
 from tasks.core.runtime import find_manifest
 from tasks.core.store import Store, join, open_store
-from tasks.q1.plan import q1_cnn_cells, q1_mlp_cells
+from tasks.q1.plan import POOLED_MODEL, q1_cnn_cells, q1_mlp_cells
 from tasks.q1.reference import REFERENCE
 from tasks.reporting.stats import interval_text, t_interval
 
@@ -103,7 +103,7 @@ def _pct(st: dict[str, Any]) -> str:
 def _reference(flow: str, cell: str) -> dict[str, float]:
     """The reference's printed numbers for this cell (Q1-CNN (e) at dropout 0.4 only)."""
     ref = REFERENCE.get(flow, {}).get("dropout")
-    if ref and cell in (f"cnn_pool_bn-d{ref['best']:g}", f"cnn_pool_first-d{ref['best']:g}"):
+    if ref and cell in {f"{model}-d{ref['best']:g}" for model in POOLED_MODEL.values()}:
         return {k: v for k, v in ref.items() if "/" in k}
     return {}
 

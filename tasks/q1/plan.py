@@ -184,6 +184,10 @@ def add_repeats(cells: dict[str, dict], groups: list[dict], repeats: int) -> Non
                         for _, _, cid in g["runs"]}
 
 
+# the model of (d) and the dropout sweep, by ``block_order``
+POOLED_MODEL = {"bn_relu_pool": "cnn_pool_bn", "pool_bn_relu": "cnn_pool_first"}
+
+
 def q1_cnn_cells(cfg: Q1CnnConfig) -> tuple[dict[str, dict], list[dict]]:
     """Plan Q1-CNN: (c) and (d) at ``dropout``, then (d) at every rate in ``dropouts``.
 
@@ -191,7 +195,7 @@ def q1_cnn_cells(cfg: Q1CnnConfig) -> tuple[dict[str, dict], list[dict]]:
     """
     common = {**_common(cfg), "batch_size": cfg.batch_size}
     cells: dict[str, dict] = {}
-    pooled = "cnn_pool_bn" if cfg.block_order == "bn_relu_pool" else "cnn_pool_first"
+    pooled = POOLED_MODEL[cfg.block_order]
 
     def cell(model: str, dropout: float) -> str:
         cid = f"{model}-d{dropout:g}"
