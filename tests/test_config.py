@@ -210,3 +210,20 @@ def test_every_task_config_field_is_reachable_from_the_flow_config(flow, task):
         sent = validate(cfg_cls, build(changed)).model_dump(mode="json")
         assert sent[name] == (list(new) if isinstance(new, tuple) else new), (
             f"{flow}: setting {key}={new!r} did not reach {task}.{name}")
+
+
+@pytest.mark.parametrize("flow", ["q1-mlp", "q1-cnn", "q3-segmentation", "q4-yolo"])
+def test_a_config_is_checked_without_loading_torch(flow):
+    """A typo in ``--set`` is answered before torch is imported (about 2 CPU-seconds): the
+    flow configs and their task configs live apart from the training code."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from flows.cli import main\n"
+            f"code = main(['run', '{flow}', '--set', 'epochz=2'])\n"
+            "print(code, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.split() == ["2", "False"], out.stdout + out.stderr
+    assert "epochz" in out.stderr

@@ -1,7 +1,7 @@
 """Q1's flow-level plan: the configs of ``q1-mlp`` and ``q1-cnn``, their profiles, the sweep
 cells and groups, and the task configs the flows send (pure data, no Prefect).
 
-Both flow configs inherit :class:`tasks.q1.train.TrainOptions`, so every training setting
+Both flow configs inherit :class:`tasks.q1.options.TrainOptions`, so every training setting
 a cell shares is a flow key with its default defined once; a flow states only its own
 experiment's choices (Q1-CNN: batch 32, flips, normalisation, a dev split).
 """
@@ -18,7 +18,7 @@ from tasks.core.resources import Resources, ResourceTable, on_cpu, parallel_fiel
 from tasks.inputs.mirror_index import Entry, dataset_name
 from tasks.q1 import data as fmnist
 from tasks.q1.data import FetchConfig
-from tasks.q1.train import DEFAULT_HIDDEN, EvalConfig, TrainConfig, TrainOptions
+from tasks.q1.options import DEFAULT_HIDDEN, EvalConfig, TrainConfig, TrainOptions
 
 QUESTIONS = fmnist.QUESTIONS
 Activation = Literal["relu", "tanh", "sigmoid"]
