@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,12 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "visionflows")
 # Tasks called directly (outside a flow) log too; Prefect's API handler need not warn.
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+# The suite runs more torch processes than there are cores (two pytest workers, and the
+# task processes and servers they start): torch's OpenMP threads then spin-wait for cores
+# other processes hold. Waiting passively gives the same numbers for about half the CPU
+# (3 trainings at once on 2 cores: 22 CPU-s instead of 41). Set before any test imports
+# torch; the processes the tests start inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _real_connect = socket.socket.connect
 
@@ -121,6 +128,7 @@ def prefect_harness(tmp_path_factory):
             PREFECT_SERVER_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{db}"}):
         server = TemporaryServer(startup_timeout_s=120)
         url = server.start()
+    _snapshot(db, _TEMPLATE_DB)
     # Prefect's client-side events (its event feed; nothing here reads them) are dropped:
     # a backlog left at the end would be retried against the stopped server for minutes
     from prefect.events.clients import NullEventsClient
@@ -134,6 +142,33 @@ def prefect_harness(tmp_path_factory):
     finally:
         server.stop()
         EventsWorker.set_client_override(None)
+
+
+# A copy of the harness's database as the server left it after its migrations, before any
+# flow ran: a new Prefect home starts from it (migrating a new SQLite database costs ~6 CPU
+# seconds a server start).
+_TEMPLATE_DB: dict[str, Path] = {}
+
+
+def _snapshot(db: Path, into: dict[str, Path]) -> None:
+    import sqlite3
+
+    copy = db.with_name("template.db")
+    with sqlite3.connect(db) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+    into["db"] = copy
+
+
+@pytest.fixture()
+def prefect_home(prefect_harness, tmp_path) -> Path:
+    """A new ``PREFECT_HOME`` for a child process that starts its own Prefect server: its
+    database already migrated (a copy of the harness's, before any flow ran)."""
+    import shutil
+
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    shutil.copyfile(_TEMPLATE_DB["db"], home / "prefect.db")
+    return home
 
 
 @pytest.fixture()
@@ -200,3 +235,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# The files whose tests run whole flows for minutes, longest first (`--durations`, 2 cores).
+# pytest-xdist (`--dist loadfile`) hands files to its workers in collection order, so these
+# start at once on different workers instead of one of them ending the run alone. Only the
+# order changes: a file missing here runs after them, in its usual place.
+LONG_FILES = ("test_verify.py", "test_final_report.py", "test_integrity.py",
+              "test_reliability.py", "test_signals.py", "test_compare.py", "test_gpu_check.py",
+              "test_deployments.py", "test_q4_flow.py", "test_q2_flow.py",
+              "test_flow_q1_mlp.py", "test_progress.py", "test_q4_train.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept

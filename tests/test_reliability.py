@@ -573,12 +573,12 @@ def test_bad_input_fails_clearly(case: Case, tmp_path, s3_endpoint, prefect_harn
 
 # ---------------------------------------------------------------- secrets
 
-def test_secret_never_reaches_logs_store_or_reports(s3_endpoint, tmp_path):
+def test_secret_never_reaches_logs_store_or_reports(s3_endpoint, tmp_path, prefect_home):
     from tests.conftest import make_bucket
 
     secret = "s3cr3t-" + uuid.uuid4().hex
     bucket = make_bucket(s3_endpoint)
-    env = {**os.environ, "AWS_SECRET_ACCESS_KEY": secret, "PREFECT_HOME": str(tmp_path / "ph")}
+    env = {**os.environ, "AWS_SECRET_ACCESS_KEY": secret, "PREFECT_HOME": str(prefect_home)}
     res = subprocess.run([sys.executable, "-m", "flows.cli", "run", "q1-mlp", "--store",
                           f"s3://{bucket}/vf", "--set", "data.n_train=200", "--set",
                           "data.n_test=100", "--set", "epochs=1", "--set", "batch_sizes=[64]",
@@ -592,7 +592,7 @@ def test_secret_never_reaches_logs_store_or_reports(s3_endpoint, tmp_path):
     for key in keys:
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         assert secret.encode() not in body, key
-    for path in (tmp_path / "ph").rglob("*"):
+    for path in prefect_home.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
 

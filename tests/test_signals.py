@@ -18,16 +18,17 @@ from pathlib import Path
 
 import pytest
 
-# long enough (12 epochs) that the stop lands inside the first cell, after its first checkpoint
-SLOW_CNN = ["--set", "data.n_train=1200", "--set", "data.n_test=200", "--set", "epochs=12",
+# long enough (5 epochs of 1,200 images) that the stop lands inside the first cell, after its
+# first checkpoint, with four epochs to spare; short enough that the resume is quick
+SLOW_CNN = ["--set", "data.n_train=1200", "--set", "data.n_test=200", "--set", "epochs=5",
             "--set", "dropouts=[0.0]", "--set", "batch_size=32"]
 
 
-def start(args: list[str], tmp_path: Path, **popen) -> subprocess.Popen:
+def start(args: list[str], home: Path, **popen) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONUNBUFFERED="1",
+    env.update(PREFECT_HOME=str(home), PYTHONUNBUFFERED="1",
                PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               # a new Prefect home migrates its database first: slow on a busy machine
+               # a slow start on a busy machine is not what these tests are about
                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="300")
     return subprocess.Popen([sys.executable, "-P", "-c",
                              "import sys; from flows.cli import main; sys.exit(main())", *args],
@@ -60,8 +61,8 @@ def alive(pid: int) -> bool:
         return fh.read().split()[2] != "Z"
 
 
-def flow_run_states(tmp_path: Path) -> list[str]:
-    db = tmp_path / "prefect-home" / "prefect.db"
+def flow_run_states(home: Path) -> list[str]:
+    db = home / "prefect.db"
     with sqlite3.connect(db) as con:
         return [r[0] for r in con.execute("select state_type from flow_run")]
 
@@ -73,15 +74,16 @@ def leftovers(session_line: str) -> tuple[Path, int]:
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_stop_marks_cancelled_prints_the_resume_command_and_resumes(sig, code, tmp_path):
+def test_stop_marks_cancelled_prints_the_resume_command_and_resumes(sig, code, tmp_path,
+                                                                     prefect_home):
     store = f"file://{tmp_path / 'store'}"
     args = ["run", "q1-cnn", "--store", store, *SLOW_CNN]
     # its own process group, like a terminal's foreground job: a Ctrl-C reaches the whole
     # group (the temporary server and the janitor run in sessions of their own)
-    proc = start(args, tmp_path, start_new_session=True)
+    proc = start(args, prefect_home, start_new_session=True)
     seen: list[str] = []
     root, server = leftovers(wait_for(proc, r"work folder .*temporary Prefect server", seen))
-    wait_for(proc, r"epoch 1/12", seen)
+    wait_for(proc, r"epoch 1/5", seen)
     deadline = time.monotonic() + 120  # the epoch's checkpoint is stored just after its line
     while not list((tmp_path / "store" / "runs").glob("q1-cnn/*/train-*/last.pt")):
         assert time.monotonic() < deadline, "no checkpoint was stored"
@@ -100,26 +102,26 @@ def test_stop_marks_cancelled_prints_the_resume_command_and_resumes(sig, code, t
     assert f"stopped by {signal.Signals(sig).name}" in last and "finished step" in last
     resume = last.split("Resume with: ")[1]
     assert "--run-id" in resume and "Traceback" not in out
-    assert "CANCELLED" in flow_run_states(tmp_path)
+    assert "CANCELLED" in flow_run_states(prefect_home)
     assert not root.exists() and not alive(server)
     # the printed command resumes: the interrupted cell continues from its checkpoint
     argv = shlex.split(resume)[1:]  # drop "visionflows"
-    again = start(argv, tmp_path)
+    again = start(argv, prefect_home)
     out, _ = again.communicate(timeout=600)
     assert again.returncode == 0, out[-3000:]
     assert "resuming runs/q1-cnn/" in out and "from epoch" in out
 
 
-def test_sigkill_takes_the_server_tasks_and_work_folder_with_it(tmp_path):
+def test_sigkill_takes_the_server_tasks_and_work_folder_with_it(tmp_path, prefect_home):
     store = f"file://{tmp_path / 'store'}"
     proc = start(["run", "q1-cnn", "--store", store, "--launcher", "subprocess", *SLOW_CNN],
-                 tmp_path)
+                 prefect_home)
     seen: list[str] = []
     root, server = leftovers(wait_for(proc, r"work folder .*temporary Prefect server", seen))
     task_pid = int(re.search(r"started in process (\d+)",
                              wait_for(proc, r"classifier.train: started in process", seen)
                              ).group(1))
-    wait_for(proc, r"epoch 1/12", seen)
+    wait_for(proc, r"epoch 1/5", seen)
     proc.kill()
     proc.wait(timeout=30)
     deadline = time.monotonic() + 20
