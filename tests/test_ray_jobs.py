@@ -207,7 +207,10 @@ def test_submitted_metrics_equal_a_local_run(killed_node_run, prefect_harness, s
             assert m["metrics"][key] == ref[cid]["metrics"][key], (cid, key)
 
 
-def test_head_killed_then_resubmitted_reuses_finished_steps(prefect_harness, s3_endpoint):
+def test_head_killed_then_resubmitted_reuses_finished_steps(cluster, prefect_harness,
+                                                            s3_endpoint):
+    """The first cluster's head is killed mid-run; the same command, resubmitted to another
+    cluster (the module's, as an operator's restarted one), reuses the stored steps."""
     bucket = make_bucket(s3_endpoint)
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     run_id = "submit-kill-head"
@@ -234,12 +237,8 @@ def test_head_killed_then_resubmitted_reuses_finished_steps(prefect_harness, s3_
     assert code != 0 and len(errors) == 1, out.text[-3000:]
     assert errors[0].startswith(f"error: lost the Ray cluster at {first.dashboard_url}")
     assert f"resubmit with --run-id {run_id}" in errors[0]
-    second = _cluster()
-    try:
-        again = Output(submit(second.dashboard_url, args, cli_env(prefect_harness)))
-        assert again.finish() == 0, again.text[-6000:]
-    finally:
-        second.stop()
+    again = Output(submit(cluster.dashboard_url, args, cli_env(prefect_harness)))
+    assert again.finish() == 0, again.text[-6000:]
     for key, body in done.items():  # the finished steps were reused, not recomputed
         assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == body, key
     assert len(_trains(s3, bucket, run_id)) == 2
