@@ -247,6 +247,27 @@ LONG_FILES = ("test_verify.py", "test_final_report.py", "test_integrity.py",
               "test_flow_q1_mlp.py", "test_progress.py", "test_q4_train.py")
 
 
+# Files that read the same session-scoped smoke runs (``q1_mlp_run``, ``q1_cnn_run`` on
+# ``smoke_store``): one work unit, so that those runs are made once and not on each worker.
+SHARED_RUNS = frozenset({"test_final_report.py", "test_flow_q1_mlp.py", "test_q1_cnn.py",
+                         "test_report_links.py"})
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile``, with the files of :data:`SHARED_RUNS` as one unit."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedRunsFirst(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = super()._split_scope(nodeid)
+            return "the q1 smoke runs" if file.rsplit("/", 1)[-1] in SHARED_RUNS else file
+
+    return SharedRunsFirst(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONG_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
