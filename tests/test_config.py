@@ -212,7 +212,8 @@ def test_every_task_config_field_is_reachable_from_the_flow_config(flow, task):
             f"{flow}: setting {key}={new!r} did not reach {task}.{name}")
 
 
-@pytest.mark.parametrize("flow", ["q1-mlp", "q1-cnn", "q3-segmentation", "q4-yolo"])
+@pytest.mark.parametrize("flow", ["q1-mlp", "q1-cnn", "q2-transfer", "q3-segmentation",
+                                  "q4-yolo"])
 def test_a_config_is_checked_without_loading_torch(flow):
     """A typo in ``--set`` is answered before torch is imported (about 2 CPU-seconds): the
     flow configs and their task configs live apart from the training code."""

@@ -374,7 +374,7 @@ def test_weights_order_and_offline_message(kind, tmp_path, served, monkeypatch):
     """The one resolver, for each question's weights: the explicit location, the store's
     mirror index, the cache, a real download (from the loopback server), then offline the
     message naming every place and the mirror command."""
-    from tasks.q2.transfer import weights_spec as q2_spec
+    from tasks.q2.options import weights_spec as q2_spec
     from tasks.q3.segment import weights_spec as q3_spec
     from tasks.q4 import yolo
 
@@ -448,7 +448,7 @@ def test_yolo_export_url_order_and_offline_message(tmp_path, served, monkeypatch
 def test_standard_layout_folders_and_files_work_as_mirrors(tmp_path, served, monkeypatch):
     """Explicit locations in the standard layouts, including the ``mirror/`` folders of a
     ``file://`` store that ``visionflows mirror`` filled (they keep the published names)."""
-    from tasks.q2.transfer import weights_spec as q2_spec
+    from tasks.q2.options import weights_spec as q2_spec
     from tasks.q3.segment import weights_spec as q3_spec
     from tasks.q4 import yolo
 

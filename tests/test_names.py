@@ -13,7 +13,7 @@ PACKAGES = ("tasks", "flows", "bench")
 # name registry (tasks/registry.py: tasks; flows/registry.py: flows).
 # (bench/ is left out of this one: a benchmark is named after what it measures.)
 SAME_ROLE = {"__init__.py", "__main__.py", "question.py", "plan.py", "report.py", "comparer.py",
-             "reference.py", "data.py", "registry.py"}
+             "reference.py", "data.py", "options.py", "registry.py"}
 
 
 def modules(packages: tuple[str, ...] = PACKAGES) -> list[Path]:
@@ -29,7 +29,7 @@ def test_a_module_name_means_one_thing():
     assert not clashes, f"modules of one name in different roles: {clashes}; rename one"
     # the question parts are where they belong: only in question packages (and the shared
     # report/registry/common layers named above)
-    for name in ("question.py", "plan.py", "comparer.py", "reference.py"):
+    for name in ("question.py", "plan.py", "comparer.py", "reference.py", "options.py"):
         for path in by_name.get(name, []):
             assert path.startswith("tasks/q"), f"{path}: {name} is a question's part"
 

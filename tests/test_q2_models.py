@@ -9,6 +9,7 @@ from torch import nn
 
 from tasks.ml.loop import Split, make_loss, train_one_epoch
 from tasks.ml.summary import format_summary, summarize
+from tasks.q2.options import head_params
 from tasks.q2.transfer import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -18,7 +19,6 @@ from tasks.q2.transfer import (
     check_only_head_trains,
     extract_features,
     fingerprint,
-    head_params,
     identity,
     make_preprocess,
     split_model,

@@ -1,7 +1,7 @@
 """Q2's flow-level plan: the ``q2-transfer`` config, its profiles, and the task configs the
 flow sends (pure data, no Prefect).
 
-The flow config inherits :class:`tasks.q2.transfer.TrainOptions` (how each head trains) and
+The flow config inherits :class:`tasks.q2.options.TrainOptions` (how each head trains) and
 states the other steps' settings with their task fields' own defaults and checks
 (``like``), so each default lives once.
 """
@@ -18,7 +18,7 @@ from tasks.core.resources import Resources, ResourceTable, on_cpu, parallel_fiel
 from tasks.inputs.mirror_index import Entry, dataset_name
 from tasks.q2 import data as stl10
 from tasks.q2.data import FetchConfig
-from tasks.q2.transfer import ExploreConfig, FinetuneConfig, TrainOptions, weights_spec
+from tasks.q2.options import ExploreConfig, FinetuneConfig, TrainOptions, weights_spec
 
 WIRED = {"transfer.weights": {"out", "archs"},
          "transfer.explore": {"out", "data"},

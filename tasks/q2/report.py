@@ -16,8 +16,8 @@ from tasks.core.errors import MissingKeyError
 from tasks.core.runtime import Manifest, TaskRun, find_verified
 from tasks.core.store import Store
 from tasks.ml import plots
+from tasks.q2.options import ARCHS, Arch, head_params
 from tasks.q2.reference import REFERENCE as REF
-from tasks.q2.transfer import ARCHS, Arch, head_params
 from tasks.reporting.compare import ComparisonLink, link_section
 from tasks.reporting.render import Image, Report, Section, Table, write_report
 
