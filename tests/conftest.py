@@ -260,12 +260,12 @@ def pytest_xdist_make_scheduler(config, log):
         return None
     from xdist.scheduler import LoadFileScheduling
 
-    class SharedRunsFirst(LoadFileScheduling):
+    class SharedRunsTogether(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
             file = super()._split_scope(nodeid)
             return "the q1 smoke runs" if file.rsplit("/", 1)[-1] in SHARED_RUNS else file
 
-    return SharedRunsFirst(config, log)
+    return SharedRunsTogether(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
