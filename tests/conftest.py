@@ -128,7 +128,7 @@ def prefect_harness(tmp_path_factory):
             PREFECT_SERVER_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{db}"}):
         server = TemporaryServer(startup_timeout_s=120)
         url = server.start()
-    _snapshot(db, _TEMPLATE_DB)
+    _TEMPLATE_DB["db"] = _snapshot(db)
     # Prefect's client-side events (its event feed; nothing here reads them) are dropped:
     # a backlog left at the end would be retried against the stopped server for minutes
     from prefect.events.clients import NullEventsClient
@@ -150,13 +150,14 @@ def prefect_harness(tmp_path_factory):
 _TEMPLATE_DB: dict[str, Path] = {}
 
 
-def _snapshot(db: Path, into: dict[str, Path]) -> None:
+def _snapshot(db: Path) -> Path:
+    """A consistent copy of the SQLite database ``db`` (its backup API), beside it."""
     import sqlite3
 
     copy = db.with_name("template.db")
     with sqlite3.connect(db) as src, sqlite3.connect(copy) as dst:
         src.backup(dst)
-    into["db"] = copy
+    return copy
 
 
 @pytest.fixture()
