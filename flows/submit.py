@@ -7,7 +7,7 @@ flow's driver runs on the cluster and a lost laptop or port-forward does not end
 The job's entrypoint is ``visionflows run FLOW ... --task-runner ray --ray-address auto``
 (through :func:`driver_main`, which first checks that the cluster's Python, Ray, Prefect,
 prefect-ray and torch are the versions this machine submitted with). The project's code
-(``tasks``, ``flows``, ``reports``) ships as the job's ``runtime_env`` ``working_dir``; its
+(``tasks``, ``flows``, ``reports``) ships as the job's ``runtime_env`` ``py_modules``; its
 dependencies come from the cluster's image (``images/tasks.Dockerfile`` with
 ``VF_RAY_IMAGE=1``: the ``[ray]`` extra on the task image). Before submitting: the Ray
 versions match, every step kind fits a node (:func:`flows.runners.check_fit`), and the
@@ -121,7 +121,10 @@ def version_mismatch(expected: Mapping[str, str], actual: Mapping[str, str]) -> 
 
 
 def stage_code(into: Path) -> Path:
-    """This checkout's packages in a folder of their own: the job's ``working_dir``."""
+    """This checkout's packages in a folder of their own, each shipped as one of the job's
+    ``py_modules`` (not as its ``working_dir``: Ray re-creates a ``working_dir`` on each node
+    that needs it, removing the folder first, and nodes on one machine share that folder, so
+    a driver on one node lost the code it was importing when the job reached another)."""
     from flows.runners import code_dirs
 
     root = into / "visionflows"
@@ -210,16 +213,17 @@ def submit(args: argparse.Namespace) -> int:
         argv += ["--run-id", run_id]
     if not run.store:  # VF_STORE here means nothing there
         argv += ["--store", store.uri]
-    entrypoint = shlex.join(["python", "-m", "flows.submit", DRIVER_FLAG,
+    entrypoint = shlex.join(["python", "-P", "-m", "flows.submit", DRIVER_FLAG,
                              json.dumps(ours, sort_keys=True), *argv])
     client = JobSubmissionClient(url, headers=headers)
     with tempfile.TemporaryDirectory(prefix="vf-submit-") as tmp:
         client.submit_job(entrypoint=entrypoint, submission_id=job_id,
-                          runtime_env={"working_dir": str(stage_code(Path(tmp))),
+                          runtime_env={"py_modules": sorted(
+                                           str(p) for p in stage_code(Path(tmp)).iterdir()),
                                        "env_vars": job_env(job_id)},
                           metadata={"visionflows_flow": run.flow, "visionflows_run": run_id})
     print(f"submitted {run.flow} run {run_id} as Ray job {job_id} to {url} (code shipped as "
-          "its working_dir; dependencies from the cluster's image)", flush=True)
+          "its py_modules; dependencies from the cluster's image)", flush=True)
     return follow(client, url, job_id, run_id=run_id)
 
 
@@ -364,7 +368,7 @@ def driver_main(argv: list[str]) -> int:
         return 3
     sys.stdout.flush()
     # the same process (pid) becomes `visionflows run`: Ray's stop signal reaches it
-    os.execv(sys.executable, [sys.executable, "-m", "flows.cli", *argv[1:]])
+    os.execv(sys.executable, [sys.executable, "-P", "-m", "flows.cli", *argv[1:]])
 
 
 if __name__ == "__main__":

@@ -211,6 +211,15 @@ class RayCluster:
             if p.poll() is not None and p.returncode != -signal.SIGKILL:
                 raise RuntimeError(f"ray start exited with {p.returncode}: {self.logs()}")
 
+    def removed_packages(self) -> list[str]:
+        """Ray's log lines of a node removing an unpacked runtime-environment package to
+        unpack it again (``download_and_unpack_package(..., overwrite=True)``: what its
+        ``working_dir`` plugin does). The two nodes share one session folder, as two nodes
+        started on one machine do, so such a removal pulls code from under whatever the
+        other node runs from it."""
+        return [ln.strip() for f in sorted(self.root.glob("t/session_*/logs/runtime_env*.log"))
+                for ln in f.read_text(errors="replace").splitlines() if " with pkg_file " in ln]
+
     def logs(self) -> str:
         return "\n".join(f"--- {f.name}\n{f.read_text(errors='replace')[-2000:]}"
                          for f in sorted(self.root.glob("*.log")))

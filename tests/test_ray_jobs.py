@@ -2,7 +2,8 @@
 dashboard on 127.0.0.1, against the moto S3 server and a real local Prefect server:
 
 - a q1-mlp smoke submission with the worker node SIGKILLed mid-sweep finishes with the same
-  metrics as the local run, its manifests naming the job and the nodes;
+  metrics as the local run, its manifests naming the job and the nodes, and no node removed
+  the job's code to unpack it again (the two nodes share one folder, as on one machine);
 - the head SIGKILLed: ``submit`` exits non-zero with one line; resubmitting the run id on a
   new cluster reuses every finished step;
 - a cluster with Ray's token authentication: refused without the token, and with it a
@@ -172,6 +173,9 @@ def test_submitted_run_names_the_job_and_nodes_and_survives_a_killed_node(killed
     assert len(retried["history"]) == 3
     assert f"resuming runs/q1-mlp/{run['run_id']}/train-{run['killed']['cell']}" in run["out"]
     assert f"Ray job {run['job']} succeeded" in run["out"]
+    # the job's code reached both nodes and neither removed it to unpack it again (a
+    # ``working_dir`` is: the driver lost modules it had yet to import, an ImportError)
+    assert cluster.removed_packages() == []
     # Ray's task retries (max_retries from the step's retries) ran it again: Prefect's own
     # retry (inside the worker that died) never got the chance
     assert "Retry 1/1 will start" not in run["out"]
@@ -222,7 +226,7 @@ def test_head_killed_then_resubmitted_reuses_finished_steps(cluster, prefect_har
         out.wait_for(r"as Ray job (\S+)")
         deadline = time.monotonic() + 600
         done: dict[str, bytes] = {}
-        while time.monotonic() < deadline and not done:
+        while time.monotonic() < deadline and not done and out.proc.poll() is None:
             for obj in s3.list_objects_v2(Bucket=bucket, Prefix=f"vf/runs/q1-mlp/{run_id}/train-"
                                           ).get("Contents", []):
                 if obj["Key"].endswith("/manifest.json"):
