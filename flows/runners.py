@@ -287,6 +287,15 @@ def code_dirs() -> list[str]:
     return [str(Path(importlib.import_module(p).__file__).parent) for p in CODE_PACKAGES]
 
 
+def shipped_code() -> dict[str, list[str]]:
+    """The ``runtime_env`` keys that ship this checkout's packages to a Ray cluster, for the
+    steps' workers and for a submitted job's driver alike: each package one of
+    ``py_modules``, without bytecode or the reports written into ``reports/out``. Not a
+    ``working_dir``: Ray re-creates that on each node that needs it, removing the folder
+    first, and nodes on one machine share it, so a driver lost the code it was importing."""
+    return {"py_modules": code_dirs(), "excludes": ["__pycache__", "*.pyc", "out"]}
+
+
 def worker_runtime_env(api_url: str, env: Mapping[str, str] | None = None,
                        local: bool = False) -> dict[str, Any]:
     """Ray's runtime environment for the steps: this code, the API URL, the store's
@@ -308,8 +317,7 @@ def worker_runtime_env(api_url: str, env: Mapping[str, str] | None = None,
     env_vars.update({"PREFECT_API_URL": api_url, "VF_GIT_COMMIT": git_commit(),
                      "PREFECT_LOGGING_EXTRA_LOGGERS": "visionflows", "PYTHONUNBUFFERED": "1",
                      "RAY_USAGE_STATS_ENABLED": "0"})
-    return {"py_modules": code_dirs(), "excludes": ["__pycache__", "*.pyc"],
-            "env_vars": env_vars}
+    return {**shipped_code(), "env_vars": env_vars}
 
 
 @dataclass

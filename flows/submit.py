@@ -26,13 +26,10 @@ import json
 import os
 import platform
 import shlex
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -120,20 +117,6 @@ def version_mismatch(expected: Mapping[str, str], actual: Mapping[str, str]) -> 
             if actual.get(k) != expected[k]]
 
 
-def stage_code(into: Path) -> Path:
-    """This checkout's packages in a folder of their own, each shipped as one of the job's
-    ``py_modules`` (not as its ``working_dir``: Ray re-creates a ``working_dir`` on each node
-    that needs it, removing the folder first, and nodes on one machine share that folder, so
-    a driver on one node lost the code it was importing when the job reached another)."""
-    from flows.runners import code_dirs
-
-    root = into / "visionflows"
-    for src in code_dirs():
-        shutil.copytree(src, root / Path(src).name,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "out"))
-    return root
-
-
 def job_env(job_id: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The driver's environment on the cluster: what the steps need (as for ``run``), with
     the cluster-side store and Prefect URLs (``VF_RAY_S3_ENDPOINT_URL``,
@@ -172,7 +155,13 @@ def _run_args(run_parser: argparse.ArgumentParser, flow: str, rest: list[str]
 
 def submit(args: argparse.Namespace) -> int:
     from flows.registry import new_run_id
-    from flows.runners import check_fit, check_nodes_reach, configured_api_url, require_ray
+    from flows.runners import (
+        check_fit,
+        check_nodes_reach,
+        configured_api_url,
+        require_ray,
+        shipped_code,
+    )
     from tasks.core.config import parse_sets
     from tasks.core.store import open_store
     from tasks.plans import resolve_config
@@ -216,12 +205,9 @@ def submit(args: argparse.Namespace) -> int:
     entrypoint = shlex.join(["python", "-P", "-m", "flows.submit", DRIVER_FLAG,
                              json.dumps(ours, sort_keys=True), *argv])
     client = JobSubmissionClient(url, headers=headers)
-    with tempfile.TemporaryDirectory(prefix="vf-submit-") as tmp:
-        client.submit_job(entrypoint=entrypoint, submission_id=job_id,
-                          runtime_env={"py_modules": sorted(
-                                           str(p) for p in stage_code(Path(tmp)).iterdir()),
-                                       "env_vars": job_env(job_id)},
-                          metadata={"visionflows_flow": run.flow, "visionflows_run": run_id})
+    client.submit_job(entrypoint=entrypoint, submission_id=job_id,
+                      runtime_env={**shipped_code(), "env_vars": job_env(job_id)},
+                      metadata={"visionflows_flow": run.flow, "visionflows_run": run_id})
     print(f"submitted {run.flow} run {run_id} as Ray job {job_id} to {url} (code shipped as "
           "its py_modules; dependencies from the cluster's image)", flush=True)
     return follow(client, url, job_id, run_id=run_id)

@@ -294,3 +294,25 @@ def test_an_address_that_does_not_answer_fails_fast_and_writes_nothing(
             assert f"the Ray cluster at {address} does not answer" in err, err[-2000:]
             assert "nothing ran" in err and took < 30, (case, took)
     assert s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+def test_shipped_code_leaves_out_bytecode_and_written_reports(tmp_path):
+    """What Ray's own packager makes of a package under :func:`flows.runners.shipped_code`'s
+    excludes (the workers' and a submitted job's code): its sources, without ``__pycache__``
+    or the reports a run wrote into ``reports/out``."""
+    import zipfile
+
+    from ray._private.runtime_env.packaging import create_package
+
+    from flows.runners import shipped_code
+
+    pkg = tmp_path / "reports"
+    for rel in ("__init__.py", "templates/page.html", "__pycache__/x.cpython-311.pyc",
+                "out/report.html", "out/q1/curves.png"):
+        (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / rel).write_text("x")
+    zipped = tmp_path / "pkg.zip"
+    create_package(str(pkg), zipped, include_gitignore=True, include_parent_dir=True,
+                   excludes=shipped_code()["excludes"])
+    files = {n for n in zipfile.ZipFile(zipped).namelist() if not n.endswith("/")}
+    assert files == {"reports/__init__.py", "reports/templates/page.html"}
